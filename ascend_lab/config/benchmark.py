@@ -1,0 +1,48 @@
+"""`benchmark` group: what task=bench measures and how long."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, List
+
+from ascend_lab.errors import require, require_choice, require_positive
+
+SCENARIOS = ("forward", "generate")
+INPUT_SOURCES = ("random", "prompt")
+
+
+@dataclass
+class BenchmarkConfig:
+    group: ClassVar[str] = "benchmark"
+
+    scenario: str = field(
+        default="forward",
+        metadata={"help": "forward: one pass over [batch, seq_len] (the walkthrough's figure); generate: prefill "
+                          "then exactly new_tokens greedy tokens with the KV cache."},
+    )
+    batch_size: int = field(default=1, metadata={"help": "Batch of one task=bench job; sweep it with -m."})
+    batch_sizes: List[int] = field(
+        default_factory=lambda: [1, 4, 8],
+        metadata={"help": "Batch sizes task=pipeline measures (and ATC's default dynamic batch gears)."},
+    )
+    seq_len: int = field(default=16, metadata={"help": "Tokens per sequence (forward) or prompt length (generate)."})
+    new_tokens: int = field(default=32, metadata={"help": "generate: tokens decoded per sequence."})
+    warmup: int = field(default=3, metadata={"help": "Untimed iterations first."})
+    iterations: int = field(default=10, metadata={"help": "Minimum timed iterations."})
+    min_duration_s: float = field(default=1.0, metadata={"help": "Minimum timed seconds (both minimums hold)."})
+    input_source: str = field(default="random", metadata={"help": "random: seeded token ids; prompt: benchmark.prompt."})
+    prompt: str = field(default="你好,昇腾!", metadata={"help": "Prompt text for input_source=prompt and task=infer."})
+    skip_finished: bool = field(
+        default=False,
+        metadata={"help": "Skip a job whose identical config already has a FINISHED run (resume a sweep)."},
+    )
+
+    def __post_init__(self) -> None:
+        require_choice("benchmark.scenario", self.scenario, SCENARIOS)
+        require_choice("benchmark.input_source", self.input_source, INPUT_SOURCES)
+        for key in ("batch_size", "seq_len", "new_tokens", "iterations"):
+            require_positive(f"benchmark.{key}", getattr(self, key))
+        require_positive("benchmark.warmup", self.warmup, allow_zero=True)
+        require_positive("benchmark.min_duration_s", self.min_duration_s, allow_zero=True)
+        require(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "benchmark.batch_sizes",
+                self.batch_sizes, "must be a non-empty list of batch sizes > 0")

@@ -1,0 +1,51 @@
+"""`export` group: PyTorch → ONNX export of the model (task=export)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+from ascend_lab.errors import require, require_choice
+
+EXPORT_GRAPHS = ("hidden_states", "logits", "kv_cache")
+EXPORTERS = ("torchscript", "dynamo")
+EXTERNAL_DATA_MODES = ("auto", "always", "never")
+QUANTIZE_MODES = ("none", "int8")
+
+
+@dataclass
+class ExportConfig:
+    group: ClassVar[str] = "export"
+
+    graph: str = field(
+        default="kv_cache",
+        metadata={"help": "hidden_states: the walkthrough's wrapper (last_hidden_state, no cache); "
+                          "logits: LM logits, no cache; kv_cache: logits + present keys/values from "
+                          "past keys/values (prefill with an empty past, then one token per step)."},
+    )
+    opset: int = field(default=17, metadata={"help": "ONNX opset (ATC accepts 11–18 depending on CANN)."})
+    do_constant_folding: bool = field(default=False, metadata={"help": "The walkthrough turns it off for ATC."})
+    exporter: str = field(default="torchscript", metadata={"help": "torchscript (torch.onnx TorchScript) or dynamo."})
+    dynamic_axes: bool = field(default=True, metadata={"help": "Dynamic batch and sequence axes (named, recorded)."})
+    external_data: str = field(
+        default="auto",
+        metadata={"help": "Weights in a side file: auto (when the model is over 2 GB), always, never."},
+    )
+    parity_tol: Optional[float] = field(
+        default=None,
+        metadata={"help": "Max |onnxruntime − torch| allowed; null: per-dtype default."},
+    )
+    parity_batch_size: int = field(default=2, metadata={"help": "Batch of the seeded parity inputs."})
+    parity_seq_len: int = field(default=8, metadata={"help": "Sequence length of the seeded parity inputs."})
+    cache_dir: str = field(default="outputs/export_cache", metadata={"help": "Content-addressed export cache."})
+    quantize: str = field(default="none", metadata={"help": "none or int8 (onnxruntime dynamic weight quantisation)."})
+
+    def __post_init__(self) -> None:
+        require_choice("export.graph", self.graph, EXPORT_GRAPHS)
+        require_choice("export.exporter", self.exporter, EXPORTERS)
+        require_choice("export.external_data", self.external_data, EXTERNAL_DATA_MODES)
+        require_choice("export.quantize", self.quantize, QUANTIZE_MODES)
+        require(7 <= self.opset <= 23, "export.opset", self.opset, "must be an ONNX opset between 7 and 23")
+        require(self.parity_tol is None or self.parity_tol > 0, "export.parity_tol", self.parity_tol, "must be > 0")
+        require(self.parity_batch_size > 0, "export.parity_batch_size", self.parity_batch_size, "must be > 0")
+        require(self.parity_seq_len > 0, "export.parity_seq_len", self.parity_seq_len, "must be > 0")

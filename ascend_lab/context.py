@@ -1,0 +1,107 @@
+"""The job context: what every task receives besides its config.
+
+``job_context`` opens the job's tracking run (a child of the sweep's parent under ``-m``), records
+the resolved config, environment tags and Hydra's files, resolves the device lazily (so tasks that
+need none, like ``compile``, never import torch), and ends the run with the job's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig
+
+from ascend_lab.config import AppConfig
+from ascend_lab.tracking import Tracker, config_params, ending, environment_tags, open_run, prepare_store, \
+    read_sweep_file, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    cfg: AppConfig
+    tracker: Tracker
+    launch_dir: Path
+    output_dir: Path
+    _device: object = field(default=None, repr=False)
+
+    @property
+    def device(self):
+        """The resolved :class:`ascend_lab.device.Device`; resolved (and tagged) on first use."""
+        if self._device is None:
+            from ascend_lab.device import resolve_device
+
+            self._device = resolve_device(self.cfg.device)
+            self.tracker.set_tags({"device": str(self._device.torch_device), "device.reason": self._device.reason})
+            log.info("device: %s (%s)", self._device.torch_device, self._device.reason)
+        return self._device
+
+    def path(self, configured: str | Path) -> Path:
+        """A configured path; relative ones are taken from the launch directory."""
+        path = Path(configured).expanduser()
+        return path if path.is_absolute() else self.launch_dir / path
+
+
+def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, str]:
+    """(launch dir, output dir, multirun?, sweep dir, job name, override dirname)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():  # called outside @hydra.main (tests composing by hand)
+        return Path.cwd(), Path.cwd(), False, None, "ascend_lab", ""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return (Path(hc.runtime.cwd), Path(hc.runtime.output_dir), multirun,
+            Path(hc.sweep.dir).resolve() if multirun else None, hc.job.name, hc.job.override_dirname)
+
+
+@contextmanager
+def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
+    launch_dir, output_dir, multirun, sweep_dir, job_name, override_dirname = _hydra_runtime()
+    if not cfg.tracking.enabled:
+        yield JobContext(cfg, Tracker(), launch_dir, output_dir)
+        return
+
+    parent_run_id = None
+    sweep = read_sweep_file(sweep_dir) if sweep_dir else None
+    if sweep is not None:
+        store = Store(sweep["tracking_uri"], sweep["experiment_id"])
+        parent_run_id = sweep["parent_run_id"]
+    else:
+        store = prepare_store(cfg.tracking, launch_dir)
+    task = cfg.task.value
+    run_name = cfg.tracking.run_name or "-".join(filter(None, [task, override_dirname]))[:250]
+    tags = {"task": task, "output_dir": str(output_dir), **environment_tags(launch_dir)}
+    tracker = open_run(store, run_name, tags, parent_run_id)
+    print(f"MLflow run {tracker.run_id} ({run_name}) in {store.uri}")
+    with ending(tracker):
+        tracker.log_params(config_params(raw_cfg))
+        tracker.log_dict(_plain(raw_cfg), "config.yaml")
+        hydra_dir = output_dir / ".hydra"
+        if hydra_dir.is_dir():
+            tracker.log_artifact(hydra_dir, "hydra")
+        try:
+            yield JobContext(cfg, tracker, launch_dir, output_dir)
+        finally:
+            _log_job_log(tracker, output_dir, job_name)
+
+
+def _plain(raw_cfg: DictConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(raw_cfg, resolve=True, enum_to_str=True)
+    resolved.pop("hydra", None)
+    return resolved
+
+
+def _log_job_log(tracker: Tracker, output_dir: Path, job_name: str) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    log_file = output_dir / f"{job_name}.log"
+    if log_file.is_file():
+        tracker.log_artifact(log_file)

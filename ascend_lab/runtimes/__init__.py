@@ -1,0 +1,2 @@
+"""Runtimes: one small interface (:class:`ascend_lab.runtimes.base.Runtime`) and its torch,
+onnxruntime and pyACL implementations."""

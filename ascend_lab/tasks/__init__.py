@@ -1,0 +1,1 @@
+"""One module per task, each exposing ``run(cfg: AppConfig, ctx: JobContext)``: orchestration only."""

@@ -1,0 +1,77 @@
+"""Shared fixtures: run the real CLI in a temporary launch directory and read the real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def cli_env(extra_path: list[Path] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra_path:
+        env["PATH"] = os.pathsep.join([*map(str, extra_path), env.get("PATH", "")])
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """``run_cli(*overrides, cwd=tmp_path, timeout=...)`` → CompletedProcess of the real CLI."""
+
+    def _run(*overrides: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
+             path_prepend: list[Path] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ascend_lab.run", *overrides],
+            cwd=cwd or tmp_path, capture_output=True, text=True, timeout=timeout,
+            env=env or cli_env(path_prepend),
+        )
+
+    return _run
+
+
+def mlflow_client(launch_dir: Path):
+    from mlflow import MlflowClient
+
+    db = launch_dir / "outputs" / "mlflow.db"
+    assert db.is_file(), f"no MLflow store at {db}"
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def all_runs(launch_dir: Path, experiment: str = "ascend_lab"):
+    client = mlflow_client(launch_dir)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} missing"
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.fixture
+def mlflow_runs():
+    """``mlflow_runs(launch_dir)`` → (client, list of runs) from the store a CLI run wrote."""
+    return all_runs
+
+
+@pytest.fixture
+def compose():
+    """``compose(*overrides)`` → the composed DictConfig, through Hydra's compose API."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from ascend_lab.config import register_configs
+
+    register_configs()
+
+    def _compose(*overrides: str, return_hydra_config: bool = False):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides),
+                                 return_hydra_config=return_hydra_config)
+
+    return _compose
