@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Sequence
+
+MAX_CELL_WIDTH = 72  # long values (reasons, paths) wrap instead of stretching the table
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
+    cells = [[textwrap.wrap(_fmt(v), MAX_CELL_WIDTH) or [""] for v in row] for row in rows]
+    widths = [max([len(str(h))] + [len(part) for r in cells for part in r[i]]) for i, h in enumerate(headers)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     out = [title] if title else []
     out += [line, "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |", line]
-    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    for row in cells:
+        for k in range(max(len(parts) for parts in row)):
+            out.append("| " + " | ".join((parts[k] if k < len(parts) else "").ljust(w)
+                                         for parts, w in zip(row, widths)) + " |")
     out.append(line)
     return "\n".join(out)
 

@@ -8,6 +8,7 @@ dispatches ``task``. Heavy libraries are imported by the task that needs them.
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 
 import hydra
@@ -42,7 +43,15 @@ def _hydra_main(cfg: DictConfig) -> object:
 
 
 def main() -> None:
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        from ascend_lab.tracking import SweepCallback
+
+        # The job's run was already ended KILLED; the sweep parent is closed KILLED at exit.
+        SweepCallback.interrupted = True
+        print("Interrupted: open MLflow runs are ended KILLED; everything logged so far is kept.", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

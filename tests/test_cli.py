@@ -1,0 +1,103 @@
+"""The real CLI: bad input exits non-zero with one clear message; doctor is recorded in MLflow."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BAD_INPUTS = [
+    # (override, text the message must contain)
+    ("benchmark.batchsize=4", "benchmark.batchsize"),
+    ("benchmark.batch_size=abc", "benchmark.batch_size"),
+    ("benchmark.batch_size=0", "benchmark.batch_size"),
+    ("benchmark.batch_size=-1", "benchmark.batch_size"),
+    ("atc.soc_version=Ascend910X", "Ascend910B3"),
+    ("device=tpu", "Available options in 'device'"),
+    ("task=trian", "expected one of [doctor, mnist, export, compile, infer, bench, pipeline]"),
+    ("tracking.uri=notauri", "tracking.uri"),
+]
+
+
+@pytest.mark.parametrize("override,expected", BAD_INPUTS)
+def test_bad_input_fails_before_any_work(run_cli, tmp_path, override, expected):
+    result = run_cli("task=doctor", override, timeout=120)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    # Nothing ran: no doctor table, no MLflow run opened.
+    assert "ascend_lab doctor" not in result.stdout
+    assert not (tmp_path / "outputs" / "mlflow.db").exists() or "MLflow run" not in result.stdout
+
+
+def test_missing_accelerator_is_explained(run_cli, tmp_path):
+    result = run_cli("task=doctor", "device=npu", "tracking=off", timeout=120)
+    assert result.returncode != 0
+    assert "torch_npu is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_doctor_is_recorded(run_cli, tmp_path, mlflow_runs):
+    result = run_cli("task=doctor", "doctor.matmul_size=256", "doctor.repeats=3", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ascend_lab doctor" in result.stdout and "speedup" in result.stdout
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert params["task"] == "doctor"
+    assert params["doctor.matmul_size"] == "256"
+    assert params["atc.soc_version"] == "Ascend910B3"
+    assert params["benchmark.batch_size"] == "1"
+    assert tags["task"] == "doctor"
+    assert tags["device"] == "cpu" and tags["device.reason"].startswith("auto: no accelerator")
+    assert tags["version.torch"] and tags["version.python"] and tags["version.onnxruntime"]
+    assert tags["version.cann"] == "not installed" and tags["host"]
+    for name in ("matmul_ms_device", "matmul_ms_cpu", "matmul_speedup", "device_mem_reserved_mb", "device_count"):
+        assert name in metrics, name
+    assert metrics["matmul_ms_cpu"] > 0 and metrics["matmul_ms_device"] > 0
+    assert metrics["matmul_speedup"] == pytest.approx(metrics["matmul_ms_cpu"] / metrics["matmul_ms_device"])
+    assert metrics["device_count"] == 0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "hydra", "doctor.txt"} <= artifacts
+    hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
+    assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml"} <= hydra_files
+    assert any(a.endswith(".log") for a in artifacts)
+
+
+def test_tracking_off_records_nothing(run_cli, tmp_path):
+    result = run_cli("task=doctor", "tracking=off", "doctor.matmul_size=64", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+    assert list((tmp_path / "outputs" / "runs").glob("*/*/.hydra/config.yaml"))
+
+
+def test_multirun_gives_parent_and_children(run_cli, tmp_path, mlflow_runs):
+    result = run_cli("-m", "task=doctor", "doctor.matmul_size=64,128", "doctor.repeats=2", timeout=300)
+    assert result.returncode == 0, result.stderr
+    client, runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert sorted(c.data.params["doctor.matmul_size"] for c in children) == ["128", "64"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.tags["jobs_total"] == "2" and parent.data.tags["jobs_failed"] == "0"
+    assert list((tmp_path / "outputs" / "multiruns").glob("*/*/0/.hydra"))
+
+
+def test_failed_job_gives_failed_child_and_terminated_parent(run_cli, tmp_path, mlflow_runs):
+    # device=cuda cannot be satisfied on a machine without a GPU: a real failure inside the job.
+    result = run_cli("-m", "task=doctor", "device=cpu,cuda", "doctor.matmul_size=64", "doctor.repeats=2", timeout=300)
+    assert result.returncode != 0
+    client, runs = mlflow_runs(tmp_path)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = {r.data.params["device.name"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert children["cpu"].info.status == "FINISHED"
+    assert children["cuda"].info.status == "FAILED"
+    assert "device=cuda is not usable here" in children["cuda"].data.tags["error"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["jobs_failed"] == "1"
