@@ -1,0 +1,545 @@
+"""pyACL runtime: runs an offline ``.om`` model on an Ascend NPU through CANN's ``import acl``.
+
+Written against the documented pyACL Python API (README, "Ascend interfaces"; CANN aclpythondevg):
+``(value, ret)`` tuples where the C API has an out-parameter, bare values otherwise; every ``ret`` is
+checked and turned into :class:`AclError` naming the call and the code.
+
+Public surface::
+
+    with AclRuntime("model.om", device_id=0) as rt:      # a ascend_lab.runtimes.base.Runtime
+        rt.inputs, rt.outputs                           # TensorSpec(name, shape (-1 dynamic), numpy dtype)
+        rt.dynamic_mode                                 # "static" | "dynamic_batch_size" | "dynamic_dims"
+        rt.gears                                        # None | [batch sizes] | [{input: shape}, ...]
+        out = rt.run({"input_ids": ids, "attention_mask": mask})   # {output name: np.ndarray}
+        rt.timings   # {"h2d_ms": [...], "npu_compute_ms": [...], "d2h_ms": [...]}, one entry per run
+        rt.reset_timings()
+
+Timings follow ais_bench: ``npu_compute_ms`` is ``acl.mdl.execute`` alone (synchronous, host clock);
+``h2d_ms`` the input copies, ``d2h_ms`` the output copies, so a benchmark reports their means as
+``npu_compute_ms_mean``, ``h2d_ms_mean`` and ``d2h_ms_mean``.
+
+Policies:
+  * Feeds are checked against the model description (names, dtype, dims, gears) before anything is
+    copied or executed; a mismatch raises :class:`AclInputError` naming the input, expected and got.
+    Dtypes are never cast silently.
+  * Dynamic batch (``atc --dynamic_batch_size``): a batch that is not a gear is padded up to the next
+    larger gear by repeating its last sample, and every output whose first dimension is that gear is
+    sliced back to the batch. A batch above the largest gear raises :class:`AclInputError` naming the gears.
+  * Dynamic dims (``atc --dynamic_dims``): the feed shapes must equal one compiled gear exactly
+    (padding a sequence would change the result); otherwise :class:`AclInputError` lists the gears.
+  * ``acl.init`` runs once per process and is reference counted over open runtimes: the last
+    ``close()`` calls ``acl.finalize``. When pyACL was already initialised by someone else in this
+    process (``acl.init`` returns 100002, e.g. torch_npu), that owner finalizes it, not this runtime.
+  * Every handle is released in ``close()`` (idempotent), also when construction fails midway:
+    data buffers, device/host memory, datasets, description, model, context, device, finalize.
+  * One model is not run from two threads at once (a lock, as the pyACL docs require).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ascend_lab import cann
+from ascend_lab.errors import AscendLabError, ToolchainError
+from ascend_lab.runtimes.base import Runtime, TensorSpec
+
+log = logging.getLogger(__name__)
+
+ACL_SUCCESS = 0
+ACL_ERROR_REPEAT_INITIALIZE = 100002
+ACL_MEM_MALLOC_HUGE_FIRST = 0
+ACL_MEMCPY_HOST_TO_DEVICE = 1
+ACL_MEMCPY_DEVICE_TO_HOST = 2
+DYNAMIC_TENSOR_NAME = "ascend_mbatch_shape_data"  # ACL_DYNAMIC_TENSOR_NAME
+TIMING_KEYS = ("h2d_ms", "npu_compute_ms", "d2h_ms")
+
+# aclDataType → numpy (CANN 8.0 enum). BF16 (27) maps only where ml_dtypes provides a numpy type.
+ACL_TO_NUMPY = {
+    0: "float32", 1: "float16", 2: "int8", 3: "int32", 4: "uint8", 6: "int16", 7: "uint16",
+    8: "uint32", 9: "int64", 10: "uint64", 11: "float64", 12: "bool",
+}
+ACL_BF16 = 27
+
+# Codes whose cause the docs name (ais_bench FAQ); others are reported by number only.
+KNOWN_CODES = {
+    ACL_ERROR_REPEAT_INITIALIZE: "pyACL is already initialised in this process",
+    507033: "the device could not be opened: a driver, firmware or hardware fault (check `npu-smi info`)",
+}
+
+
+class AclError(ToolchainError):
+    """A pyACL call returned a nonzero code (or a null handle)."""
+
+    def __init__(self, call: str, ret: int | None, hint: str = "") -> None:
+        self.call = call
+        self.ret = ret
+        what = f"{call} failed: ret={ret}" if ret is not None else f"{call} failed: returned a null handle"
+        if ret in KNOWN_CODES:
+            what += f" ({KNOWN_CODES[ret]})"
+        super().__init__(what + (f"\n{hint}" if hint else ""))
+
+
+class AclInputError(AscendLabError):
+    """Feeds that do not match the compiled model; raised before anything runs."""
+
+
+def import_acl():
+    """The pyACL module, or a :class:`ToolchainError` saying how to load CANN."""
+    try:
+        import acl
+    except Exception as exc:  # ImportError, or OSError from a missing libascendcl.so
+        raise ToolchainError(cann.missing_toolkit_message(
+            f"runtime=acl: `import acl` failed ({type(exc).__name__}: {exc})")) from None
+    return acl
+
+
+def numpy_dtype(acl_dtype: int, where: str) -> np.dtype:
+    if acl_dtype in ACL_TO_NUMPY:
+        return np.dtype(ACL_TO_NUMPY[acl_dtype])
+    if acl_dtype == ACL_BF16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ToolchainError(
+                f"runtime=acl: {where} is bfloat16, which numpy cannot hold; `pip install ml_dtypes`, or compile "
+                f"with a precision mode that keeps float16/float32 inputs and outputs") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    raise ToolchainError(f"runtime=acl: {where} has aclDataType {acl_dtype}, which has no numpy equivalent")
+
+
+# ------------------------------------------------------------------ process-level acl.init guard
+
+_init_lock = threading.Lock()
+_init_users = 0
+_init_owned = False  # this module called acl.init successfully and must finalize
+
+
+def _acquire_acl(acl) -> None:
+    global _init_users, _init_owned
+    with _init_lock:
+        if _init_users == 0:
+            ret = acl.init()
+            if ret == ACL_ERROR_REPEAT_INITIALIZE:
+                _init_owned = False  # initialised elsewhere in this process; its owner finalizes
+            elif ret != ACL_SUCCESS:
+                raise AclError("acl.init", ret)
+            else:
+                _init_owned = True
+        _init_users += 1
+
+
+def _release_acl(acl) -> None:
+    global _init_users, _init_owned
+    with _init_lock:
+        _init_users -= 1
+        if _init_users == 0 and _init_owned:
+            _init_owned = False
+            ret = acl.finalize()
+            if ret != ACL_SUCCESS:
+                raise AclError("acl.finalize", ret)
+
+
+# ------------------------------------------------------------------ the runtime
+
+@dataclass
+class _Tensor:
+    name: str
+    dims: list[int]  # -1 where dynamic
+    dtype: np.dtype | None  # None for the mbatch input
+    size: int  # bytes of the device buffer (largest gear for dynamic models)
+    device_ptr: int = 0
+    host_ptr: int = 0  # outputs only: the malloc_host staging buffer
+
+
+def _shape_text(dims) -> str:
+    return "(" + ", ".join("?" if d == -1 else str(d) for d in dims) + ")"
+
+
+class AclRuntime(Runtime):
+    """An ``.om`` loaded on one device; see the module docstring for the contract."""
+
+    name = "acl"
+
+    def __init__(self, om_path: str | Path, device_id: int = 0) -> None:
+        self.om_path = Path(om_path)
+        self.device_id = int(device_id)
+        self.timings: dict[str, list[float]] = {key: [] for key in TIMING_KEYS}
+        self.dynamic_mode = "static"
+        self.gears: list | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._acl = None
+        self._acl_acquired = False
+        self._device_set = False
+        self._context = None
+        self._model_id = None
+        self._desc = None
+        self._in_dataset = None
+        self._out_dataset = None
+        self._data_buffers: list[int] = []
+        self._device_ptrs: list[int] = []
+        self._host_ptrs: list[int] = []
+        self._inputs: list[_Tensor] = []
+        self._outputs: list[_Tensor] = []
+        self._mbatch_index: int | None = None
+        if not self.om_path.is_file():
+            raise AscendLabError(f"runtime=acl: model file {self.om_path} does not exist; compile one with "
+                                 f"task=compile (atc) or point the run at an existing .om")
+        self._acl = import_acl()
+        try:
+            self._open()
+        except BaseException:
+            problems = self._release()
+            if problems:
+                log.warning("runtime=acl: while cleaning up after a failed start: %s", "; ".join(problems))
+            raise
+
+    # -------------------------------------------------------------- Runtime interface
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(t.name, tuple(t.dims), t.dtype) for t in self._graph_inputs]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(t.name, tuple(t.dims), t.dtype) for t in self._outputs]
+
+    def reset_timings(self) -> None:
+        for values in self.timings.values():
+            values.clear()
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        with self._lock:
+            if self._closed:
+                raise AscendLabError(f"runtime=acl: {self.om_path.name} was already closed")
+            arrays, batch, gear = self._prepare(feeds)
+            return self._execute(arrays, batch, gear)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # never hide the error that ended the block behind a release problem
+            self.close()
+        except AscendLabError as release_error:
+            log.warning("%s", release_error)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            problems = self._release()
+        if problems:
+            raise ToolchainError(f"runtime=acl: releasing {self.om_path.name} failed: " + "; ".join(problems))
+
+    # -------------------------------------------------------------- calls and checks
+
+    @staticmethod
+    def _check(call: str, ret: int, hint: str = "") -> None:
+        if ret != ACL_SUCCESS:
+            raise AclError(call, ret, hint)
+
+    def _value(self, call: str, result: tuple, hint: str = ""):
+        value, ret = result
+        self._check(call, ret, hint)
+        return value
+
+    @staticmethod
+    def _handle(call: str, handle):
+        if not handle:  # 0 / None: the documented failure of calls that return a handle directly
+            raise AclError(call, None)
+        return handle
+
+    # -------------------------------------------------------------- construction
+
+    def _open(self) -> None:
+        acl = self._acl
+        _acquire_acl(acl)
+        self._acl_acquired = True
+        self._check("acl.rt.set_device", acl.rt.set_device(self.device_id),
+                    f"device_id={self.device_id}: is it listed by `npu-smi info` and visible "
+                    f"(ASCEND_RT_VISIBLE_DEVICES)?")
+        self._device_set = True
+        self._context = self._value("acl.rt.create_context", acl.rt.create_context(self.device_id))
+        model_id, ret = acl.mdl.load_from_file(str(self.om_path))
+        if ret != ACL_SUCCESS:
+            raise AclError("acl.mdl.load_from_file", ret, self._load_hint())  # the hint asks npu-smi: only now
+        self._model_id = model_id
+        self._desc = self._handle("acl.mdl.create_desc", acl.mdl.create_desc())
+        self._check("acl.mdl.get_desc", acl.mdl.get_desc(self._desc, self._model_id))
+        self._describe()
+        self._allocate()
+
+    def _load_hint(self) -> str:
+        chip = cann.query_npu_smi().soc_version
+        here = f"this host's chip is {chip}" if chip else "see the Name column of `npu-smi info`"
+        return (f"Could not load {self.om_path}. Either the file is corrupt or truncated (recompile it with "
+                f"task=compile), it was built by another CANN version, or it was compiled for another chip: "
+                f"atc.soc_version must be the `npu-smi info` Name prefixed with Ascend ({here}).")
+
+    def _describe(self) -> None:
+        acl, desc = self._acl, self._desc
+        num_inputs = acl.mdl.get_num_inputs(desc)
+        num_outputs = acl.mdl.get_num_outputs(desc)
+        if not num_inputs or not num_outputs:
+            raise AclError("acl.mdl.get_num_inputs/get_num_outputs", None,
+                           f"{self.om_path} describes {num_inputs} inputs and {num_outputs} outputs")
+        names = [acl.mdl.get_input_name_by_index(desc, i) for i in range(num_inputs)]
+        if DYNAMIC_TENSOR_NAME in names:
+            self._mbatch_index = self._value("acl.mdl.get_input_index_by_name",
+                                             acl.mdl.get_input_index_by_name(desc, DYNAMIC_TENSOR_NAME))
+        for i, name in enumerate(names):
+            dims = self._dims("acl.mdl.get_input_dims", acl.mdl.get_input_dims(desc, i))
+            size = acl.mdl.get_input_size_by_index(desc, i)
+            dtype = None if i == self._mbatch_index else numpy_dtype(acl.mdl.get_input_data_type(desc, i),
+                                                                     f"input {name!r}")
+            self._inputs.append(_Tensor(name, dims, dtype, size))
+        for i in range(num_outputs):
+            name = acl.mdl.get_output_name_by_index(desc, i)
+            dims = self._dims("acl.mdl.get_output_dims", acl.mdl.get_output_dims(desc, i))
+            dtype = numpy_dtype(acl.mdl.get_output_data_type(desc, i), f"output {name!r}")
+            self._outputs.append(_Tensor(name, dims, dtype, acl.mdl.get_output_size_by_index(desc, i)))
+        if self._mbatch_index is not None:
+            self._describe_gears()
+        unsized = [t.name for t in self._inputs + self._outputs if t.size <= 0]
+        if unsized or (self._mbatch_index is None and any(-1 in t.dims for t in self._inputs)):
+            raise ToolchainError(
+                f"runtime=acl: {self.om_path.name} has inputs or outputs without a fixed size "
+                f"({unsized or 'dynamic'}): shape ranges (atc.dynamic_mode=shape_range) are not supported by "
+                f"runtime=acl; compile with atc.dynamic_mode=static, dynamic_batch_size or dynamic_dims")
+
+    def _dims(self, call: str, result: tuple) -> list[int]:
+        info = self._value(call, result)
+        return [int(d) for d in list(info["dims"])[: info.get("dimCount", len(info["dims"]))]]
+
+    def _describe_gears(self) -> None:
+        acl, desc = self._acl, self._desc
+        batch = self._value("acl.mdl.get_dynamic_batch", acl.mdl.get_dynamic_batch(desc))
+        if batch.get("batchCount", 0) > 0:
+            self.dynamic_mode = "dynamic_batch_size"
+            self.gears = sorted(int(b) for b in batch["batch"][: batch["batchCount"]])
+            return
+        count = self._value("acl.mdl.get_input_dynamic_gear_count",
+                            acl.mdl.get_input_dynamic_gear_count(desc, -1))
+        if not count:
+            raise ToolchainError(
+                f"runtime=acl: {self.om_path.name} has the {DYNAMIC_TENSOR_NAME} input but neither batch nor dims "
+                f"gears (dynamic image size?); runtime=acl supports atc.dynamic_mode=dynamic_batch_size and "
+                f"dynamic_dims")
+        self.dynamic_mode = "dynamic_dims"
+        gears = self._value("acl.mdl.get_input_dynamic_dims", acl.mdl.get_input_dynamic_dims(desc, -1, count))
+        ranks = [len(t.dims) for t in self._graph_inputs]
+        parsed = []
+        for gear in gears:
+            full = [int(d) for d in list(gear["dims"])[: gear.get("dimCount", len(gear["dims"]))]]
+            if len(full) != sum(ranks):
+                # The docs describe this list loosely; without a parse the set call still validates the gear.
+                log.warning("runtime=acl: unexpected get_input_dynamic_dims entry %s; gears not pre-checked", gear)
+                self.gears = None
+                return
+            shapes, start = {}, 0
+            for t, rank in zip(self._graph_inputs, ranks):
+                shapes[t.name] = tuple(full[start:start + rank])
+                start += rank
+            parsed.append(shapes)
+        self.gears = parsed
+
+    def _allocate(self) -> None:
+        acl = self._acl
+        self._in_dataset = self._handle("acl.mdl.create_dataset", acl.mdl.create_dataset())
+        for tensor in self._inputs:  # the mbatch input included: allocated and added, never written
+            tensor.device_ptr = self._bind(self._in_dataset, tensor.size)
+        self._out_dataset = self._handle("acl.mdl.create_dataset", acl.mdl.create_dataset())
+        for tensor in self._outputs:
+            tensor.device_ptr = self._bind(self._out_dataset, tensor.size)
+            tensor.host_ptr = self._value("acl.rt.malloc_host", acl.rt.malloc_host(tensor.size))
+            self._host_ptrs.append(tensor.host_ptr)
+
+    def _bind(self, dataset: int, size: int) -> int:
+        acl = self._acl
+        ptr = self._value("acl.rt.malloc", acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST))
+        self._device_ptrs.append(ptr)
+        buffer = self._handle("acl.create_data_buffer", acl.create_data_buffer(ptr, size))
+        self._data_buffers.append(buffer)
+        _, ret = acl.mdl.add_dataset_buffer(dataset, buffer)
+        self._check("acl.mdl.add_dataset_buffer", ret)
+        return ptr
+
+    @property
+    def _graph_inputs(self) -> list[_Tensor]:
+        return [t for i, t in enumerate(self._inputs) if i != self._mbatch_index]
+
+    # -------------------------------------------------------------- feeds
+
+    def _mismatch(self, what: str, problem: str) -> AclInputError:
+        gears = ""
+        if self.dynamic_mode == "dynamic_batch_size":
+            gears = f"; compiled batch gears: {', '.join(map(str, self.gears))}"
+        elif self.dynamic_mode == "dynamic_dims" and self.gears:
+            gears = "; compiled gears: " + " | ".join(
+                ", ".join(f"{n}{list(s)}" for n, s in g.items()) for g in self.gears)
+        return AclInputError(f"runtime=acl: {what} of {self.om_path.name}: {problem}{gears}")
+
+    def _prepare(self, feeds: Mapping[str, Any]) -> tuple[list[np.ndarray], int | None, Any]:
+        """Validated arrays in model order, the feed batch and the gear to run (batch or dims gear)."""
+        expected = [t.name for t in self._graph_inputs]
+        missing = [n for n in expected if n not in feeds]
+        extra = [n for n in feeds if n not in expected]
+        if missing or extra:
+            raise AclInputError(f"runtime=acl: {self.om_path.name} takes inputs {expected}; "
+                                f"missing {missing}, unexpected {extra}")
+        arrays = []
+        for tensor in self._graph_inputs:
+            array = np.asarray(feeds[tensor.name])
+            what = f"input {tensor.name!r}"
+            if array.dtype != tensor.dtype:
+                raise self._mismatch(what, f"expected dtype {tensor.dtype}, got {array.dtype} (no implicit cast)")
+            if array.ndim != len(tensor.dims) or any(d not in (-1, s) for d, s in zip(tensor.dims, array.shape)):
+                raise self._mismatch(what, f"expected shape {_shape_text(tensor.dims)}, got {tuple(array.shape)}")
+            arrays.append(array)
+        if self.dynamic_mode == "dynamic_batch_size":
+            return self._batch_gear(arrays)
+        if self.dynamic_mode == "dynamic_dims":
+            full = [int(d) for a in arrays for d in a.shape]
+            if self.gears is not None:
+                shapes = {t.name: tuple(a.shape) for t, a in zip(self._graph_inputs, arrays)}
+                if shapes not in self.gears:
+                    raise self._mismatch("the inputs", f"shapes {shapes} are not a compiled gear")
+            for tensor, array in zip(self._graph_inputs, arrays):
+                if array.nbytes > tensor.size:
+                    raise self._mismatch(f"input {tensor.name!r}",
+                                         f"{array.nbytes} bytes exceed its {tensor.size}-byte buffer")
+            return arrays, None, full
+        return arrays, None, None
+
+    def _batch_gear(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+        batches = {}
+        for tensor, array in zip(self._graph_inputs, arrays):
+            for axis, dim in enumerate(tensor.dims):
+                if dim == -1:
+                    batches[tensor.name] = array.shape[axis]
+        values = set(batches.values())
+        if len(values) != 1:
+            raise self._mismatch("the inputs", f"inputs disagree on the batch size: {batches}")
+        batch = values.pop()
+        fitting = [g for g in self.gears if g >= batch]
+        if batch < 1 or not fitting:
+            raise self._mismatch("the inputs", f"batch {batch} has no gear to run in")
+        gear = fitting[0]
+        if gear != batch:
+            padded = []
+            for tensor, array in zip(self._graph_inputs, arrays):
+                for axis, dim in enumerate(tensor.dims):
+                    if dim == -1:  # repeat the last sample: real data keeps padded rows numerically sane
+                        filler = np.repeat(np.take(array, [batch - 1], axis=axis), gear - batch, axis=axis)
+                        array = np.concatenate([array, filler], axis=axis)
+                padded.append(array)
+            arrays = padded
+        return arrays, batch, gear
+
+    # -------------------------------------------------------------- one run
+
+    def _execute(self, arrays: list[np.ndarray], batch: int | None, gear: Any) -> dict[str, np.ndarray]:
+        acl = self._acl
+        self._check("acl.rt.set_context", acl.rt.set_context(self._context))
+        start = time.perf_counter()
+        keep_alive = []  # bytes_to_ptr pointers are valid only while their bytes object lives
+        for tensor, array in zip(self._graph_inputs, arrays):
+            data = array.tobytes()
+            keep_alive.append(data)
+            host = acl.util.bytes_to_ptr(data)
+            self._check("acl.rt.memcpy (host to device)",
+                        acl.rt.memcpy(tensor.device_ptr, tensor.size, host, len(data), ACL_MEMCPY_HOST_TO_DEVICE))
+        h2d = time.perf_counter()
+        if self.dynamic_mode == "dynamic_batch_size":
+            self._check("acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(
+                self._model_id, self._in_dataset, self._mbatch_index, gear))
+        elif self.dynamic_mode == "dynamic_dims":
+            self._check("acl.mdl.set_input_dynamic_dims", acl.mdl.set_input_dynamic_dims(
+                self._model_id, self._in_dataset, self._mbatch_index,
+                {"dimCount": len(gear), "name": "", "dims": gear}))
+        compute_start = time.perf_counter()
+        self._check("acl.mdl.execute", acl.mdl.execute(self._model_id, self._in_dataset, self._out_dataset))
+        compute_end = time.perf_counter()
+        del keep_alive
+        results, d2h = {}, 0.0
+        for index, tensor in enumerate(self._outputs):
+            dims = tensor.dims
+            if self.dynamic_mode != "static":
+                dims = self._dims("acl.mdl.get_cur_output_dims", acl.mdl.get_cur_output_dims(self._desc, index))
+            count = int(np.prod(dims, dtype=np.int64)) * tensor.dtype.itemsize
+            if count > tensor.size:
+                raise AclError("acl.mdl.get_cur_output_dims", None,
+                               f"output {tensor.name!r} {dims} needs {count} bytes, its buffer has {tensor.size}")
+            copy_start = time.perf_counter()
+            self._check("acl.rt.memcpy (device to host)", acl.rt.memcpy(
+                tensor.host_ptr, tensor.size, tensor.device_ptr, count, ACL_MEMCPY_DEVICE_TO_HOST))
+            raw = acl.util.ptr_to_bytes(tensor.host_ptr, count)
+            d2h += time.perf_counter() - copy_start
+            array = np.frombuffer(bytearray(raw), dtype=tensor.dtype).reshape(dims)
+            if batch is not None and gear != batch and array.ndim and array.shape[0] == gear:
+                array = array[:batch]
+            results[tensor.name] = array
+        self.timings["h2d_ms"].append((h2d - start) * 1e3)
+        self.timings["npu_compute_ms"].append((compute_end - compute_start) * 1e3)
+        self.timings["d2h_ms"].append(d2h * 1e3)
+        return results
+
+    # -------------------------------------------------------------- release
+
+    def _release(self) -> list[str]:
+        """Release everything acquired so far, in the documented order; returns the failures."""
+        self._closed = True
+        acl = self._acl
+        if acl is None:
+            return []
+        problems: list[str] = []
+
+        def attempt(call: str, fn, *args) -> None:
+            try:
+                ret = fn(*args)
+            except Exception as exc:  # keep releasing the rest
+                problems.append(f"{call}: {exc}")
+                return
+            if ret != ACL_SUCCESS:
+                problems.append(f"{call} failed: ret={ret}")
+
+        if self._context is not None:
+            attempt("acl.rt.set_context", acl.rt.set_context, self._context)
+        for buffer in self._data_buffers:
+            attempt("acl.destroy_data_buffer", acl.destroy_data_buffer, buffer)
+        for ptr in self._device_ptrs:
+            attempt("acl.rt.free", acl.rt.free, ptr)
+        for ptr in self._host_ptrs:
+            attempt("acl.rt.free_host", acl.rt.free_host, ptr)
+        self._data_buffers, self._device_ptrs, self._host_ptrs = [], [], []
+        for dataset in (self._in_dataset, self._out_dataset):
+            if dataset is not None:
+                attempt("acl.mdl.destroy_dataset", acl.mdl.destroy_dataset, dataset)
+        self._in_dataset = self._out_dataset = None
+        if self._desc is not None:
+            attempt("acl.mdl.destroy_desc", acl.mdl.destroy_desc, self._desc)
+            self._desc = None
+        if self._model_id is not None:
+            attempt("acl.mdl.unload", acl.mdl.unload, self._model_id)
+            self._model_id = None
+        if self._context is not None:
+            attempt("acl.rt.destroy_context", acl.rt.destroy_context, self._context)
+            self._context = None
+        if self._device_set:
+            attempt("acl.rt.reset_device", acl.rt.reset_device, self.device_id)
+            self._device_set = False
+        if self._acl_acquired:
+            self._acl_acquired = False
+            try:
+                _release_acl(acl)
+            except AclError as exc:
+                problems.append(str(exc))
+        return problems

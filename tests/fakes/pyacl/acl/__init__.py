@@ -1,0 +1,67 @@
+"""pyACL simulator: importable as ``acl`` only when a test puts ``tests/fakes/pyacl`` on sys.path.
+
+Implements the subset of pyACL that ascend_lab uses, with the documented Python signatures and return
+conventions (a tuple ``(value, ret)`` where the C API has an out-parameter, the bare value otherwise).
+Models are the stand-in ``.om`` files of ``tests/fakes/om_format.py``; ``mdl.execute`` runs their ONNX
+with onnxruntime. Test hooks live in ``acl._sim`` (reset, fail_next, leaks, configure, calls).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import _sim, mdl, rt, util
+from ._sim import ACL_ERROR_INVALID_FILE, ACL_ERROR_REPEAT_INITIALIZE, ACL_ERROR_UNINITIALIZE, AclFail, api, check
+
+# Constants as the pyACL samples define them (the real module exposes none of these; code should
+# use its own), provided for convenience.
+ACL_MEM_MALLOC_HUGE_FIRST = 0
+ACL_MEM_MALLOC_HUGE_ONLY = 1
+ACL_MEM_MALLOC_NORMAL_ONLY = 2
+ACL_MEMCPY_HOST_TO_HOST = 0
+ACL_MEMCPY_HOST_TO_DEVICE = 1
+ACL_MEMCPY_DEVICE_TO_HOST = 2
+ACL_MEMCPY_DEVICE_TO_DEVICE = 3
+ACL_SUCCESS = 0
+
+
+@api("init", "ret")
+def init(config_path: str | None = None) -> int:
+    check(not _sim.state.initialized, ACL_ERROR_REPEAT_INITIALIZE)
+    if config_path:
+        try:
+            json.loads(Path(config_path).read_text())
+        except (OSError, ValueError):
+            raise AclFail(ACL_ERROR_INVALID_FILE)
+    _sim.state.initialized = True
+    return 0
+
+
+@api("finalize", "ret")
+def finalize() -> int:
+    check(_sim.state.initialized, ACL_ERROR_UNINITIALIZE)
+    # Leaked objects stay registered so that _sim.leaks() still reports them after finalize.
+    _sim.state.initialized = False
+    return 0
+
+
+@api("create_data_buffer", "value")
+def create_data_buffer(ptr: int, size: int) -> int:
+    _sim.require_init()
+    region, offset = _sim.find_region(ptr)
+    check(region.kind == "device" and 0 < size <= region.size - offset, _sim.ACL_ERROR_INVALID_PARAM)
+    handle = _sim.state.handle()
+    _sim.state.data_buffers[handle] = (ptr, size)
+    return handle
+
+
+@api("destroy_data_buffer", "ret")
+def destroy_data_buffer(buffer: int) -> int:
+    check(buffer in _sim.state.data_buffers, _sim.ACL_ERROR_INVALID_PARAM)
+    # Documented: the memory the buffer points at is not freed.
+    del _sim.state.data_buffers[buffer]
+    return 0
+
+
+__all__ = ["init", "finalize", "create_data_buffer", "destroy_data_buffer", "rt", "mdl", "util", "_sim"]
