@@ -1,10 +1,13 @@
 """`atc` group: CANN's ATC compiler, ONNX → offline .om model (task=compile).
 
-Flag names and values follow the CANN ATC reference (see README, "Ascend interfaces").
+Flag names, values and exclusivity rules follow the CANN ATC reference (README, "Ascend
+interfaces"). Checks that need only this group run here; the ones that need the exported graph
+(input names, ranks, how many dims are dynamic) run in :func:`ascend_lab.atc.derive_input_shapes`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional
 
@@ -26,6 +29,27 @@ PRECISION_MODES = (
 PRECISION_MODES_V2 = ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "mixed_hif8")
 OP_SELECT_IMPLMODES = ("high_performance", "high_precision", "high_precision_for_all", "high_performance_for_all")
 ATC_LOG_LEVELS = ("debug", "info", "warning", "error", "null")
+# Symbolic graph dims that dynamic_dims may turn into -1; total_seq (= past_seq + seq) follows them.
+DYNAMIC_DIM_NAMES = ("batch", "seq", "past_seq")
+# ATC accepts more than one and at most 100 profiles ("gears").
+MAX_GEARS = 100
+# Flags the schema sets itself: passing them again through extra_args would contradict it.
+MANAGED_FLAGS = (
+    "mode", "framework", "model", "output", "soc_version", "input_format", "input_shape", "dynamic_batch_size",
+    "dynamic_image_size", "dynamic_dims", "input_shape_range", "precision_mode", "precision_mode_v2",
+    "op_select_implmode", "log",
+)
+_SHAPE_ENTRY = re.compile(r"^[^:;]+:(-1|\d+(~\d+)?)?(,(-1|\d+(~\d+)?))*$")
+
+
+def shape_range_unsupported(soc_version: str) -> bool:
+    """Ascend310 and Ascend310B* cannot run true dynamic shapes (ranges in --input_shape)."""
+    return soc_version == "Ascend310" or soc_version.startswith("Ascend310B")
+
+
+def flag_name(arg: str) -> str:
+    """The flag an ATC argument sets, normalised as ATC does (`-k`→`k`, `soc-version`→`soc_version`)."""
+    return arg.lstrip("-").split("=", 1)[0].replace("-", "_")
 
 
 @dataclass
@@ -39,32 +63,65 @@ class AtcConfig:
     input_format: str = field(default="ND", metadata={"help": "ND for transformer inputs (NCHW, NCDHW for images)."})
     input_shape: Optional[str] = field(
         default=None,
-        metadata={"help": "Explicit --input_shape (name:d,d;name:d,d); null: derived from the ONNX inputs "
-                          "and benchmark.batch_size / benchmark.seq_len."},
+        metadata={"help": "Explicit --input_shape (name:d,d;name:d,d) using the graph's input names; null: derived "
+                          "from the ONNX inputs, benchmark.batch_size / benchmark.seq_len and atc.past_seq_len."},
     )
     dynamic_mode: str = field(
         default="static",
-        metadata={"help": "static, dynamic_batch_size (gears atc.dynamic_batch_sizes), dynamic_dims "
-                          "(gears atc.dynamic_dims) or shape_range (ranges in --input_shape)."},
+        metadata={"help": "static; dynamic_batch_size (-1 in the batch dim, gears atc.dynamic_batch_sizes); "
+                          "dynamic_dims (-1 in the atc.dynamic_dim_names dims, gears atc.dynamic_dims); "
+                          "shape_range (1~N ranges in --input_shape, no gears; not on Ascend310/310B*)."},
     )
     dynamic_batch_sizes: Optional[List[int]] = field(
-        default=None, metadata={"help": "Batch gears; null: benchmark.batch_sizes."},
+        default=None, metadata={"help": "dynamic_batch_size gears (2 to 100 of them); null: benchmark.batch_sizes."},
     )
     dynamic_dims: Optional[List[str]] = field(
-        default=None, metadata={"help": "dynamic_dims gears, each 'd,d,...' listing values for the -1s in order."},
+        default=None,
+        metadata={"help": "dynamic_dims gears (2 to 100), each 'd,d,...': one value per atc.dynamic_dim_names "
+                          "entry (e.g. batch,seq → '1,16'), or ATC's own form, one value per -1 in --input_shape order."},
     )
-    precision_mode: Optional[str] = field(default=None, metadata={"help": "--precision_mode (excludes precision_mode_v2)."})
+    dynamic_dim_names: List[str] = field(
+        default_factory=lambda: ["batch", "seq"],
+        metadata={"help": "dynamic_dims: which symbolic graph dims become -1 (batch, seq, past_seq); total_seq "
+                          "follows seq and past_seq."},
+    )
+    past_seq_len: Optional[int] = field(
+        default=None,
+        metadata={"help": "kv_cache graph: the fixed past length compiled in (ATC rejects 0-sized static dims; a "
+                          "prefill pads the past with masked positions); the upper bound under shape_range. "
+                          "null: benchmark.seq_len."},
+    )
+    max_seq_len: Optional[int] = field(
+        default=None, metadata={"help": "shape_range: upper bound of the seq dim; null: benchmark.seq_len."},
+    )
+    precision_mode: Optional[str] = field(
+        default=None,
+        metadata={"help": "--precision_mode (excludes precision_mode_v2); null: ATC's default force_fp16, which "
+                          "can overflow LLMs (must_keep_origin_dtype keeps the model dtype)."},
+    )
     precision_mode_v2: Optional[str] = field(default=None, metadata={"help": "--precision_mode_v2 (excludes precision_mode)."})
-    op_select_implmode: Optional[str] = field(default=None, metadata={"help": "--op_select_implmode."})
+    op_select_implmode: Optional[str] = field(
+        default=None, metadata={"help": "--op_select_implmode; null: ATC's default high_performance."},
+    )
     log: str = field(default="error", metadata={"help": "--log level: debug, info, warning, error, null."})
-    extra_args: List[str] = field(default_factory=list, metadata={"help": "More ATC flags, passed verbatim."})
-    timeout_s: float = field(default=3600.0, metadata={"help": "Kill ATC after this many seconds."})
+    extra_args: List[str] = field(
+        default_factory=list,
+        metadata={"help": "More ATC flags passed verbatim, e.g. ['--optypelist_for_implmode=Pooling']; flags this "
+                          "group sets (soc_version, input_shape, precision_mode, ...) must be set through it."},
+    )
+    timeout_s: float = field(default=3600.0, metadata={"help": "Kill ATC (its whole process group) after this many seconds."})
     toolkit_home: Optional[str] = field(
         default=None,
         metadata={"help": "CANN install (folder with set_env.sh); null: the documented locations."},
     )
-    output_dir: str = field(default="outputs/om", metadata={"help": "Where compiled .om models go."})
-    dry_run: bool = field(default=False, metadata={"help": "Print and log the ATC command line, do not run it."})
+    output_dir: str = field(
+        default="outputs/om",
+        metadata={"help": "Compiled .om cache: one folder per ONNX sha256 + ATC settings, reused when identical."},
+    )
+    log_om: bool = field(default=False, metadata={"help": "Also copy the .om into the run's artifacts (GBs for real models)."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print and log the ATC command line and environment; do not run it."},
+    )
 
     def __post_init__(self) -> None:
         require_choice("atc.soc_version", self.soc_version, SOC_VERSIONS)
@@ -80,9 +137,53 @@ class AtcConfig:
         if self.op_select_implmode is not None:
             require_choice("atc.op_select_implmode", self.op_select_implmode, OP_SELECT_IMPLMODES)
         require_positive("atc.timeout_s", self.timeout_s)
+        for key in ("past_seq_len", "max_seq_len"):
+            if getattr(self, key) is not None:
+                require_positive(f"atc.{key}", getattr(self, key))
+        require(bool(self.output_dir), "atc.output_dir", self.output_dir, "must name a folder")
+        if self.input_shape is not None:
+            entries = self.input_shape.split(";")
+            require(all(_SHAPE_ENTRY.match(e) for e in entries), "atc.input_shape", self.input_shape,
+                    "expected name:d,d;name:d,d (d a size, -1, or a range lo~hi)")
+        self._check_dynamic()
+        self._check_extra_args()
+
+    def _check_dynamic(self) -> None:
+        mode = self.dynamic_mode
+        # Each dynamic option excludes the others (dynamic_dims vs dynamic_batch_size vs ranges).
+        require(self.dynamic_batch_sizes is None or mode == "dynamic_batch_size", "atc.dynamic_batch_sizes",
+                self.dynamic_batch_sizes, f"only applies to atc.dynamic_mode=dynamic_batch_size (it is {mode})")
+        require(self.dynamic_dims is None or mode == "dynamic_dims", "atc.dynamic_dims", self.dynamic_dims,
+                f"only applies to atc.dynamic_mode=dynamic_dims (it is {mode})")
         if self.dynamic_batch_sizes is not None:
-            require(len(self.dynamic_batch_sizes) > 0 and all(b > 0 for b in self.dynamic_batch_sizes),
-                    "atc.dynamic_batch_sizes", self.dynamic_batch_sizes, "must be a non-empty list of sizes > 0")
-        if self.dynamic_mode == "dynamic_dims":
+            sizes = self.dynamic_batch_sizes
+            require(1 < len(sizes) <= MAX_GEARS and all(b > 0 for b in sizes), "atc.dynamic_batch_sizes", sizes,
+                    f"must list 2 to {MAX_GEARS} batch sizes > 0")
+        if mode == "dynamic_dims":
             require(bool(self.dynamic_dims), "atc.dynamic_dims", self.dynamic_dims,
                     "dynamic_mode=dynamic_dims needs gears, e.g. atc.dynamic_dims='[\"1,16\",\"4,16\"]'")
+            require(1 < len(self.dynamic_dims) <= MAX_GEARS, "atc.dynamic_dims", self.dynamic_dims,
+                    f"must list 2 to {MAX_GEARS} gears")
+            require(all(re.fullmatch(r"\d+(,\d+)*", g) for g in self.dynamic_dims), "atc.dynamic_dims",
+                    self.dynamic_dims, "each gear is comma-separated sizes, e.g. '1,16'")
+            require(self.input_format == "ND", "atc.input_format", self.input_format,
+                    "dynamic_dims needs input_format ND")
+            require(len(self.dynamic_dim_names) > 0 and all(n in DYNAMIC_DIM_NAMES for n in self.dynamic_dim_names),
+                    "atc.dynamic_dim_names", self.dynamic_dim_names,
+                    "must name one or more of " + ", ".join(DYNAMIC_DIM_NAMES))
+        if mode == "shape_range":
+            require(not shape_range_unsupported(self.soc_version), "atc.dynamic_mode", mode,
+                    f"shape ranges (true dynamic shape) are not supported on {self.soc_version}; use "
+                    "dynamic_batch_size or dynamic_dims gears, or a soc_version such as Ascend910B")
+
+    def _check_extra_args(self) -> None:
+        expects_value = False
+        for arg in self.extra_args:
+            if not arg.startswith("-"):  # the value of a preceding `--name value`
+                require(expects_value, "atc.extra_args", self.extra_args, f"{arg!r} is not a flag (--name=value)")
+                expects_value = False
+                continue
+            expects_value = "=" not in arg
+            name = flag_name(arg)
+            require(name not in MANAGED_FLAGS, "atc.extra_args", self.extra_args,
+                    f"{arg!r} sets --{name}, which this group controls: use atc.* keys instead")

@@ -11,6 +11,12 @@ Header fields:
   dynamic          null | {"kind": "batch", "gears": [int,...]} | {"kind": "dims", "gears": [[int,...],...]}
   input_format     str
   precision_mode   str | null
+
+Optional fields the fake ATC also writes (readers may ignore them):
+  precision_mode_v2   str | null
+  op_select_implmode  str | null
+  input_shape_ranges  null | {input name: [dim token, ...]} where --input_shape used lo~hi ranges (those
+                      dims are -1 in ``inputs``; a true dynamic-shape model, no gears)
 """
 
 from __future__ import annotations
