@@ -33,6 +33,8 @@ def run_job(cfg: DictConfig) -> object:
     from ascend_lab.context import job_context
 
     with job_context(app_cfg, cfg) as ctx:
+        if ctx.skipped_run_id is not None:  # resume: this config already finished
+            return None
         task_module = importlib.import_module(TASK_MODULES[app_cfg.task])
         return task_module.run(app_cfg, ctx)
 

@@ -12,6 +12,7 @@ Hydra skip that hook, at interpreter exit, FINISHED only if every child finished
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,9 @@ PARENT_TAG = "mlflow.parentRunId"
 # SQLite answers "database is locked" when parallel jobs write at once; MLflow already waits
 # 20 s per statement (busy_timeout), so a few retries on top are plenty and keep the bound finite.
 LOCK_RETRIES = 5
+# How long the sweep's closing waits for a child whose job process is still alive on this host
+# (a launcher that gave up on a batch may leave workers finishing their job).
+CLOSE_WAIT_S = 30.0
 VERSIONED_PACKAGES = ("torch", "torch_npu", "transformers", "onnx", "onnxruntime", "mlflow", "hydra-core")
 
 
@@ -128,9 +132,18 @@ class MlflowTracker(Tracker):
         import mlflow
 
         flavor_module = importlib.import_module(f"mlflow.{flavor}")
-        # The flavors log through the fluent API: make this run the active one for the call.
-        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            info = flavor_module.log_model(model, name=name, **kwargs)
+        # The flavors log through the fluent API, which uses the global tracking URI (else a default
+        # ./mlflow.db where this run does not exist) and the active run's experiment for the
+        # LoggedModel: point both at this run for the call.
+        was_set, previous_uri = mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        try:
+            with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+                info = flavor_module.log_model(model, name=name, **kwargs)
+            # Leaving start_run's block marked the run FINISHED; the job's outcome decides that.
+            self._call(self.client.update_run, self.run_id, status=RUNNING)
+        finally:
+            mlflow.set_tracking_uri(previous_uri if was_set else None)
         return info.model_uri
 
     def end(self, status: str, error: str | None = None) -> None:
@@ -232,7 +245,7 @@ def prepare_store(cfg: TrackingConfig, launch_dir: Path) -> Store:
         if not os.access(db_path.parent, os.W_OK):
             raise AscendLabError(f"the MLflow store folder {db_path.parent} is not writable. "
                                  "Launch from a writable directory or set tracking.uri.")
-    client = MlflowClient(tracking_uri=uri)
+    client = with_lock_retries(MlflowClient, tracking_uri=uri)
     experiment = with_lock_retries(client.get_experiment_by_name, cfg.experiment)
     if experiment is not None:
         return Store(uri, experiment.experiment_id)
@@ -252,7 +265,7 @@ def prepare_store(cfg: TrackingConfig, launch_dir: Path) -> Store:
 def open_run(store: Store, run_name: str, tags: Mapping[str, Any], parent_run_id: str | None = None) -> MlflowTracker:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=store.uri)
+    client = with_lock_retries(MlflowClient, tracking_uri=store.uri)
     all_tags = {**({PARENT_TAG: parent_run_id} if parent_run_id else {}), **{k: str(v) for k, v in tags.items()}}
     run = with_lock_retries(client.create_run, store.experiment_id, run_name=run_name, tags=all_tags)
     return MlflowTracker(client, run.info.run_id, store.experiment_id)
@@ -298,6 +311,9 @@ def environment_tags(launch_dir: Path) -> dict[str, str]:
 
     tags["version.cann"] = toolkit_version() or "not installed"
     tags["host"] = socket.gethostname()
+    # With host, identifies the process that owns the run: a job killed from outside (or by a
+    # launcher's timeout) is found by it, and close_parent can tell a live job from a dead one.
+    tags["pid"] = str(os.getpid())
     commit = git_commit(launch_dir) or git_commit(Path(__file__).resolve().parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -311,6 +327,41 @@ def config_params(cfg: DictConfig) -> dict[str, Any]:
     return flatten(resolved)
 
 
+# Switches that say how to run a job, not what it computes: a job is the same job with or without them.
+HASH_EXCLUDED_KEYS = ("tracking.skip_finished", "benchmark.skip_finished")
+CONFIG_HASH_TAG = "config_hash"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """The job's identity: sha256 (16 hex digits) of its resolved config without ``hydra`` and the skip switches."""
+    params = {k: v for k, v in config_params(cfg).items() if k not in HASH_EXCLUDED_KEYS}
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_finished_run(store: Store, digest: str) -> str | None:
+    """The id of a FINISHED run in the store's experiment with config hash ``digest``, if any."""
+    from mlflow import MlflowClient
+
+    client = with_lock_retries(MlflowClient, tracking_uri=store.uri)
+    runs = with_lock_retries(
+        client.search_runs, [store.experiment_id],
+        filter_string=f"tags.{CONFIG_HASH_TAG} = '{digest}' and attributes.status = '{FINISHED}'",
+        max_results=1, order_by=["attributes.end_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+SKIPPED_TAG_PREFIX = "skipped_job."
+
+
+def record_skipped_job(store: Store, parent_run_id: str, job_num: int | str, finished_run_id: str) -> None:
+    """Note on the sweep's parent that job ``job_num`` was skipped (one tag per job: no write races)."""
+    from mlflow import MlflowClient
+
+    client = with_lock_retries(MlflowClient, tracking_uri=store.uri)
+    with_lock_retries(client.set_tag, parent_run_id, f"{SKIPPED_TAG_PREFIX}{job_num}", finished_run_id)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sweeps
 
@@ -320,49 +371,112 @@ def read_sweep_file(sweep_dir: Path) -> dict[str, str] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def close_parent(store: Store, parent_run_id: str, interrupted: bool = False) -> dict[str, int]:
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _live_local_job(run) -> int | None:
+    """The pid of ``run``'s job process if it runs on this host and is still alive (not us)."""
+    tags = run.data.tags
+    try:
+        pid = int(tags.get("pid", ""))
+    except ValueError:
+        return None
+    if tags.get("host") != socket.gethostname() or pid == os.getpid():
+        return None
+    return pid if _process_alive(pid) else None
+
+
+def _wait_for_live_jobs(client, runs: list, wait_s: float) -> list:
+    """Give children whose job process is still alive on this host up to ``wait_s`` to end their runs."""
+    deadline = time.monotonic() + wait_s
+    refreshed = []
+    for run in runs:
+        while (run.info.status == RUNNING and _live_local_job(run) is not None
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
+            run = with_lock_retries(client.get_run, run.info.run_id)
+        refreshed.append(run)
+    return refreshed
+
+
+def close_parent(store: Store, parent_run_id: str, interrupted: bool = False,
+                 wait_s: float = CLOSE_WAIT_S, recount: bool = False) -> dict[str, int]:
     """End the sweep's parent run from its children's statuses; returns the counts.
 
-    A child still RUNNING here belonged to a job whose process died (killed, timed out): it is
-    marked FAILED so that nothing is left RUNNING.
+    A child still RUNNING here belonged to a job whose process died (killed, timed out, or
+    abandoned by its launcher): it is marked FAILED (KILLED after Ctrl-C) with the reason, so
+    nothing is left RUNNING. A child whose process is still alive on this host gets ``wait_s``
+    to finish first. Jobs skipped because their config already finished (resume) are counted
+    from the parent's ``skipped_job.<num>`` tags.
+
+    ``recount=True`` is for a job that ends after its sweep was closed (a launcher gave up on the
+    batch while the job's own process went on): it refreshes the closed parent's counts and status
+    and touches no child.
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=store.uri)
-    parent = client.get_run(parent_run_id)
-    if parent.info.status != RUNNING:
+    client = with_lock_retries(MlflowClient, tracking_uri=store.uri)
+    parent = with_lock_retries(client.get_run, parent_run_id)
+    if (parent.info.status != RUNNING) != recount:
         return {}
-    children = client.search_runs([store.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                                  max_results=10000)
+    if recount:
+        interrupted = parent.info.status == KILLED
+    children = with_lock_retries(
+        client.search_runs, [store.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        max_results=10000)
+    if not interrupted and not recount:
+        children = _wait_for_live_jobs(client, children, wait_s)
     counts = {FINISHED: 0, FAILED: 0, KILLED: 0}
     for child in children:
         status = child.info.status
-        if status == RUNNING:
+        if status == RUNNING and not recount:
             status = KILLED if interrupted else FAILED
-            client.set_tag(child.info.run_id, "error",
-                           "interrupted" if interrupted else "job ended without closing its run (process killed or timed out)")
-            client.set_terminated(child.info.run_id, status)
+            tags = child.data.tags
+            where = f" (pid {tags['pid']} on {tags.get('host', '?')})" if "pid" in tags else ""
+            reason = ("interrupted (Ctrl-C) before the job closed its run" if interrupted
+                      else f"job process ended without closing its run{where}: killed, crashed or timed out")
+            with_lock_retries(client.set_tag, child.info.run_id, "error", reason)
+            with_lock_retries(client.set_terminated, child.info.run_id, status)
         counts[status] = counts.get(status, 0) + 1
+    skipped = sum(1 for key in parent.data.tags if key.startswith(SKIPPED_TAG_PREFIX))
+    counts["SKIPPED"] = skipped
     failed = counts.get(FAILED, 0) + counts.get(KILLED, 0)
     tracker = MlflowTracker(client, parent_run_id, store.experiment_id)
-    tracker.set_tags({"jobs_total": len(children), "jobs_failed": failed, "jobs_finished": counts[FINISHED]})
-    tracker.log_metrics({"jobs_total": len(children), "jobs_failed": failed})
+    tracker.set_tags({"jobs_total": len(children) + skipped, "jobs_failed": failed,
+                      "jobs_finished": counts[FINISHED], "jobs_skipped": skipped})
+    tracker.log_metrics({"jobs_total": len(children) + skipped, "jobs_failed": failed, "jobs_skipped": skipped})
     try:
         from ascend_lab.bench.summary import summarize_sweep
     except ImportError:
         summarize_sweep = None
-    if summarize_sweep is not None and children:
+    if summarize_sweep is not None and children and not recount:
         try:
             summarize_sweep(tracker, [c for c in children])
         except Exception as exc:  # a summary problem must not leave the parent RUNNING
             log.warning("sweep summary failed: %s", exc)
-    status = KILLED if interrupted else (FAILED if failed or not children else FINISHED)
-    tracker.end(status, f"{failed} of {len(children)} jobs failed" if failed else None)
+    nothing_done = not children and not skipped
+    status = KILLED if interrupted else (FAILED if failed or nothing_done else FINISHED)
+    error = f"{failed} of {len(children)} jobs failed" if failed else ("no job ran" if nothing_done else None)
+    if recount and not error and "error" in parent.data.tags:
+        with_lock_retries(client.delete_tag, parent_run_id, "error")
+    tracker.end(status, error)
     return counts
 
 
 class SweepCallback(Callback):
-    """Opens one MLflow parent run per ``-m`` sweep, before any job starts, and closes it."""
+    """Opens one MLflow parent run per ``-m`` sweep, before any job starts, and closes it.
+
+    Hydra turns exceptions raised in callbacks into warnings, so a tracking store that cannot be
+    set up (server unreachable with ``tracking.strict=true``, unwritable folder) stops the sweep
+    here with ``SystemExit(1)`` and the reason, before any job is launched.
+    """
 
     interrupted = False  # set by ascend_lab.run.main on Ctrl-C
 
@@ -374,11 +488,24 @@ class SweepCallback(Callback):
         tracking = OmegaConf.to_object(config.tracking)
         if not tracking.enabled:
             return
+        try:
+            self._open_parent(config, tracking)
+        except AscendLabError as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(1) from exc
+        except Exception as exc:
+            log.exception("cannot set up MLflow tracking for the sweep")
+            print(f"Cannot set up MLflow tracking for the sweep ({type(exc).__name__}: {exc}); no job was "
+                  "started. Fix tracking.uri or run with tracking=off.", file=sys.stderr)
+            raise SystemExit(1) from exc
+
+    def _open_parent(self, config: DictConfig, tracking: TrackingConfig) -> None:
         launch_dir = Path.cwd()
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self._store = prepare_store(tracking, launch_dir)
         tags = {"sweep_dir": str(sweep_dir.resolve()), "command": " ".join(sys.argv), "sweep": "parent",
+                "launcher": str(OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher") or "basic"),
                 **environment_tags(launch_dir)}
         task = OmegaConf.select(config, "task")
         tags["task"] = str(getattr(task, "value", task))
@@ -391,6 +518,37 @@ class SweepCallback(Callback):
         log.info("MLflow sweep parent run %s in %s", parent.run_id, self._store.uri)
         atexit.register(self._close)
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """Record a job that failed before it could open its run (e.g. an invalid swept value)."""
+        from hydra.types import RunMode
+        from hydra.core.utils import JobStatus
+
+        if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
+            return
+        if not OmegaConf.select(config, "tracking.enabled"):
+            return
+        sweep = read_sweep_file(Path(str(config.hydra.sweep.dir)))
+        if sweep is None:
+            return
+        store = Store(sweep["tracking_uri"], sweep["experiment_id"])
+        output_dir = str(config.hydra.runtime.output_dir)
+        from mlflow import MlflowClient
+
+        client = with_lock_retries(MlflowClient, tracking_uri=store.uri)
+        opened = with_lock_retries(
+            client.search_runs, [store.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{sweep['parent_run_id']}' and tags.output_dir = '{output_dir}'",
+            max_results=1)
+        if opened:
+            return
+        error = job_return._return_value
+        run_name = "-".join(filter(None, ["failed", str(config.hydra.job.override_dirname)]))[:250]
+        tags = {"output_dir": output_dir, "job_num": config.hydra.job.num, CONFIG_HASH_TAG: config_hash(config),
+                **environment_tags(Path.cwd())}
+        tracker = open_run(store, run_name, tags, sweep["parent_run_id"])
+        tracker.end(FAILED, "".join(traceback.format_exception_only(type(error), error)).strip()
+                    if isinstance(error, BaseException) else "job failed before its run opened")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._close()
 
@@ -401,4 +559,5 @@ class SweepCallback(Callback):
         counts = close_parent(store, parent_run_id, interrupted=SweepCallback.interrupted)
         if counts:
             failed = counts.get(FAILED, 0) + counts.get(KILLED, 0)
-            print(f"Sweep recorded as MLflow run {parent_run_id}: {counts.get(FINISHED, 0)} finished, {failed} failed.")
+            print(f"Sweep recorded as MLflow run {parent_run_id}: {counts.get(FINISHED, 0)} finished, "
+                  f"{failed} failed, {counts.get('SKIPPED', 0)} skipped (identical config already finished).")

@@ -34,6 +34,12 @@ class TrackingConfig:
         metadata={"help": "If the tracking server is unreachable: true fails before any work, "
                           "false warns and falls back to a local SQLite store."},
     )
+    skip_finished: bool = field(
+        default=False,
+        metadata={"help": "Resume: skip a job whose identical config (tag config_hash: the resolved config "
+                          "without hydra and the skip switches) already has a FINISHED run in the experiment; "
+                          "failed and new configs run. benchmark.skip_finished does the same."},
+    )
 
     def __post_init__(self) -> None:
         if not self.enabled:
