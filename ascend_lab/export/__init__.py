@@ -1,0 +1,287 @@
+"""ONNX export with a content-addressed cache: :func:`ensure_exported` is what every task calls.
+
+A cache hit reuses the stored graph and its recorded parity figures (still held against the
+current ``export.parity_tol``); a miss loads the model, exports, checks, runs the parity check
+and publishes the entry. Either way the run gets the same metrics and tags (``onnx_sha256``,
+``onnx_path``, ``export_cache_key``), so any later run names the exact graph it used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ascend_lab.errors import AscendLabError
+from ascend_lab.export import cache
+from ascend_lab.export.onnx_export import MODEL_FILE
+from ascend_lab.models import with_launch_paths
+
+log = logging.getLogger(__name__)
+
+# int8 weight quantisation moves logits much more than float rounding does.
+INT8_DEFAULT_TOLERANCE = 1.0
+DUMMY_PROMPT = "你好,昇腾!"  # the walkthrough's dummy input
+DUMMY_BATCH = 3  # not 1 (the tracer may specialise size-1 dims) and unlike the parity batch
+DUMMY_PAST = 3
+
+
+@dataclass
+class ExportedModel:
+    onnx_path: Path
+    sha256: str
+    graph: str
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    dtype: str
+    cache_key: str
+    cache_hit: bool
+    extra: dict = field(default_factory=dict, repr=False)  # meta.json: parity figures, size, opset
+
+
+def parity_tolerance(cfg) -> tuple[float, str]:
+    """(tolerance, where it came from) for ``export.parity_tol``."""
+    from ascend_lab.export.parity import default_tolerance
+
+    if cfg.export.parity_tol is not None:
+        return cfg.export.parity_tol, "export.parity_tol"
+    if cfg.export.quantize == "int8":
+        return INT8_DEFAULT_TOLERANCE, "default for int8-quantised graphs"
+    return default_tolerance(cfg.model.dtype), f"default for {cfg.model.dtype}"
+
+
+def ensure_exported(cfg, ctx) -> ExportedModel:
+    """The ONNX graph for ``cfg.model`` + ``cfg.export``: from the cache, else exported now."""
+    if cfg.export.quantize == "int8" and cfg.model.dtype != "float32":
+        raise AscendLabError(f"export.quantize=int8 quantises float32 weights; set model.dtype=float32 "
+                             f"(got model.dtype={cfg.model.dtype}).")
+    start = time.perf_counter()
+    cfg = dataclasses.replace(cfg, model=with_launch_paths(cfg.model, ctx.path))
+    material = cache.key_material(cfg.model, cfg.export, cfg.seed)
+    key = cache.cache_key(material)
+    entry = cache.entry_dir(ctx.path(cfg.export.cache_dir), cfg.model.name, cfg.export.graph, key)
+    tol, tol_source = parity_tolerance(cfg)
+
+    meta = cache.read_meta(entry)
+    hit = meta is not None
+    if not hit:
+        with cache.locked(entry):
+            meta = cache.read_meta(entry)  # another job may have exported it while we waited
+            hit = meta is not None
+            if not hit:
+                with cache.staging(entry) as tmp:
+                    meta = _export_into(tmp, cfg, key, material)
+                    meta["export_seconds"] = time.perf_counter() - start
+                    _enforce_tolerance(ctx.tracker, meta, tol, tol_source)
+                    cache.publish(tmp, entry, meta)
+    seconds = time.perf_counter() - start
+    exported = _from_meta(entry, meta, hit)
+    if hit:
+        log.info("export cache hit: %s", entry)
+        _enforce_tolerance(ctx.tracker, meta, tol, tol_source)
+    _log_run(ctx.tracker, exported, meta, seconds, cfg.export.artifact_max_mb, tol)
+    return exported
+
+
+def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
+    """Export, check and parity-test into the staging folder; returns the meta.json content."""
+    import torch
+
+    from ascend_lab.export import onnx_export, parity
+    from ascend_lab.export.wrappers import dynamic_axes, empty_past, io_names, wrapper_for
+    from ascend_lab.models import load_model, torch_dtype
+
+    ecfg = cfg.export
+    log.info("exporting %s (%s graph) to ONNX", cfg.model.name, ecfg.graph)
+    stages: dict[str, float] = {}
+    lap = _lap_timer()
+    loaded = load_model(cfg.model, cfg.seed)
+    stages["load_model"] = lap()
+    model, config = loaded.model, loaded.config
+    wrapper = wrapper_for(ecfg.graph, model)
+    dims = model_dims(config)
+    input_names, output_names = io_names(ecfg.graph, dims["num_layers"])
+    axes = dynamic_axes(ecfg.graph, dims["num_layers"])
+    dtype = torch_dtype(cfg.model.dtype)
+
+    # PyTorch's side of the parity check first, so the model can be freed before ONNX Runtime loads.
+    cases = parity.build_cases(wrapper, ecfg.graph, config, ecfg.parity_batch_size, ecfg.parity_seq_len,
+                               dtype, cfg.seed)
+    stages["torch_reference"] = lap()
+    args = _dummy_inputs(loaded.tokenizer, config, ecfg.graph, dtype, empty_past)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = onnx_export.wants_external_data(ecfg.external_data, param_bytes)
+    raw = onnx_export.export_raw(wrapper, args, tmp, input_names=input_names, output_names=output_names,
+                                 axes=axes, cfg=ecfg, external_data=external)
+    stages["torch_onnx_export"] = lap()
+    del wrapper, model, loaded, args
+    gc.collect()
+    path = onnx_export.finalize(raw, tmp, input_names, output_names, axes if ecfg.dynamic_axes else {}, external)
+    stages["finalize"] = lap()
+    onnx_export.check_model(path)
+    stages["onnx_checker"] = lap()
+    if ecfg.quantize == "int8":
+        path = _quantize_int8(path, external)
+        stages["quantize"] = lap()
+    opset = onnx_export.graph_opset(path)
+    if opset != ecfg.opset:
+        # The dynamo exporter builds at its own opset and only tries to convert down.
+        log.warning("the %s exporter produced opset %d, not export.opset=%d", ecfg.exporter, opset, ecfg.opset)
+    result = parity.compare(cases, path, input_names, output_names)
+    stages["parity"] = lap()
+    files = onnx_export.model_files(path)
+    sha256 = cache.sha256_files(files)
+    stages["sha256"] = lap()
+    log.info("export stages (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    return {
+        **dims,
+        "onnx_file": MODEL_FILE,
+        "files": [f.name for f in files],
+        "sha256": sha256,
+        "graph": ecfg.graph,
+        "input_names": input_names,
+        "output_names": output_names,
+        "dynamic_axes": axes if ecfg.dynamic_axes else {},
+        "dtype": cfg.model.dtype,
+        "cache_key": key,
+        "key_material": material,
+        "opset": opset,
+        "exporter": ecfg.exporter,
+        "external_data": external,
+        "onnx_size_mb": sum(f.stat().st_size for f in files) / 1e6,
+        "stage_seconds": stages,
+        "parity_max_abs_diff": result.max_abs_diff,
+        "parity_rel_l2": result.rel_l2,
+        "parity_cases": result.per_case,
+        "parity_inputs": {"batch": ecfg.parity_batch_size, "seq": ecfg.parity_seq_len, "seed": cfg.seed},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _lap_timer():
+    last = [time.perf_counter()]
+
+    def lap() -> float:
+        now = time.perf_counter()
+        elapsed, last[0] = now - last[0], now
+        return elapsed
+
+    return lap
+
+
+def model_dims(config) -> dict:
+    heads = config.num_attention_heads
+    return {
+        "num_layers": config.num_hidden_layers,
+        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def _dummy_inputs(tokenizer, config, graph: str, dtype, empty_past) -> tuple:
+    """The walkthrough's dummy prompt, as a batch of 3 (and a 3-token past for the KV graph)."""
+    import torch
+
+    ids = torch.tensor(tokenizer(DUMMY_PROMPT)["input_ids"], dtype=torch.long) % config.vocab_size
+    ids = ids.unsqueeze(0).repeat(DUMMY_BATCH, 1)
+    if graph != "kv_cache":
+        return ids, torch.ones_like(ids)
+    mask = torch.ones(DUMMY_BATCH, DUMMY_PAST + ids.shape[1], dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    return (ids, mask, *empty_past(config, DUMMY_BATCH, dtype, DUMMY_PAST, generator))
+
+
+def _quantize_int8(path: Path, external: bool) -> Path:
+    """onnxruntime dynamic int8 quantisation of the MatMul/Gather weights, in place.
+
+    The exporter (no constant folding) feeds MatMul a Transpose of each weight, which the quantiser
+    skips; ORT's pre-processing folds those first so the weights are quantised.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    work = path.parent / "int8"
+    work.mkdir()
+    external_kw = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                   "external_data_location": "pre.onnx.data"} if external else {}
+    quant_pre_process(str(path), str(work / "pre.onnx"), skip_symbolic_shape=True, **external_kw)
+    quantize_dynamic(str(work / "pre.onnx"), str(work / MODEL_FILE), weight_type=QuantType.QInt8,
+                     use_external_data_format=external)
+    for old in path.parent.iterdir():
+        if old.is_file():
+            old.unlink()
+    for new in work.iterdir():
+        if not new.name.startswith("pre.onnx"):
+            new.rename(path.parent / new.name)
+    shutil.rmtree(work)
+    return path
+
+
+def _enforce_tolerance(tracker, meta: dict, tol: float, tol_source: str) -> None:
+    worst = meta["parity_max_abs_diff"]
+    if worst <= tol:
+        return
+    tracker.log_metrics({"parity_max_abs_diff": worst, "parity_rel_l2": meta["parity_rel_l2"]})
+    cases = ", ".join(f"{k} {v:.3g}" for k, v in meta.get("parity_cases", {}).items())
+    raise AscendLabError(
+        f"ONNX parity check failed: max |onnxruntime - torch| = {worst:.3g} (rel L2 {meta['parity_rel_l2']:.3g}; "
+        f"per case: {cases}) is above export.parity_tol={tol:g} ({tol_source}). The {meta['graph']} graph "
+        f"({meta['dtype']}) does not reproduce PyTorch within tolerance: raise export.parity_tol if this drift "
+        "is acceptable, or export in model.dtype=float32 / another export.exporter or export.opset.")
+
+
+def _from_meta(entry: Path, meta: dict, hit: bool) -> ExportedModel:
+    return ExportedModel(
+        onnx_path=(entry / meta["onnx_file"]).resolve(), sha256=meta["sha256"], graph=meta["graph"],
+        input_names=list(meta["input_names"]), output_names=list(meta["output_names"]),
+        dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in meta["dynamic_axes"].items()},
+        num_layers=meta["num_layers"], num_kv_heads=meta["num_kv_heads"], head_dim=meta["head_dim"],
+        vocab_size=meta["vocab_size"], dtype=meta["dtype"], cache_key=meta["cache_key"], cache_hit=hit,
+        extra=meta,
+    )
+
+
+def _log_run(tracker, exported: ExportedModel, meta: dict, seconds: float, artifact_max_mb: float,
+             tol: float) -> None:
+    size_mb = meta["onnx_size_mb"]
+    tracker.log_metrics({
+        "export_cache_hit": int(exported.cache_hit),
+        "export_seconds": seconds,
+        "onnx_size_mb": size_mb,
+        "parity_max_abs_diff": meta["parity_max_abs_diff"],
+        "parity_rel_l2": meta["parity_rel_l2"],
+        **{f"parity_max_abs_diff_{case}": v for case, v in meta.get("parity_cases", {}).items()},
+    })
+    tags = {"onnx_sha256": exported.sha256, "onnx_path": str(exported.onnx_path),
+            "export_cache_key": exported.cache_key, "export_graph": exported.graph,
+            "onnx_opset": meta.get("opset"), "parity_tol": tol}
+    if size_mb <= artifact_max_mb:
+        tracker.log_artifact(exported.onnx_path.parent, "onnx")
+        tags["onnx_artifact"] = "onnx/" + exported.onnx_path.name
+    else:
+        note = (f"not uploaded: {size_mb:.0f} MB > export.artifact_max_mb={artifact_max_mb:g}; "
+                f"the graph stays at onnx_path (sha256 {exported.sha256[:12]}…)")
+        tags["onnx_artifact"] = note
+        log.info("ONNX artifact %s", note)
+    tracker.set_tags(tags)
+
+
+def exported_summary(exported: ExportedModel) -> dict:
+    """Plain fields of an :class:`ExportedModel` (for JSON and tables)."""
+    out = asdict(exported)
+    out.pop("extra")
+    out["onnx_path"] = str(exported.onnx_path)
+    return out
+
+
+__all__ = ["ExportedModel", "ensure_exported", "parity_tolerance", "exported_summary"]

@@ -1,0 +1,125 @@
+"""Graphs derived from a cached export, cached beside it: transformer-optimised, int8-quantised.
+
+A derived graph lives in ``<entry>~<variant>/`` next to the export cache entry it came from
+(``model.onnx`` [+ ``model.onnx.data``] and a ``meta.json`` naming the source's sha256), built
+once under the same lock/staging/publish steps as the export cache, so parallel jobs derive it
+once and a killed job leaves nothing half-written.
+
+:func:`transformer_optimize` runs onnxruntime's transformer optimizer
+(``onnxruntime.transformers.optimizer.optimize_model``). On this project's Qwen2 ``kv_cache``
+export it fuses the RMSNorms (``SimplifiedLayerNormalization``) and each residual add with the
+following RMSNorm (``SkipSimplifiedLayerNormalization``); it does not recognise the attention
+(the exported graph builds its own additive mask and repeats the KV heads for GQA), so no
+``Attention``/``GroupQueryAttention``/``RotaryEmbedding`` fusion happens. The session's own level-``all``
+optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from ascend_lab.export import cache
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+# Bump when a derivation's code changes what it produces.
+DERIVED_FORMAT = 1
+
+
+def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],
+                  source_sha256: str | None = None) -> Path:
+    """``<source entry>~<variant>/model.onnx``, built once by ``build(source_onnx, out_onnx)``."""
+    source_onnx = Path(source_onnx)
+    entry = source_onnx.parent.parent / f"{source_onnx.parent.name}~{variant}"
+    if cache.read_meta(entry) is None:
+        with cache.locked(entry):
+            if cache.read_meta(entry) is None:
+                with cache.staging(entry) as tmp:
+                    started = time.perf_counter()
+                    build(source_onnx, tmp / MODEL_FILE)
+                    files = [tmp / MODEL_FILE] + sorted(p for p in tmp.iterdir() if p.name != MODEL_FILE)
+                    cache.publish(tmp, entry, {
+                        "onnx_file": MODEL_FILE, "variant": variant, "format": DERIVED_FORMAT,
+                        "source": str(source_onnx), "source_sha256": source_sha256,
+                        "sha256": cache.sha256_files(files),
+                        "onnx_size_mb": sum(p.stat().st_size for p in files) / 1e6,
+                        "build_seconds": time.perf_counter() - started,
+                    })
+                log.info("derived graph %s built", entry.name)
+    return entry / MODEL_FILE
+
+
+def derived_meta(onnx_path: Path) -> dict:
+    return cache.read_meta(Path(onnx_path).parent) or {}
+
+
+def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """Write the transformer-optimised form of ``source`` to ``out``; returns the fused-op counts."""
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    external = (source.parent / DATA_FILE).exists()
+    options = FusionOptions("gpt2")
+    # opt_level 0: only the Python fusions; the session applies onnxruntime's own at load time
+    # (saving those would bake in this machine's kernels, e.g. NCHWc layouts).
+    model = optimize_model(str(source), model_type="gpt2", num_heads=num_heads, hidden_size=hidden_size,
+                           optimization_options=options, opt_level=0, only_onnxruntime=False)
+    fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+    log.info("transformer optimizer fused: %s", fused or "nothing")
+    if external:
+        onnx.save_model(model.model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(model.model, str(out))
+    return fused
+
+
+def optimized_graph(exported, num_heads: int, hidden_size: int) -> Path:
+    """The transformer-optimised graph of an :class:`~ascend_lab.export.ExportedModel`, cached beside it."""
+    return derived_graph(exported.onnx_path, "ortopt",
+                         lambda src, out: transformer_optimize(src, out, num_heads, hidden_size),
+                         exported.sha256)
+
+
+def int8_graph(exported, method: str | None = None) -> Path:
+    """The int8 form (:mod:`ascend_lab.export.quantize`) of a float export, cached beside it."""
+    import shutil
+
+    from ascend_lab.export.quantize import DEFAULT_INT8_METHOD, quantize_int8
+
+    method = method or DEFAULT_INT8_METHOD
+
+    def build(src: Path, out: Path) -> None:
+        for path in [src, *sorted(p for p in src.parent.iterdir() if p.name == DATA_FILE)]:
+            shutil.copy(path, out.parent / path.name)
+        quantize_int8(out, (out.parent / DATA_FILE).exists(), method)
+
+    return derived_graph(exported.onnx_path, f"int8-{method}", build, exported.sha256)
+
+
+def step_weight_bytes(onnx_path: Path) -> int:
+    """Bytes of the initializers a decode step reads in full: every constant except tables read
+    only by ``Gather`` (an embedding lookup reads one row per token)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    users: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for init in model.graph.initializer:
+        if users.get(init.name, set()) == {"Gather"}:
+            continue
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        total += count * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    return total
