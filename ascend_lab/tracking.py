@@ -220,8 +220,6 @@ def _check_server(uri: str, timeout_s: float = 5.0) -> str | None:
 
 def prepare_store(cfg: TrackingConfig, launch_dir: Path) -> Store:
     """Create (once) the store and experiment; fail before any work if the server is unreachable."""
-    from mlflow import MlflowClient
-
     uri = resolve_uri(cfg.uri, launch_dir)
     if uri.startswith(("http://", "https://")):
         problem = _check_server(uri)
@@ -245,6 +243,19 @@ def prepare_store(cfg: TrackingConfig, launch_dir: Path) -> Store:
         if not os.access(db_path.parent, os.W_OK):
             raise AscendLabError(f"the MLflow store folder {db_path.parent} is not writable. "
                                  "Launch from a writable directory or set tracking.uri.")
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        # Two processes creating a new SQLite store at once race in MLflow's schema migrations
+        # (alembic "table already exists"): only one may create it.
+        with FileLock(str(db_path) + ".lock"):
+            return _store_with_experiment(uri, cfg, launch_dir)
+    return _store_with_experiment(uri, cfg, launch_dir)
+
+
+def _store_with_experiment(uri: str, cfg: TrackingConfig, launch_dir: Path) -> Store:
+    from mlflow import MlflowClient
+
     client = with_lock_retries(MlflowClient, tracking_uri=uri)
     experiment = with_lock_retries(client.get_experiment_by_name, cfg.experiment)
     if experiment is not None:
