@@ -25,12 +25,22 @@ class BenchmarkConfig:
         default_factory=lambda: [1, 4, 8],
         metadata={"help": "Batch sizes task=pipeline measures (and ATC's default dynamic batch gears)."},
     )
-    seq_len: int = field(default=16, metadata={"help": "Tokens per sequence (forward) or prompt length (generate)."})
-    new_tokens: int = field(default=32, metadata={"help": "generate: tokens decoded per sequence."})
-    warmup: int = field(default=3, metadata={"help": "Untimed iterations first."})
+    seq_len: int = field(
+        default=16,
+        metadata={"help": "Tokens per sequence (forward) or prompt length (generate) of the random inputs; "
+                          "input_source=prompt uses the prompt's own token count."},
+    )
+    new_tokens: int = field(
+        default=32, metadata={"help": "generate and task=infer: tokens decoded per sequence (exactly; no EOS stop)."},
+    )
+    warmup: int = field(default=3, metadata={"help": "Untimed iterations first (a generation counts as one)."})
     iterations: int = field(default=10, metadata={"help": "Minimum timed iterations."})
     min_duration_s: float = field(default=1.0, metadata={"help": "Minimum timed seconds (both minimums hold)."})
-    input_source: str = field(default="random", metadata={"help": "random: seeded token ids; prompt: benchmark.prompt."})
+    input_source: str = field(
+        default="random",
+        metadata={"help": "random: token ids drawn with the run's seed; prompt: benchmark.prompt through the "
+                          "tokenizer, repeated to the batch."},
+    )
     prompt: str = field(default="你好,昇腾!", metadata={"help": "Prompt text for input_source=prompt and task=infer."})
     skip_finished: bool = field(
         default=False,
@@ -44,5 +54,6 @@ class BenchmarkConfig:
             require_positive(f"benchmark.{key}", getattr(self, key))
         require_positive("benchmark.warmup", self.warmup, allow_zero=True)
         require_positive("benchmark.min_duration_s", self.min_duration_s, allow_zero=True)
+        require(bool(self.prompt), "benchmark.prompt", self.prompt, "must not be empty")
         require(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "benchmark.batch_sizes",
                 self.batch_sizes, "must be a non-empty list of batch sizes > 0")

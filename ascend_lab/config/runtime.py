@@ -20,15 +20,17 @@ class RuntimeConfig:
         metadata={"help": "auto (acl where a compiled .om and pyACL exist, else onnxruntime), torch, "
                           "onnxruntime or acl."},
     )
-    intra_op_threads: int = field(default=0, metadata={"help": "onnxruntime / torch intra-op threads; 0: all cores."})
+    intra_op_threads: int = field(
+        default=0, metadata={"help": "onnxruntime intra-op threads / torch.set_num_threads; 0: the library default "
+                                     "(all cores)."})
     inter_op_threads: int = field(default=0, metadata={"help": "onnxruntime inter-op threads; 0: default."})
     graph_optimization: str = field(
         default="all", metadata={"help": "onnxruntime graph optimisation level: disable, basic, extended, all."},
     )
     graph_capture: bool = field(
         default=False,
-        metadata={"help": "torch on an accelerator: static KV cache and the decode step captured as a graph "
-                          "(CUDA graphs / NPU graph mode)."},
+        metadata={"help": "torch generate: static KV cache with the decode step captured as one graph "
+                          "(CUDA graphs / NPU graphs; on the CPU the same static step runs eagerly, with a note)."},
     )
 
     def __post_init__(self) -> None:

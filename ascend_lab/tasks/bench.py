@@ -1,0 +1,86 @@
+"""task=bench: measure one configuration (runtime × model × batch size × scenario).
+
+Prepares what the runtime loads (export and, where ``atc`` exists, compile, through their
+caches), loads it (``load_seconds``), runs the scenario and logs every figure, the artifact it
+measured (``onnx_sha256`` / ``om_sha256``) and the runtime chosen with its reason.
+Sweep it with ``-m``: ``python -m ascend_lab.run -m task=bench benchmark.batch_size=1,4,8``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ascend_lab.bench.generation import fixed_past_len
+from ascend_lab.bench.scenarios import make_inputs, run_forward, run_generate
+from ascend_lab.bench.summary import Row, figure_text
+from ascend_lab.config import AppConfig
+from ascend_lab.context import JobContext
+from ascend_lab.report import format_table
+from ascend_lab.runtimes.select import layout_for, open_runtime, plan_runtime, tokenizer_for
+
+log = logging.getLogger(__name__)
+
+# Figures shown on the console after a run (all of them are logged).
+SHOWN = ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "throughput_samples_s", "throughput_tokens_s",
+         "ttft_ms_mean", "tpot_ms_mean", "tpot_ms_p99", "decode_tokens_s", "e2e_ms_mean", "npu_compute_ms_mean",
+         "h2d_ms_mean", "d2h_ms_mean", "npu_throughput_samples_s", "host_peak_rss_mb", "host_rss_growth_mb",
+         "device_peak_mb", "load_seconds", "iterations")
+
+
+def timer_for(runtime_name: str, device):
+    """Device events (or a synchronised host clock) for torch; the host clock for runtimes whose
+    calls return when the work is done (onnxruntime, pyACL)."""
+    return device.timer if runtime_name == "torch" else device.host_timer
+
+
+def engine_for(runtime, layout, max_len: int, tracker=None):
+    """The runtime's own decode engine where it has one (torch: tensors stay on the device;
+    onnxruntime: I/O binding), else numpy feeds through ``run()`` (pyACL)."""
+    from ascend_lab.bench.generation import FeedsEngine
+    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+
+    if isinstance(runtime, OnnxRuntime):
+        engine = runtime.engine(layout, max_len)
+    elif hasattr(runtime, "engine"):
+        engine = runtime.engine(max_len)
+    else:
+        engine = FeedsEngine(runtime, layout)
+    if tracker is not None:
+        notes = getattr(engine, "notes", None)
+        tracker.set_tags({"engine": type(engine).__name__, **({"engine.notes": "; ".join(notes)} if notes else {})})
+    return engine
+
+
+def run(cfg: AppConfig, ctx: JobContext) -> Row:
+    bench = cfg.benchmark
+    plan = plan_runtime(cfg, ctx)
+    ctx.tracker.set_tags({**plan.tags(), "model": cfg.model.name, "batch_size": bench.batch_size,
+                          "scenario": bench.scenario})
+    log.info("runtime %s (%s)", plan.name, plan.reason)
+    device = ctx.device
+    started = time.perf_counter()
+    runtime = open_runtime(plan, cfg, ctx)
+    load_seconds = time.perf_counter() - started
+    with runtime:
+        layout = layout_for(plan, runtime)
+        tokenizer = tokenizer_for(cfg, runtime) if bench.input_source == "prompt" else None
+        input_ids, attention_mask = make_inputs(bench, bench.batch_size, layout.vocab_size, cfg.seed, tokenizer)
+        timer = timer_for(plan.name, device)
+        if bench.scenario == "forward":
+            feeds = layout.forward_feeds(input_ids, attention_mask, fixed_past_len(runtime.inputs))
+            fn = runtime.bind(feeds) if hasattr(runtime, "bind") else (lambda: runtime.run(feeds))
+            result = run_forward(fn, bench.batch_size, input_ids.shape[1], bench, timer, runtime, device, plan.name)
+        else:
+            engine = engine_for(runtime, layout, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
+            result = run_generate(engine, input_ids, attention_mask, bench, timer, runtime, device, plan.name)
+    metrics = {**result.metrics, "load_seconds": load_seconds, "prepare_seconds": plan.prepare_seconds,
+               "seq_len": float(input_ids.shape[1])}
+    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_dict({"scenario": bench.scenario, "samples_ms": result.samples_ms}, "latency_samples.json")
+    title = (f"bench: {cfg.model.name} on {plan.name} ({device.torch_device}), {bench.scenario}, "
+             f"batch {bench.batch_size}, seq {input_ids.shape[1]}"
+             + (f", {bench.new_tokens} new tokens" if bench.scenario == "generate" else ""))
+    print(format_table(["metric", "value"], [(k, figure_text(metrics[k])) for k in SHOWN if k in metrics], title=title))
+    return Row(batch_size=bench.batch_size, runtime=plan.name, scenario=bench.scenario, model=cfg.model.name,
+               metrics=metrics)

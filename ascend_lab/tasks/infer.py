@@ -1,0 +1,56 @@
+"""task=infer: greedy generation from ``benchmark.prompt`` with the configured runtime.
+
+The "it runs" check of the walkthrough's pyACL inference step: prints the prompt and the
+``benchmark.new_tokens`` generated tokens (gibberish with random weights), logs the text and the
+time to first token and per-token figures of this one generation (no warm-up: first-call costs
+included).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ascend_lab.bench.generation import greedy_generate
+from ascend_lab.bench.stats import per_second, summarize
+from ascend_lab.config import AppConfig
+from ascend_lab.context import JobContext
+from ascend_lab.errors import ConfigError
+from ascend_lab.runtimes.select import layout_for, open_runtime, plan_runtime, tokenizer_for
+from ascend_lab.tasks.bench import engine_for, timer_for
+
+
+def run(cfg: AppConfig, ctx: JobContext) -> str:
+    bench = cfg.benchmark
+    plan = plan_runtime(cfg, ctx)
+    ctx.tracker.set_tags({**plan.tags(), "model": cfg.model.name})
+    started = time.perf_counter()
+    runtime = open_runtime(plan, cfg, ctx)
+    load_seconds = time.perf_counter() - started
+    with runtime:
+        layout = layout_for(plan, runtime)
+        tokenizer = tokenizer_for(cfg, runtime)
+        ids = tokenizer(bench.prompt)["input_ids"]
+        if not ids:
+            raise ConfigError("benchmark.prompt", bench.prompt, "tokenizes to no tokens; give a non-empty prompt")
+        input_ids = np.asarray([ids], dtype=np.int64)
+        engine = engine_for(runtime, layout, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
+        result = greedy_generate(engine, input_ids, np.ones_like(input_ids), bench.new_tokens,
+                                 timer_for(plan.name, ctx.device))
+    text = tokenizer.decode(result.tokens[0].tolist(), skip_special_tokens=False)
+    metrics = {"load_seconds": load_seconds, "ttft_ms": result.ttft_ms, "prompt_tokens": len(ids),
+               "new_tokens": bench.new_tokens}
+    if result.step_ms:
+        metrics.update(summarize(result.step_ms).as_metrics("tpot_ms", ("mean", "p50", "p99")))
+        metrics["decode_tokens_s"] = per_second(len(result.step_ms), result.decode_ms)
+    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_text(f"prompt: {bench.prompt}\ngenerated: {text}\n", "generated_text.txt")
+    ctx.tracker.log_dict({"prompt_ids": ids, "generated_ids": result.tokens[0].tolist()}, "generated_ids.json")
+    print(f"runtime: {plan.name} ({plan.reason})")
+    print(f"prompt:    {bench.prompt}")
+    print(f"generated: {text}")
+    print(f"ttft {result.ttft_ms:.2f} ms"
+          + (f", {metrics['tpot_ms_mean']:.2f} ms/token, {metrics['decode_tokens_s']:.1f} tokens/s decode"
+             if result.step_ms else ""))
+    return text
