@@ -36,6 +36,7 @@ from ascend_lab import cann
 from ascend_lab.config.atc import MAX_GEARS, AtcConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
+from ascend_lab.provenance import sha256_files
 
 if TYPE_CHECKING:
     from ascend_lab.config import AppConfig
@@ -466,14 +467,6 @@ def check_result(result: CompileResult, output_prefix: Path, timeout_s: float) -
     return om
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # The cached, tracked compile
 
@@ -579,7 +572,7 @@ def _compile(plan: CompilePlan, atc_cfg: AtcConfig, ctx: "JobContext", environme
         tracker.log_artifact(log_path)
         om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
         shutil.copy2(log_path, staging / "atc.log")
-        om_sha = file_sha256(om)
+        om_sha = sha256_files([om])
         manifest = {
             "om": om.name, "om_sha256": om_sha, "om_bytes": om.stat().st_size, "onnx_sha256": plan.onnx_sha256,
             "onnx_path": str(plan.onnx_path), "argv": plan.argv, "compile_seconds": result.seconds,

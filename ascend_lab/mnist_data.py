@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from ascend_lab.config.mnist import MnistConfig
@@ -26,6 +27,9 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
 )
 MEAN, STD = 0.5, 0.5
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

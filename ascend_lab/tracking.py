@@ -25,7 +25,6 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -34,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.errors import AscendLabError
+from ascend_lab.provenance import installed_versions
 
 log = logging.getLogger(__name__)
 
@@ -307,13 +307,7 @@ def git_commit(directory: Path) -> str | None:
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return {"python": sys.version.split()[0], **installed_versions(VERSIONED_PACKAGES)}
 
 
 def environment_tags(launch_dir: Path) -> dict[str, str]:

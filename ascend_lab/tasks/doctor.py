@@ -8,20 +8,13 @@ toolchain (npu-smi, atc, pyACL, toolkit version).
 from __future__ import annotations
 
 import statistics
-from importlib import metadata
 
 from ascend_lab import cann
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.device import HostTimer, measure
+from ascend_lab.provenance import installed_version
 from ascend_lab.report import format_table
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def time_matmul(device, size: int, dtype_name: str, warmup: int, repeats: int, on_cpu: bool) -> float:
@@ -63,7 +56,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
     }
     facts = {
         "torch": torch.__version__,
-        "torch_npu": _version("torch_npu"),
+        "torch_npu": installed_version("torch_npu"),
         "CANN toolkit": cann.toolkit_version(cfg.atc.toolkit_home) or "not installed",
         "device": str(device.torch_device),
         "chosen because": device.reason,
