@@ -1,0 +1,505 @@
+"""A static-KV-cache greedy decoder for Qwen2-class models whose decode step can be captured as
+one device graph (CUDA graphs / torch_npu NPU graphs) and fused by ``torch.compile``.
+
+Why: eager PyTorch decoding of a 1.8B model is launch-bound, not bandwidth-bound (about a
+thousand small kernels per token; 6 % of the H200's bandwidth roofline with Hugging Face
+``generate``). Graph capture removes the per-kernel host launch cost and ``torch.compile`` cuts
+the kernel count; together they reach about half the roofline (``shared/reference/anchors.md``).
+
+What makes the step capturable: every buffer is allocated once per (batch, capacity) and only
+mutated in place, and everything that changes per step lives on the device — the last token, each
+row's rotary position, the cache slot being written (a one-element index tensor for
+``index_copy_``), the additive attention mask over the whole cache (padding and empty slots hold
+the dtype's minimum; the step unmasks its own slot) and a token history. No step reads a value
+back to the host, so a replayed graph does exactly what the eager step does.
+
+The engine reuses the Hugging Face module weights as they are (no copies) and computes with the
+same operations as ``transformers``' Qwen2 code (RMSNorm in float32, rotary from the model's own
+``inv_freq``, SiLU MLP), so in float32 its greedy tokens are the model's. It implements the
+:class:`ascend_lab.bench.generation.Engine` protocol.
+
+Backends: ``graph_capture`` uses ``torch.<kind>.<KIND>Graph`` and ``torch.<kind>.graph``
+(``torch.cuda.CUDAGraph`` / ``torch.npu.NPUGraph``, same capture/replay semantics). On the CPU
+there is no graph API: the engine runs the same step eagerly and records why in ``notes`` (and the
+log), so ``runtime.graph_capture=true`` never fails a CPU run. ``compile`` applies
+``torch.compile(fullgraph=True, dynamic=False)`` before capture: ``compile_scope="layer"`` (default)
+compiles one decoder layer that all layers share (weights are arguments; compile time of one
+layer), ``"step"`` the whole step (cross-layer fusion, a graph as large as the model to compile).
+On an NPU that needs a torch_npu whose default compile backend works there.
+
+Benchmarks call :meth:`StaticDecoderEngine.prepare` once per shape before timing, so the compile
+and capture cost stays out of the measured iterations (otherwise it lands in the first step).
+
+This module imports nothing from ``ascend_lab`` at import time (``ascend_lab.errors`` needs Hydra),
+so the standalone GPU check script can use it on a machine with only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Cache length granularity: efficient-attention kernels want the mask's last dim 16-aligned,
+# and a little headroom means a slightly longer prompt does not force a new capture.
+CAPACITY_ALIGN = 16
+COMPILE_SCOPES = ("layer", "step")
+# Rotary variants whose frequencies change with the sequence length cannot be baked into a graph.
+UNSUPPORTED_ROPE = ("dynamic", "longrope")
+
+
+def _user_error(message: str) -> Exception:
+    """A ToolchainError where ascend_lab's errors import (they need Hydra), else a RuntimeError."""
+    try:
+        from ascend_lab.errors import ToolchainError
+    except ImportError:  # the standalone GPU check runs without Hydra
+        return RuntimeError(message)
+    return ToolchainError(message)
+
+
+class LayerWeights(NamedTuple):
+    """One decoder layer's parameters: references to the Hugging Face modules' own tensors."""
+
+    input_norm: Any
+    q_weight: Any
+    q_bias: Any
+    k_weight: Any
+    k_bias: Any
+    v_weight: Any
+    v_bias: Any
+    o_weight: Any
+    post_norm: Any
+    gate: Any
+    up: Any
+    down: Any
+
+    @classmethod
+    def of(cls, layer) -> LayerWeights:
+        a, m = layer.self_attn, layer.mlp
+        return cls(layer.input_layernorm.weight, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias,
+                   a.v_proj.weight, a.v_proj.bias, a.o_proj.weight, layer.post_attention_layernorm.weight,
+                   m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# The math, as plain functions of tensors: the same ops in the same order as transformers' Qwen2,
+# so they compile once per shape and reuse across layers (weights are arguments, not attributes).
+
+
+def _rms_norm(x, weight, eps: float):
+    import torch
+
+    dtype = x.dtype
+    x32 = x.to(torch.float32)
+    variance = x32.pow(2).mean(-1, keepdim=True)
+    x32 = x32 * torch.rsqrt(variance + eps)
+    return weight * x32.to(dtype)
+
+
+def _rotate_half(x):
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rotary(positions, inv_freq, attention_scaling: float, dtype):
+    """cos, sin [batch, 1, seq, head_dim] for int positions [batch, seq] (transformers' formula)."""
+    import torch
+
+    freqs = positions[..., None].float() * inv_freq.to(torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = (emb.cos() * attention_scaling).to(dtype)
+    sin = (emb.sin() * attention_scaling).to(dtype)
+    return cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def _mlp_block(h, w, eps: float):
+    import torch.nn.functional as F
+
+    x = _rms_norm(h, w.post_norm, eps)
+    return h + F.linear(F.silu(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
+
+
+def _project(x, w, heads: int, kv_heads: int, head_dim: int):
+    """q [b, heads, s, d], k and v [b, kv_heads, s, d] from normed hidden states [b, s, hidden]."""
+    import torch.nn.functional as F
+
+    b, s = x.shape[0], x.shape[1]
+    q = F.linear(x, w.q_weight, w.q_bias).view(b, s, heads, head_dim).transpose(1, 2)
+    k = F.linear(x, w.k_weight, w.k_bias).view(b, s, kv_heads, head_dim).transpose(1, 2)
+    v = F.linear(x, w.v_weight, w.v_bias).view(b, s, kv_heads, head_dim).transpose(1, 2)
+    return q, k, v
+
+
+def decode_layer(h, cos, sin, mask, write, k_cache, v_cache, w, eps: float, heads: int, kv_heads: int,
+                 head_dim: int, scaling: float):
+    """One decoder layer for one token per row: writes its K/V at slot ``write`` and attends over
+    the whole static cache under the additive ``mask`` [b, 1, 1, capacity]."""
+    import torch.nn.functional as F
+
+    b = h.shape[0]
+    x = _rms_norm(h, w.input_norm, eps)
+    q, k, v = _project(x, w, heads, kv_heads, head_dim)
+    q = (q * cos) + (_rotate_half(q) * sin)
+    k = (k * cos) + (_rotate_half(k) * sin)
+    k_cache.index_copy_(2, write, k)
+    v_cache.index_copy_(2, write, v)
+    # GQA without copying the cache: the query heads sharing a KV head (transformers' repeat_kv
+    # maps head j to KV head j // group) become that head's `group` query rows; with one token per
+    # row they all see the same mask.
+    group = heads // kv_heads
+    q = q.reshape(b, kv_heads, group, head_dim)
+    out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scaling)
+    h = h + F.linear(out.reshape(b, 1, heads * head_dim), w.o_weight)
+    return _mlp_block(h, w, eps)
+
+
+def decode_prologue(token, pos, write, mask, embed_weight, inv_freq, attention_scaling: float):
+    """Embed the last tokens, unmask the slot being written, rotary for each row's position."""
+    import torch.nn.functional as F
+
+    mask.index_fill_(3, write, 0.0)
+    h = F.embedding(token.unsqueeze(1), embed_weight)
+    cos, sin = _rotary(pos.unsqueeze(1), inv_freq, attention_scaling, h.dtype)
+    return h, cos, sin
+
+
+def decode_epilogue(h, norm_weight, eps: float, lm_weight, lm_bias, token, pos, write, history):
+    """Greedy pick into the static token buffers; advance the device-side counters."""
+    import torch.nn.functional as F
+
+    logits = F.linear(_rms_norm(h[:, -1], norm_weight, eps), lm_weight, lm_bias)
+    nxt = logits.argmax(dim=-1)
+    history.index_copy_(1, write + 1, nxt.unsqueeze(1))
+    token.copy_(nxt)
+    pos.add_(1)
+    write.add_(1)
+
+
+def _repeat_kv(x, group: int):
+    if group == 1:
+        return x
+    b, kv_heads, s, d = x.shape
+    return x[:, :, None].expand(b, kv_heads, group, s, d).reshape(b, kv_heads * group, s, d)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class StaticDecoderEngine:
+    """Greedy decoding with a preallocated KV cache; the decode step optionally compiled and
+    captured as one graph (see the module docstring).
+
+    ``max_len`` is the cache capacity in tokens (prompt + generated − 1 are needed). The buffers
+    are allocated for (batch, capacity) at the first :meth:`prepare` or :meth:`prefill` and kept:
+    later generations with the same batch and a prompt that fits reuse them and the captured
+    graph; a new batch or a longer need reallocates and re-captures once. Capture happens in
+    :meth:`prepare` (call it before timing) or else lazily at the first :meth:`step`.
+    """
+
+    def __init__(self, model, device, max_len: int, graph_capture: bool = False, compile: bool = False,
+                 compile_scope: str = "layer", compile_mode: str | None = None, warmup_steps: int = 3) -> None:
+        import torch
+
+        if max_len < 2:
+            raise ValueError(f"max_len={max_len}: the cache needs room for a prompt and a generated token")
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile_scope={compile_scope!r}: valid values are {', '.join(COMPILE_SCOPES)}")
+        self.kind, self.torch_device = _kind_and_device(device)
+        self.model = model
+        self.max_len = int(max_len)
+        self.compile = bool(compile)
+        self.compile_scope = compile_scope
+        self.compile_mode = compile_mode
+        self.warmup_steps = max(1, int(warmup_steps))
+        self.notes: list[str] = []
+        self.graph_capture = bool(graph_capture)
+        if self.graph_capture and _graph_api(self.kind) is None:
+            self._note(f"graph capture is not available on {self.kind} (no torch.{self.kind} graph API); "
+                       "the static decode step runs eagerly")
+            self.graph_capture = False
+        self._read_model(model)
+        self.dtype = self._embed.dtype
+        self.allocations = 0  # buffer (re)allocations, for tests and logs
+        self.captures = 0  # graph captures
+        self._batch = 0
+        self._capacity = 0
+        self._graph = None
+        self._warm = False
+        self._prompt_len = 0
+        self._next = 0  # host mirror of the device write slot (never read back from the device)
+        self._count = 0
+        self._step_fn = self._build_step(torch)
+
+    def tags(self) -> dict[str, str]:
+        """How this engine ran, for run tags and logs."""
+        return {"static_decoder.graph_capture": str(self.graph_capture).lower(),
+                "static_decoder.compile": (self.compile_scope if self.compile else "off"),
+                "static_decoder.capacity": str(self._capacity), "static_decoder.captures": str(self.captures),
+                "static_decoder.notes": "; ".join(self.notes)}
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.warning("%s", text)
+
+    # -- model ------------------------------------------------------------------------------
+
+    def _read_model(self, model) -> None:
+        config = model.config
+        try:
+            base, layers = model.model, model.model.layers
+            rotary = base.rotary_emb
+        except AttributeError as exc:
+            raise _user_error(f"the static decoder needs a Qwen2-architecture model (model.model.layers, "
+                              f"rotary_emb); {type(model).__name__} has no {exc.name}") from exc
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise _user_error(f"the static decoder implements SiLU MLPs; hidden_act={config.hidden_act!r}")
+        if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+            raise _user_error("the static decoder attends over the full cache; this config uses sliding-window "
+                              "layers (use_sliding_window=true)")
+        rope_type = getattr(rotary, "rope_type", "default")
+        if any(kind in rope_type for kind in UNSUPPORTED_ROPE):
+            raise _user_error(f"rope_type={rope_type!r} changes its frequencies with the length; the static "
+                              "decoder needs a fixed rotary table")
+        self.num_layers = len(layers)
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        attn0 = layers[0].self_attn
+        self.scaling = float(getattr(attn0, "scaling", self.head_dim ** -0.5))
+        self.eps = float(layers[0].input_layernorm.variance_epsilon)
+        self._embed = base.embed_tokens.weight
+        self._inv_freq = rotary.inv_freq
+        self._rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self._norm = base.norm.weight
+        self._norm_eps = float(base.norm.variance_epsilon)
+        self._lm_weight = model.lm_head.weight  # the embedding itself when tied: no copy
+        self._lm_bias = getattr(model.lm_head, "bias", None)
+        self._layers = [LayerWeights.of(layer) for layer in layers]
+
+    def _build_step(self, torch) -> Callable[[], None]:
+        prologue, layer, epilogue = decode_prologue, decode_layer, decode_epilogue
+        options = {"fullgraph": True, "dynamic": False, "mode": self.compile_mode}
+        if self.compile:
+            _allow_recompiles(torch)
+        if self.compile and self.compile_scope == "layer":
+            # One compiled layer serves every layer (weights are arguments): compile time is that
+            # of one layer, not of the whole model.
+            prologue, layer, epilogue = (torch.compile(f, **options) for f in (prologue, layer, epilogue))
+
+        def step() -> None:
+            h, cos, sin = prologue(self._token, self._pos, self._write, self._mask, self._embed, self._inv_freq,
+                                   self._rope_scaling)
+            for i, w in enumerate(self._layers):
+                h = layer(h, cos, sin, self._mask, self._write, self._k[i], self._v[i], w, self.eps, self.heads,
+                          self.kv_heads, self.head_dim, self.scaling)
+            epilogue(h, self._norm, self._norm_eps, self._lm_weight, self._lm_bias, self._token, self._pos,
+                     self._write, self._history)
+
+        if self.compile and self.compile_scope == "step":
+            return torch.compile(step, **options)
+        return step
+
+    # -- buffers ----------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def batch(self) -> int:
+        return self._batch
+
+    def _ensure(self, batch: int, needed: int) -> None:
+        if batch == self._batch and needed <= self._capacity:
+            return
+        import torch
+
+        capacity = -(-max(needed, self.max_len) // CAPACITY_ALIGN) * CAPACITY_ALIGN
+        self._graph = None  # it points at the old buffers
+        self._warm = False
+        self._k = self._v = None
+        dev, dt = self.torch_device, self.dtype
+        shape = (batch, self.kv_heads, capacity, self.head_dim)
+        self._k = [torch.zeros(shape, dtype=dt, device=dev) for _ in range(self.num_layers)]
+        self._v = [torch.zeros(shape, dtype=dt, device=dev) for _ in range(self.num_layers)]
+        self._token = torch.zeros(batch, dtype=torch.long, device=dev)
+        self._pos = torch.zeros(batch, dtype=torch.long, device=dev)
+        self._write = torch.zeros(1, dtype=torch.long, device=dev)
+        self._mask = torch.full((batch, 1, 1, capacity), torch.finfo(dt).min, dtype=dt, device=dev)
+        self._history = torch.zeros(batch, capacity + 1, dtype=torch.long, device=dev)
+        self._batch, self._capacity = batch, capacity
+        self.allocations += 1
+        log.debug("static cache: batch %d, capacity %d, %d layers", batch, capacity, self.num_layers)
+
+    def prepare(self, batch: int, prompt_len: int, new_tokens: int) -> None:
+        """Allocate for this shape and do the one-off work (compile, capture) now, outside timing."""
+        self._ensure(batch, prompt_len + max(new_tokens - 1, 0))
+        self._warm_up()
+
+    # -- Engine protocol -------------------------------------------------------------------
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.torch_device)
+        mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(self.torch_device)
+        batch, plen = ids.shape
+        self._ensure(batch, plen)
+        with torch.no_grad():
+            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            h = F.embedding(ids, self._embed)
+            cos, sin = _rotary(positions, self._inv_freq, self._rope_scaling, h.dtype)
+            additive = self._prompt_mask(mask, plen)
+            group = self.heads // self.kv_heads
+            for i, w in enumerate(self._layers):
+                x = _rms_norm(h, w.input_norm, self.eps)
+                q, k, v = _project(x, w, self.heads, self.kv_heads, self.head_dim)
+                q = (q * cos) + (_rotate_half(q) * sin)
+                k = (k * cos) + (_rotate_half(k) * sin)
+                self._k[i][:, :, :plen].copy_(k)
+                self._v[i][:, :, :plen].copy_(v)
+                out = F.scaled_dot_product_attention(q, _repeat_kv(k, group), _repeat_kv(v, group),
+                                                     attn_mask=additive, scale=self.scaling)
+                h = h + F.linear(out.transpose(1, 2).reshape(batch, plen, -1), w.o_weight)
+                h = _mlp_block(h, w, self.eps)
+            logits = F.linear(_rms_norm(h[:, -1], self._norm, self._norm_eps), self._lm_weight, self._lm_bias)
+            first = logits.argmax(dim=-1)
+            # In place: a captured graph holds these very buffers.
+            blocked = torch.finfo(self.dtype).min
+            self._mask.fill_(blocked)
+            self._mask[:, 0, 0, :plen].masked_fill_(mask != 0, 0.0)
+            self._token.copy_(first)
+            self._pos.copy_(mask.sum(-1))
+            self._write.fill_(plen)
+            self._history.zero_()
+            self._history[:, plen].copy_(first)
+        self._prompt_len = self._next = plen
+        self._count = 1
+
+    def _prompt_mask(self, mask, plen: int):
+        """[b, 1, s, s] additive: causal and real keys; a padded query sees itself so that its
+        (never used) row stays finite instead of NaN-poisoning the cache."""
+        import torch
+
+        index = torch.arange(plen, device=mask.device)
+        causal = index[None, :] <= index[:, None]
+        eye = index[None, :] == index[:, None]
+        allowed = causal[None] & ((mask != 0)[:, None, :] | eye[None])
+        additive = torch.zeros(allowed.shape, dtype=self.dtype, device=mask.device)
+        return additive.masked_fill(~allowed, torch.finfo(self.dtype).min).unsqueeze(1)
+
+    def step(self) -> None:
+        import torch
+
+        if self._count == 0:
+            raise RuntimeError("step() before prefill()")
+        if self._next >= self._capacity:
+            raise _user_error(
+                f"the static KV cache is full ({self._capacity} slots, prompt {self._prompt_len} + "
+                f"{self._count - 1} steps); build the engine with a larger max_len or call "
+                "prepare(batch, prompt_len, new_tokens) first")
+        if self.graph_capture or self.compile:
+            self._warm_up()
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            with torch.no_grad():
+                self._step_fn()
+        self._next += 1
+        self._count += 1
+
+    def generated(self) -> np.ndarray:
+        start = self._prompt_len
+        return self._history[:, start:start + self._count].cpu().numpy().astype(np.int64)
+
+    # -- compile / capture ------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Run the step a few times (compiles it), then capture it; the decode state is restored,
+        so this may happen between prefill and the first step.
+
+        The warm-up steps write the last cache slot, which is free whenever a step can still run
+        (and a real step rewrites and unmasks a slot in the same step before reading it)."""
+        if self._warm or not (self.graph_capture or self.compile):
+            return
+        import torch
+
+        state = (self._token, self._pos, self._write, self._mask, self._history)
+        saved = [t.clone() for t in state]
+        api = _graph_api(self.kind) if self.graph_capture else None
+        with torch.no_grad():
+            if api is None:
+                for _ in range(self.warmup_steps):
+                    self._write.fill_(self._capacity - 1)
+                    self._step_fn()
+            else:
+                self._graph = api.capture(self._step_fn, self.warmup_steps,
+                                          lambda: self._write.fill_(self._capacity - 1))
+                self.captures += 1
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
+        self._warm = True
+
+
+class GraphApi:
+    """torch.cuda / torch.npu graph capture: warm up on a side stream, capture, replay."""
+
+    def __init__(self, backend, graph_cls) -> None:
+        self.backend, self.graph_cls = backend, graph_cls
+
+    def capture(self, fn: Callable[[], None], warmup_steps: int, reset: Callable[[], None]):
+        b = self.backend
+        stream = b.Stream()
+        stream.wait_stream(b.current_stream())
+        with b.stream(stream):
+            for _ in range(warmup_steps):
+                reset()
+                fn()
+        b.current_stream().wait_stream(stream)
+        graph = self.graph_cls()
+        reset()
+        with b.graph(graph):
+            fn()
+        b.synchronize()
+        return graph
+
+
+def _graph_api(kind: str) -> GraphApi | None:
+    import torch
+
+    if kind == "cpu":
+        return None
+    backend = getattr(torch, kind, None)
+    graph_cls = getattr(backend, f"{kind.upper()}Graph", None)
+    if backend is None or graph_cls is None or not hasattr(backend, "graph"):
+        return None
+    return GraphApi(backend, graph_cls)
+
+
+def _allow_recompiles(torch, at_least: int = 64) -> None:
+    """Each (batch, capacity) is its own static specialisation; a sweep over many batch sizes must
+    not hit Dynamo's default limit (8), past which it silently runs the step uncompiled."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # new name, old name
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), at_least))
+
+
+def _kind_and_device(device):
+    """(kind, torch.device) from an ``ascend_lab.device.Device``, a torch.device or a string."""
+    import torch
+
+    if hasattr(device, "torch_device"):
+        return device.kind, device.torch_device
+    device = torch.device(device)
+    return device.type, device
+
