@@ -32,6 +32,11 @@ class RuntimeConfig:
         metadata={"help": "torch generate: static KV cache with the decode step captured as one graph "
                           "(CUDA graphs / NPU graphs; on the CPU the same static step runs eagerly, with a note)."},
     )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch generate: torch.compile the static-cache decode step (kernel fusion); with "
+                          "graph_capture this is the fast accelerator path. Costs compile time at load."},
+    )
 
     def __post_init__(self) -> None:
         require_choice("runtime.name", self.name, RUNTIME_NAMES)

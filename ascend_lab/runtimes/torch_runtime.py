@@ -42,7 +42,7 @@ class TorchRuntime(Runtime):
         loaded = load_model(cfg.model, cfg.seed, device=device.torch_device)
         layout = GraphLayout.from_model_config(cfg.export.graph, loaded.config, cfg.model.dtype)
         runtime = cls(loaded.model, layout, device.torch_device, cfg.runtime.intra_op_threads,
-                      graph_capture=cfg.runtime.graph_capture, compile=getattr(cfg.runtime, "compile", False))
+                      graph_capture=cfg.runtime.graph_capture, compile=cfg.runtime.compile)
         runtime.tokenizer = loaded.tokenizer
         return runtime
 
