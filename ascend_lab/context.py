@@ -4,7 +4,7 @@
 the resolved config, environment tags and Hydra's files, resolves the device lazily (so tasks that
 need none, like ``compile``, never import torch), and ends the run with the job's outcome.
 
-Resume: with ``tracking.skip_finished=true`` (or ``benchmark.skip_finished=true``) a job whose
+Resume: with ``tracking.skip_finished=true`` a job whose
 config hash already has a FINISHED run in the experiment opens no run; ``JobContext.skipped_run_id``
 names the finished run and the caller skips the task.
 """
@@ -81,7 +81,7 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
     else:
         store = prepare_store(cfg.tracking, launch_dir)
     digest = config_hash(raw_cfg)
-    if cfg.tracking.skip_finished or cfg.benchmark.skip_finished:
+    if cfg.tracking.skip_finished:
         finished = find_finished_run(store, digest)
         if finished is not None:
             if parent_run_id is not None:

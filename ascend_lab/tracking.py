@@ -333,12 +333,12 @@ def config_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 # Switches that say how to run a job, not what it computes: a job is the same job with or without them.
-HASH_EXCLUDED_KEYS = ("tracking.skip_finished", "benchmark.skip_finished")
+HASH_EXCLUDED_KEYS = ("tracking.skip_finished",)
 CONFIG_HASH_TAG = "config_hash"
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """The job's identity: sha256 (16 hex digits) of its resolved config without ``hydra`` and the skip switches."""
+    """The job's identity: sha256 (16 hex digits) of its resolved config without ``hydra`` and the skip switch."""
     params = {k: v for k, v in config_params(cfg).items() if k not in HASH_EXCLUDED_KEYS}
     text = json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -72,7 +72,7 @@ def test_failed_and_killed_jobs_are_recorded_and_resume_runs_only_them(tmp_path)
 def test_resume_of_a_finished_sweep_skips_everything(run_cli, tmp_path):
     args = ("-m", "task=doctor", "doctor.matmul_size=64", "doctor.repeats=2,3")
     assert run_cli(*args, timeout=300).returncode == 0
-    again = run_cli(*args, "benchmark.skip_finished=true", timeout=300)
+    again = run_cli(*args, "tracking.skip_finished=true", timeout=300)
     assert again.returncode == 0, again.stderr
     assert "0 finished, 0 failed, 2 skipped" in again.stdout
     assert "ascend_lab doctor" not in again.stdout  # no job did the work again

@@ -42,10 +42,6 @@ class BenchmarkConfig:
                           "tokenizer, repeated to the batch."},
     )
     prompt: str = field(default="你好,昇腾!", metadata={"help": "Prompt text for input_source=prompt and task=infer."})
-    skip_finished: bool = field(
-        default=False,
-        metadata={"help": "Skip a job whose identical config already has a FINISHED run (resume a sweep)."},
-    )
 
     def __post_init__(self) -> None:
         require_choice("benchmark.scenario", self.scenario, SCENARIOS)

@@ -37,8 +37,8 @@ class TrackingConfig:
     skip_finished: bool = field(
         default=False,
         metadata={"help": "Resume: skip a job whose identical config (tag config_hash: the resolved config "
-                          "without hydra and the skip switches) already has a FINISHED run in the experiment; "
-                          "failed and new configs run. benchmark.skip_finished does the same."},
+                          "without hydra and this switch) already has a FINISHED run in the experiment; "
+                          "failed and new configs run."},
     )
 
     def __post_init__(self) -> None:
