@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ascend_lab.errors import AscendLabError
 
@@ -127,12 +127,12 @@ def quantize_int8(path: Path, external: bool, method: str = DEFAULT_INT8_METHOD,
 
 @contextmanager
 def _quiet_quantizers() -> Iterator[None]:
-    """onnxruntime's quantisers log a line per node at INFO (and set up the root logger for it)."""
+    """onnxruntime's quantisers log a line per node at INFO and advice on the root logger."""
     names = ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization", "root")
     loggers = [logging.getLogger(n) if n != "root" else logging.getLogger() for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(max(lg.level, logging.WARNING))
+        lg.setLevel(max(lg.level, logging.ERROR))
     try:
         yield
     finally:
@@ -160,14 +160,15 @@ def _dynamic(model, nodes: list[str], work: Path, external: bool) -> None:
                      nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
                      use_external_data_format=external,
                      extra_options={"MatMulConstBOnly": True})
-    if external:  # quantize_dynamic names the side file after the model; ours is DATA_FILE
-        _save(_load(work / MODEL_FILE), work / MODEL_FILE, True)
+    if external:
+        # Rewrite into one fresh DATA_FILE: quantize_dynamic picks its own side-file name, and
+        # onnx appends to an existing one rather than replacing it.
+        import onnx
 
-
-def _load(path: Path):
-    import onnx
-
-    return onnx.load(str(path))
+        quantized = onnx.load(str(work / MODEL_FILE))
+        for path in work.iterdir():
+            path.unlink()
+        _save(quantized, work / MODEL_FILE, True)
 
 
 def _save(model, out: Path, external: bool, location: str = DATA_FILE) -> None:
