@@ -36,7 +36,7 @@ from ascend_lab import cann
 from ascend_lab.config.atc import MAX_GEARS, AtcConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
-from ascend_lab.provenance import sha256_files
+from ascend_lab.provenance import digest_mismatch, sha256_files
 
 if TYPE_CHECKING:
     from ascend_lab.config import AppConfig
@@ -537,7 +537,7 @@ def ensure_compiled(cfg: "AppConfig", ctx: "JobContext", exported: "ExportedMode
         tracker.set_tags({"compile_skipped": "dry run (atc.dry_run=true)"})
         return None
 
-    cached = _load_cached(plan, atc_cfg)
+    cached = _load_cached(plan, atc_cfg, warn=True)
     if cached is not None:
         log.info("compile cache hit: %s", cached.om_path)
         tracker.log_text(f"{plan.command_line}\n\n(cache hit: {cached.om_path})\n", "atc_command.txt")
@@ -599,14 +599,21 @@ def _compile(plan: CompilePlan, atc_cfg: AtcConfig, ctx: "JobContext", environme
     return compiled
 
 
-def _load_cached(plan: CompilePlan, atc_cfg: AtcConfig) -> CompiledModel | None:
+def _load_cached(plan: CompilePlan, atc_cfg: AtcConfig, warn: bool = False) -> CompiledModel | None:
     manifest_path = plan.folder / MANIFEST
     if not manifest_path.is_file():
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
         om = plan.folder / manifest["om"]
-        if not om.is_file() or om.stat().st_size != manifest["om_bytes"]:
+        if not om.is_file():
+            return None
+        problem = (f"{om} has {om.stat().st_size} bytes, not the recorded {manifest['om_bytes']}"
+                   if om.stat().st_size != manifest["om_bytes"]
+                   else digest_mismatch([om], manifest_path, manifest["om_sha256"]))
+        if problem is not None:  # damaged by hand: compiled again (the caller replaces the entry)
+            if warn:
+                log.warning("compile cache entry %s is damaged (%s); compiling it again", plan.folder, problem)
             return None
     except (OSError, ValueError, KeyError):
         return None

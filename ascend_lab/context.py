@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from ascend_lab.config import AppConfig
 from ascend_lab.tracking import CONFIG_HASH_TAG, Store, Tracker, config_hash, config_params, ending, \
     environment_tags, find_finished_run, open_run, prepare_store, read_sweep_file, record_skipped_job
+from ascend_lab.writable import check_job_folders
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, str, str | Non
 @contextmanager
 def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
     launch_dir, output_dir, multirun, sweep_dir, job_name, override_dirname, job_num = _hydra_runtime()
+    check_job_folders(cfg, launch_dir)  # before anything is created or recorded
     if not cfg.tracking.enabled:
         yield JobContext(cfg, Tracker(), launch_dir, output_dir)
         return

@@ -44,7 +44,51 @@ def _hydra_main(cfg: DictConfig) -> object:
     return run_job(cfg)
 
 
+# Hydra's flags that take a value (the value is not an override).
+_VALUE_FLAGS = ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+                "--config-dir", "--experimental-rerun")
+_INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+GRAMMAR_URL = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
+
+
+def command_line_overrides(argv: list[str]) -> list[str]:
+    overrides, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUE_FLAGS or (arg in ("-i", "--info") and i + 1 < len(argv)
+                                            and argv[i + 1] in _INFO_CHOICES)
+        else:
+            overrides.append(arg)
+    return overrides
+
+
+def override_problem(argv: list[str]) -> str | None:
+    """What is wrong with the first malformed override, naming it (Hydra's own parse errors do not
+    always say which override failed, and ``=4`` gets a traceback from it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in command_line_overrides(argv):
+        if arg.lstrip("+~").startswith("="):
+            return (f"Invalid override {arg!r}: no key before '='. Overrides are key=value, e.g. "
+                    "benchmark.batch_size=4; `--help` lists the groups and `--cfg job` prints every key.")
+        try:
+            parser.parse_override(arg)
+        except HydraException as exc:
+            return (f"Invalid override {arg!r}: {exc}. Overrides are key=value; quote values with brackets, "
+                    f"commas or spaces as a whole argument, e.g. 'atc.dynamic_dims=[\"1,16\",\"4,16\"]' "
+                    f"(grammar: {GRAMMAR_URL}).")
+    return None
+
+
 def main() -> None:
+    problem = override_problem(sys.argv[1:])
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        sys.exit(1)
     try:
         _hydra_main()
     except KeyboardInterrupt:

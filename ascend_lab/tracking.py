@@ -243,14 +243,21 @@ def prepare_store(cfg: TrackingConfig, launch_dir: Path) -> Store:
         if not os.access(db_path.parent, os.W_OK):
             raise AscendLabError(f"the MLflow store folder {db_path.parent} is not writable. "
                                  "Launch from a writable directory or set tracking.uri.")
-    if uri.startswith("sqlite:///"):
-        from filelock import FileLock
+    try:
+        if uri.startswith("sqlite:///"):
+            from filelock import FileLock
 
-        # Two processes creating a new SQLite store at once race in MLflow's schema migrations
-        # (alembic "table already exists"): only one may create it.
-        with FileLock(str(db_path) + ".lock"):
-            return _store_with_experiment(uri, cfg, launch_dir)
-    return _store_with_experiment(uri, cfg, launch_dir)
+            # Two processes creating a new SQLite store at once race in MLflow's schema migrations
+            # (alembic "table already exists"): only one may create it.
+            with FileLock(str(db_path) + ".lock"):
+                return _store_with_experiment(uri, cfg, launch_dir)
+        return _store_with_experiment(uri, cfg, launch_dir)
+    except Exception as exc:  # a missing database driver, a folder or a non-database at the path, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise AscendLabError(
+            f"cannot open the MLflow store tracking.uri={cfg.uri} ({uri}): {type(exc).__name__}: {first}. "
+            "Point tracking.uri at a SQLite file (sqlite:///outputs/mlflow.db), a running `mlflow server` "
+            "(http://host:port) or a database whose driver is installed, or run with tracking=off.") from exc
 
 
 def _store_with_experiment(uri: str, cfg: TrackingConfig, launch_dir: Path) -> Store:

@@ -21,6 +21,7 @@ from ascend_lab.errors import AscendLabError
 from ascend_lab.export import cache, ensure_exported
 from ascend_lab.export.wrappers import KVCacheDecoder, dynamic_axes, empty_past, io_names, wrapper_for
 from ascend_lab.models import load_model
+from ascend_lab.provenance import sha256_files
 from ascend_lab.tracking import Tracker
 
 from conftest import cli_env
@@ -108,7 +109,7 @@ def test_each_graph_exports_checks_and_matches_torch(exports, graph):
     assert tracker.metrics["parity_max_abs_diff"] < 1e-3
     assert 0 <= tracker.metrics["parity_rel_l2"] < 1e-4
     assert tracker.metrics["export_cache_hit"] == 0 and tracker.metrics["export_seconds"] > 0
-    assert tracker.tags["onnx_sha256"] == exported.sha256 == cache.sha256_files([exported.onnx_path])
+    assert tracker.tags["onnx_sha256"] == exported.sha256 == sha256_files([exported.onnx_path])
     meta = json.loads((exported.onnx_path.parent / "meta.json").read_text())
     assert meta["sha256"] == exported.sha256 and meta["input_names"] == exported.input_names
     if graph == "kv_cache":
@@ -209,12 +210,15 @@ def test_external_data_and_int8(tmp_path):
     exported, tracker = export(tmp_path, graph="logits", external_data="always")
     data = exported.onnx_path.with_name("model.onnx.data")
     assert data.is_file() and data.stat().st_size > exported.onnx_path.stat().st_size
-    assert exported.sha256 == cache.sha256_files([exported.onnx_path, data])
+    assert exported.sha256 == sha256_files([exported.onnx_path, data])
     assert tracker.metrics["parity_max_abs_diff"] < 1e-3
     quantized, tracker = export(tmp_path, graph="logits", quantize="int8")
     ops = {node.op_type for node in onnx.load(str(quantized.onnx_path)).graph.node}
-    assert "MatMulInteger" in ops  # the projection weights, not only the embedding, are int8
-    assert quantized.extra["onnx_size_mb"] < 0.5 * exported.extra["onnx_size_mb"]
+    # The projection weights, not only the embedding, are int8 (MatMulNBits: export.quantize's method).
+    assert ops & {"MatMulNBits", "MatMulInteger"}
+    # The float embedding table stays for the token lookup (a large share of tiny_qwen's 0.6 MB), so the
+    # file shrinks less than the bytes read per step (tests/test_quantize.py bounds those at < 40 %).
+    assert quantized.extra["onnx_size_mb"] < 0.6 * exported.extra["onnx_size_mb"]
     assert 0 < tracker.metrics["parity_max_abs_diff"] < 1.0
 
 

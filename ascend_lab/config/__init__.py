@@ -8,11 +8,14 @@ checks (ranges, choices, exclusive options) before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ascend_lab.config.atc import AtcConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
@@ -23,6 +26,12 @@ from ascend_lab.config.mnist import MnistConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.config.tracking import TrackingConfig
+from ascend_lab.errors import AscendLabError, ConfigError, require
+
+# numpy's legacy seeding and many libraries take 32-bit seeds.
+MAX_SEED = 2**32 - 1
+# Tasks that feed benchmark.seq_len tokens (and, generating, new_tokens more) through the model.
+SEQUENCE_TASKS = ("bench", "pipeline")
 
 
 class Task(str, Enum):
@@ -65,12 +74,56 @@ def validate(cfg: DictConfig) -> AppConfig:
 
     Raises :class:`ascend_lab.errors.ConfigError` naming the first invalid key.
     """
-    app_cfg = OmegaConf.to_object(cfg)
+    _reject_unknown_keys(cfg, "")
+    try:
+        app_cfg = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:  # ${...} that resolves to nothing, or ??? left unset
+        key = getattr(exc, "full_key", None) or "the config"
+        raise AscendLabError(f"Invalid config: {key}: {str(exc).splitlines()[0]}. Give it a value "
+                             f"({key}=<value>) or make the ${{...}} interpolation name an existing key.") from None
     assert isinstance(app_cfg, AppConfig), type(app_cfg)
+    require(0 <= app_cfg.seed <= MAX_SEED, "seed", app_cfg.seed, f"must be between 0 and {MAX_SEED}")
+    if app_cfg.task.value in SEQUENCE_TASKS:
+        bench = app_cfg.benchmark
+        generate = bench.scenario == "generate"
+        check_sequence_fits(app_cfg.model, bench.seq_len + (bench.new_tokens if generate else 0),
+                            "benchmark.seq_len", bench.seq_len,
+                            "benchmark.seq_len + benchmark.new_tokens" if generate else "benchmark.seq_len")
     return app_cfg
+
+
+def check_sequence_fits(model: ModelConfig, tokens: int, key: str, value: object, what: str) -> None:
+    """Positions beyond the model's rope tables run without error and give meaningless output.
+
+    A local checkpoint (model.path) brings its own limit, which transformers applies when loading.
+    """
+    if model.path is None and tokens > model.max_position_embeddings:
+        raise ConfigError(key, value, (
+            f"{what} = {tokens} positions, more than model.max_position_embeddings="
+            f"{model.max_position_embeddings} of model {model.name}; use a shorter sequence"))
+
+
+def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
+    """Keys a schema does not have (added with `+key=value`) would otherwise be carried silently."""
+    schema = OmegaConf.get_type(node)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        return
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        full = f"{prefix}{key}"
+        if key not in known and full != "hydra":
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(full, node._get_node(key)._value(), (
+                "no such key" + (f" (did you mean {prefix}{close[0]}?)" if close else "")
+                + "; `python -m ascend_lab.run --cfg job` prints every key (a leading + cannot add keys "
+                  "the schema does not have)"))
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _reject_unknown_keys(child, f"{full}.")
 
 
 __all__ = [
     "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
-    "MnistConfig", "ModelConfig", "RuntimeConfig", "Task", "TrackingConfig", "register_configs", "validate",
+    "MnistConfig", "ModelConfig", "RuntimeConfig", "Task", "TrackingConfig", "check_sequence_fits", "register_configs",
+    "validate",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, List
 
@@ -50,6 +51,8 @@ class BenchmarkConfig:
             require_positive(f"benchmark.{key}", getattr(self, key))
         require_positive("benchmark.warmup", self.warmup, allow_zero=True)
         require_positive("benchmark.min_duration_s", self.min_duration_s, allow_zero=True)
+        require(math.isfinite(self.min_duration_s), "benchmark.min_duration_s", self.min_duration_s,
+                "must be a finite number of seconds (inf would time forever)")
         require(bool(self.prompt), "benchmark.prompt", self.prompt, "must not be empty")
         require(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "benchmark.batch_sizes",
                 self.batch_sizes, "must be a non-empty list of batch sizes > 0")

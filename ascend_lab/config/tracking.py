@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 from urllib.parse import urlparse
@@ -51,4 +52,12 @@ class TrackingConfig:
             "not a tracking URI; use sqlite:///path/mlflow.db or http://host:port "
             f"(schemes: {', '.join(TRACKING_SCHEMES)})",
         )
+        if scheme == "sqlite":
+            # sqlite:// alone is an in-memory database: every run would vanish when the job ends.
+            require(self.uri.startswith("sqlite:///") and len(self.uri) > len("sqlite:///"), "tracking.uri", self.uri,
+                    "a SQLite store needs a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if scheme == "file":
+            require(os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"), "tracking.uri", self.uri,
+                    "MLflow 3 refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true is set; use "
+                    "sqlite:///outputs/mlflow.db (`mlflow migrate-filestore` moves old runs over)")
         require(bool(self.experiment), "tracking.experiment", self.experiment, "must not be empty")

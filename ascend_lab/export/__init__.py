@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from ascend_lab.errors import AscendLabError
 from ascend_lab.export import cache
 from ascend_lab.export.onnx_export import MODEL_FILE
 from ascend_lab.models import with_launch_paths
+from ascend_lab.provenance import digest_mismatch, sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,12 @@ def ensure_exported(cfg, ctx) -> ExportedModel:
     tol, tol_source = parity_tolerance(cfg)
 
     meta = cache.read_meta(entry)
-    hit = meta is not None
+    hit = _intact(entry, meta, ctx.tracker)
     if not hit:
         with cache.locked(entry):
-            meta = cache.read_meta(entry)  # another job may have exported it while we waited
-            hit = meta is not None
+            fresh = cache.read_meta(entry)  # another job may have exported it while we waited
+            hit = fresh is not None and fresh != meta and _intact(entry, fresh, ctx.tracker)
+            meta = fresh
             if not hit:
                 with cache.staging(entry) as tmp:
                     meta = _export_into(tmp, cfg, key, material)
@@ -92,10 +93,22 @@ def ensure_exported(cfg, ctx) -> ExportedModel:
     return exported
 
 
+def _intact(entry: Path, meta: dict | None, tracker) -> bool:
+    """Whether a complete entry's files still hash to its meta.json; a damaged one is exported again
+    (the cache is derived data: the same key re-exports the same graph) with a warning and a tag."""
+    if meta is None:
+        return False
+    files = [entry / name for name in meta.get("files", [meta["onnx_file"]])]
+    problem = digest_mismatch(files, entry / cache.META_FILE, meta["sha256"])
+    if problem is None:
+        return True
+    log.warning("export cache entry %s is damaged (%s); exporting it again", entry, problem)
+    tracker.set_tags({"export_cache_damaged": problem})
+    return False
+
+
 def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     """Export, check and parity-test into the staging folder; returns the meta.json content."""
-    import torch
-
     from ascend_lab.export import onnx_export, parity
     from ascend_lab.export.wrappers import dynamic_axes, empty_past, io_names, wrapper_for
     from ascend_lab.models import load_model, torch_dtype
@@ -130,7 +143,9 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     onnx_export.check_model(path)
     stages["onnx_checker"] = lap()
     if ecfg.quantize == "int8":
-        path = _quantize_int8(path, external)
+        from ascend_lab.export.quantize import quantize_int8
+
+        path = quantize_int8(path, external)
         stages["quantize"] = lap()
     opset = onnx_export.graph_opset(path)
     if opset != ecfg.opset:
@@ -139,7 +154,7 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     result = parity.compare(cases, path, input_names, output_names)
     stages["parity"] = lap()
     files = onnx_export.model_files(path)
-    sha256 = cache.sha256_files(files)
+    sha256 = sha256_files(files)
     stages["sha256"] = lap()
     log.info("export stages (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     return {
@@ -199,32 +214,6 @@ def _dummy_inputs(tokenizer, config, graph: str, dtype, empty_past) -> tuple:
     mask = torch.ones(DUMMY_BATCH, DUMMY_PAST + ids.shape[1], dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     return (ids, mask, *empty_past(config, DUMMY_BATCH, dtype, DUMMY_PAST, generator))
-
-
-def _quantize_int8(path: Path, external: bool) -> Path:
-    """onnxruntime dynamic int8 quantisation of the MatMul/Gather weights, in place.
-
-    The exporter (no constant folding) feeds MatMul a Transpose of each weight, which the quantiser
-    skips; ORT's pre-processing folds those first so the weights are quantised.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    work = path.parent / "int8"
-    work.mkdir()
-    external_kw = {"save_as_external_data": True, "all_tensors_to_one_file": True,
-                   "external_data_location": "pre.onnx.data"} if external else {}
-    quant_pre_process(str(path), str(work / "pre.onnx"), skip_symbolic_shape=True, **external_kw)
-    quantize_dynamic(str(work / "pre.onnx"), str(work / MODEL_FILE), weight_type=QuantType.QInt8,
-                     use_external_data_format=external)
-    for old in path.parent.iterdir():
-        if old.is_file():
-            old.unlink()
-    for new in work.iterdir():
-        if not new.name.startswith("pre.onnx"):
-            new.rename(path.parent / new.name)
-    shutil.rmtree(work)
-    return path
 
 
 def _enforce_tolerance(tracker, meta: dict, tol: float, tol_source: str) -> None:

@@ -17,15 +17,15 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
 from ascend_lab.config.export import ExportConfig
 from ascend_lab.config.model import ModelConfig
+from ascend_lab.provenance import installed_versions
 
 # Bump when the wrappers or the export steps change what a given config produces.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: int8 through export.quantize (weights folded, MatMulNBits)
 META_FILE = "meta.json"
 # Export fields that change the graph; parity_*, cache_dir and artifact limits do not.
 GRAPH_FIELDS = ("graph", "opset", "do_constant_folding", "exporter", "dynamic_axes", "external_data", "quantize")
@@ -43,7 +43,7 @@ def key_material(model_cfg: ModelConfig, export_cfg: ExportConfig, seed: int,
         "format": CACHE_FORMAT,
         "model": model,
         "export": {name: getattr(export_cfg, name) for name in GRAPH_FIELDS},
-        "versions": versions if versions is not None else library_versions(),
+        "versions": versions if versions is not None else installed_versions(KEY_PACKAGES),
     }
     if model_cfg.weights == "random":
         material["seed"] = seed
@@ -54,16 +54,6 @@ def key_material(model_cfg: ModelConfig, export_cfg: ExportConfig, seed: int,
 
 def cache_key(material: dict) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in KEY_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def folder_fingerprint(folder: Path) -> list[tuple[str, int, int]]:
@@ -116,15 +106,8 @@ def staging(entry: Path) -> Iterator[Path]:
 def publish(tmp: Path, entry: Path, meta: dict) -> None:
     """Write meta.json into the staged folder and rename it to the entry (atomic on one filesystem)."""
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    if entry.exists():  # an incomplete entry (no meta) left by a killed job
+    if entry.exists():  # an incomplete entry (no meta) left by a killed job, or a damaged one
         shutil.rmtree(entry)
     os.rename(tmp, entry)
 
 
-def sha256_files(paths: list[Path], chunk: int = 16 * 1024 * 1024) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()

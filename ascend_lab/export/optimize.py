@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ascend_lab.export import cache
+from ascend_lab.provenance import sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path],
                     cache.publish(tmp, entry, {
                         "onnx_file": MODEL_FILE, "variant": variant, "format": DERIVED_FORMAT,
                         "source": str(source_onnx), "source_sha256": source_sha256,
-                        "sha256": cache.sha256_files(files),
+                        "sha256": sha256_files(files),
                         "onnx_size_mb": sum(p.stat().st_size for p in files) / 1e6,
                         "build_seconds": time.perf_counter() - started,
                     })

@@ -280,8 +280,8 @@ class AclRuntime(Runtime):
     def _load_hint(self) -> str:
         chip = cann.query_npu_smi().soc_version
         here = f"this host's chip is {chip}" if chip else "see the Name column of `npu-smi info`"
-        return (f"Could not load {self.om_path}. Either the file is corrupt or truncated (recompile it with "
-                f"task=compile), it was built by another CANN version, or it was compiled for another chip: "
+        return (f"Could not load {self.om_path}. Either the file is corrupt or truncated (delete it: the next "
+                f"task=compile or task=bench compiles it again), it was built by another CANN version, or it was compiled for another chip: "
                 f"atc.soc_version must be the `npu-smi info` Name prefixed with Ascend ({here}).")
 
     def _describe(self) -> None:

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ascend_lab.errors import AscendLabError
 from ascend_lab.runtimes.base import Runtime, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,15 @@ class OnnxRuntime(Runtime):
         providers, self.notes = choose_providers(device_kind, device_index, ort.get_available_providers())
         for note in self.notes:
             log.warning("onnxruntime: %s", note)
-        self._session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        try:
+            self._session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, NoSuchFile, Fail, ...)
+            if type(exc).__module__.split(".")[0] != "onnxruntime":
+                raise
+            raise AscendLabError(
+                f"onnxruntime cannot load {onnx_path}: {_first_line(exc)}. The file is missing, truncated or not an "
+                "ONNX model: export it again (task=export; a damaged export cache entry is exported again "
+                "automatically) or point at an intact .onnx (with its .onnx.data beside it).") from None
         self.providers: list[str] = self._session.get_providers()
         self._inputs = [_spec(i) for i in self._session.get_inputs()]
         self._outputs = [_spec(o) for o in self._session.get_outputs()]
@@ -92,11 +101,54 @@ class OnnxRuntime(Runtime):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
             raise RuntimeError("OnnxRuntime.run() after close()")
-        results = self._session.run(self._output_names, {spec.name: feeds[spec.name] for spec in self._inputs})
+        try:
+            results = self._session.run(self._output_names, {spec.name: feeds[spec.name] for spec in self._inputs})
+        except Exception as exc:
+            # onnxruntime's messages about wrong feeds name a graph node, or nothing (a missing name is a
+            # KeyError): say which input is wrong and how; a failure the feeds do not explain stays as it is.
+            problem = feed_problem(self._inputs, feeds)
+            if problem is None:
+                raise
+            raise FeedError(f"onnxruntime: {problem}") from exc
         return dict(zip(self._output_names, results))
 
     def close(self) -> None:
         self._session = None
+
+
+class FeedError(AscendLabError):
+    """Feeds that do not match the graph's inputs (names, dtypes, ranks or sizes)."""
+
+
+def feed_problem(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray]) -> str | None:
+    """What is wrong with ``feeds`` for inputs ``specs`` (one sentence), or None when they match."""
+    expected = [spec.name for spec in specs]
+    missing = [name for name in expected if name not in feeds]
+    unknown = [name for name in feeds if name not in expected]
+    if missing or unknown:
+        return (f"the graph takes inputs {expected}; missing {missing}" + (f", unknown {unknown}" if unknown else ""))
+    sizes: dict[str, tuple[str, int]] = {}  # symbolic dim → (input that set it, size)
+    for spec in specs:
+        array = np.asarray(feeds[spec.name])
+        if array.dtype != spec.dtype:
+            return (f"input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype} "
+                    f"(cast it, e.g. .astype(np.{spec.dtype}))")
+        if array.ndim != len(spec.shape):
+            return f"input {spec.name!r}: expected rank {len(spec.shape)} {spec.shape}, got shape {array.shape}"
+        for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+            if isinstance(want, int) and want >= 0 and want != got:
+                return f"input {spec.name!r}: expected size {want} in axis {axis} {spec.shape}, got shape {array.shape}"
+            if isinstance(want, str) and want != "?":
+                first = sizes.setdefault(want, (spec.name, got))
+                if first[1] != got:
+                    return (f"inputs {first[0]!r} and {spec.name!r} disagree on dim {want!r}: {first[1]} vs {got} "
+                            f"(shapes {np.shape(feeds[first[0]])} and {array.shape})")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _spec(node) -> TensorSpec:

@@ -16,6 +16,7 @@ from ascend_lab.bench.scenarios import make_inputs, run_forward, run_generate
 from ascend_lab.bench.summary import Row, figure_text
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
+from ascend_lab.errors import ConfigError
 from ascend_lab.report import format_table
 from ascend_lab.runtimes.select import layout_for, open_runtime, plan_runtime, tokenizer_for
 
@@ -54,6 +55,7 @@ def engine_for(runtime, layout, max_len: int, tracker=None):
 
 def run(cfg: AppConfig, ctx: JobContext) -> Row:
     bench = cfg.benchmark
+    _require_inputs_fit(bench)
     plan = plan_runtime(cfg, ctx)
     ctx.tracker.set_tags({**plan.tags(), "model": cfg.model.name, "batch_size": bench.batch_size,
                           "scenario": bench.scenario})
@@ -84,3 +86,15 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
     print(format_table(["metric", "value"], [(k, figure_text(metrics[k])) for k in SHOWN if k in metrics], title=title))
     return Row(batch_size=bench.batch_size, runtime=plan.name, scenario=bench.scenario, model=cfg.model.name,
                metrics=metrics)
+
+
+def _require_inputs_fit(bench) -> None:
+    """A batch whose int64 ids and mask alone exceed host memory fails here, not in numpy."""
+    import psutil
+
+    need = 2 * bench.batch_size * bench.seq_len * 8
+    total = psutil.virtual_memory().total
+    if need > total:
+        raise ConfigError("benchmark.batch_size", bench.batch_size, (
+            f"the [{bench.batch_size}, {bench.seq_len}] input ids and mask alone need {need / 2**30:,.0f} GiB, more "
+            f"than this host's {total / 2**30:,.0f} GiB; use a smaller benchmark.batch_size or benchmark.seq_len"))

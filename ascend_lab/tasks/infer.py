@@ -14,7 +14,7 @@ import numpy as np
 
 from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.bench.stats import per_second, summarize
-from ascend_lab.config import AppConfig
+from ascend_lab.config import AppConfig, check_sequence_fits
 from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
 from ascend_lab.runtimes.select import layout_for, open_runtime, plan_runtime, tokenizer_for
@@ -34,6 +34,8 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
         ids = tokenizer(bench.prompt)["input_ids"]
         if not ids:
             raise ConfigError("benchmark.prompt", bench.prompt, "tokenizes to no tokens; give a non-empty prompt")
+        check_sequence_fits(cfg.model, len(ids) + bench.new_tokens, "benchmark.new_tokens", bench.new_tokens,
+                            f"the prompt's {len(ids)} tokens + benchmark.new_tokens")
         input_ids = np.asarray([ids], dtype=np.int64)
         engine = engine_for(runtime, layout, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
         result = greedy_generate(engine, input_ids, np.ones_like(input_ids), bench.new_tokens,
