@@ -34,7 +34,8 @@ class RuntimeConfig:
     )
     compile: bool = field(
         default=False,
-        metadata={"help": "torch generate: torch.compile the static-cache decode step (kernel fusion); with "
+        metadata={"help": "torch generate: torch.compile the static-cache decode step (kernel fusion; q/k/v and "
+                          "gate/up projections concatenated, one extra copy of those weights); with "
                           "graph_capture this is the fast accelerator path. Costs compile time at load."},
     )
 
