@@ -7,9 +7,8 @@ toolchain (npu-smi, atc, pyACL, toolkit version).
 
 from __future__ import annotations
 
-import statistics
-
 from ascend_lab import cann
+from ascend_lab.bench.stats import summarize
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.device import HostTimer, measure
@@ -28,7 +27,7 @@ def time_matmul(device, size: int, dtype_name: str, warmup: int, repeats: int, o
     b = torch.randn(size, size, generator=generator, dtype=torch.float32).to(target, dtype)
     timer = HostTimer if on_cpu else device.timer
     samples = measure(lambda: torch.matmul(a, b), timer, warmup=warmup, iterations=repeats)
-    return statistics.median(samples)
+    return summarize(samples).p50
 
 
 def run(cfg: AppConfig, ctx: JobContext) -> dict:
