@@ -1,17 +1,18 @@
 """User-facing errors.
 
 Every error a user can cause (a bad override, a missing file, a toolchain that is not
-installed) is an :class:`AscendLabError`. Hydra prints a ``CompactHydraException`` as its
-message alone, with no traceback, and exits non-zero; that holds in single runs and in
-sweeps, where the sweeper re-raises the first failed job's exception.
+installed) is an :class:`AscendLabError`. The CLI (``ascend_lab.run.main``) prints one as its
+message alone and exits with status 1, in single runs and in sweeps (where the sweeper re-raises
+the first failed job's exception); any other exception is a crash and gets Hydra's traceback.
+
+This module imports nothing beyond the standard library, so modules that need only torch (the
+static decoder, a standalone GPU check) raise these errors without importing Hydra.
 """
 
 from __future__ import annotations
 
-from hydra.errors import CompactHydraException
 
-
-class AscendLabError(CompactHydraException):
+class AscendLabError(Exception):
     """A problem the user can fix; its message says what and how."""
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+from conftest import cli_env
+
+from ascend_lab.config import Task
+from ascend_lab.run import unread_group_overrides
+
+HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+NO_NPU = "device=npu is not usable here: torch_npu is not installed"
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +34,7 @@ def test_bad_input_fails_before_any_work(run_cli, tmp_path, override, expected):
     result = run_cli("task=doctor", override, timeout=120)
     assert result.returncode != 0
     assert expected in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout and HYDRA_HINT not in result.stderr
     # Nothing ran: no doctor table, no MLflow run opened.
     assert "ascend_lab doctor" not in result.stdout
     assert not (tmp_path / "outputs" / "mlflow.db").exists() or "MLflow run" not in result.stdout
@@ -32,9 +42,66 @@ def test_bad_input_fails_before_any_work(run_cli, tmp_path, override, expected):
 
 def test_missing_accelerator_is_explained(run_cli, tmp_path):
     result = run_cli("task=doctor", "device=npu", "tracking=off", timeout=120)
-    assert result.returncode != 0
-    assert "torch_npu is not installed" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    # A user error ends with its own message: no traceback, and no promise of one.
+    assert result.stderr.rstrip().splitlines()[-1].startswith(NO_NPU), result.stderr
+    assert "Traceback" not in result.stderr and HYDRA_HINT not in result.stderr
+
+
+def test_hydra_full_error_still_gives_the_traceback_of_a_user_error(run_cli):
+    env = cli_env()
+    env["HYDRA_FULL_ERROR"] = "1"
+    result = run_cli("task=doctor", "device=npu", "tracking=off", timeout=120, env=env)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and NO_NPU in result.stderr
+
+
+# A task module whose run() crashes: a genuine bug, not a user error, through the real entry point.
+CRASHING_CLI = """
+import sys, types
+import ascend_lab.run as run
+from ascend_lab.config import Task
+sys.modules["crashing_task"] = types.SimpleNamespace(run=lambda cfg, ctx: 1 / 0)
+run.TASK_MODULES[Task.doctor] = "crashing_task"
+run.main()
+"""
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+def test_a_crash_keeps_hydras_report(tmp_path, multirun):
+    argv = ["-m"] * multirun + ["task=doctor", "tracking=off"]
+    result = subprocess.run([sys.executable, "-c", CRASHING_CLI, *argv], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env=cli_env())
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
+    assert HYDRA_HINT in result.stderr
+
+
+def test_override_of_a_group_the_task_does_not_read_is_warned_once(run_cli):
+    result = run_cli("task=doctor", "mnist.lr=0.5", "tracking=off", "doctor.matmul_size=64", "doctor.repeats=1",
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "has no effect" in line]
+    assert len(warnings) == 1, warnings
+    assert "WARNING" in warnings[0] and "mnist.lr=0.5" in warnings[0] and "task=doctor" in warnings[0]
+
+
+@pytest.mark.parametrize("overrides,warned", [
+    (["task=doctor", "mnist.lr=0.5"], ["mnist.lr=0.5"]),
+    (["task=doctor", "+mnist.lr=0.5", "~mnist.epochs", "model=qwen2_5_0_5b_instruct"],
+     ["+mnist.lr=0.5", "~mnist.epochs", "model=qwen2_5_0_5b_instruct"]),
+    # Read by the task, or never out of place: tracking, hydra, task, seed.
+    (["task=doctor", "device=cpu", "doctor.repeats=1", "atc.soc_version=Ascend910B4", "seed=3", "tracking=off",
+      "tracking.experiment=x", "hydra.job.chdir=false", "hydra/launcher=basic"], []),
+    (["task=mnist", "mnist.lr=0.5", "benchmark.batch_size=4"], ["benchmark.batch_size=4"]),
+    (["task=pipeline", "runtime=torch", "model=qwen2_5_0_5b_instruct", "mnist.epochs=3"], ["mnist.epochs=3"]),
+])
+def test_unread_group_overrides(overrides, warned):
+    task = Task(overrides[0].split("=")[1])
+    warnings = unread_group_overrides(task, overrides)
+    assert [w.split(" has no effect")[0] for w in warnings] == warned
+    for warning in warnings:
+        assert f"task={task.value} reads only the" in warning
 
 
 def test_doctor_is_recorded(run_cli, tmp_path, mlflow_runs):
@@ -92,7 +159,10 @@ def test_multirun_gives_parent_and_children(run_cli, tmp_path, mlflow_runs):
 def test_failed_job_gives_failed_child_and_terminated_parent(run_cli, tmp_path, mlflow_runs):
     # device=cuda cannot be satisfied on a machine without a GPU: a real failure inside the job.
     result = run_cli("-m", "task=doctor", "device=cpu,cuda", "doctor.matmul_size=64", "doctor.repeats=2", timeout=300)
-    assert result.returncode != 0
+    # The sweep runs every job, then ends with the failed job's message alone and status 1.
+    assert result.returncode == 1
+    assert result.stderr.rstrip().splitlines()[-1].startswith("device=cuda is not usable here"), result.stderr
+    assert "Traceback" not in result.stderr and HYDRA_HINT not in result.stderr
     client, runs = mlflow_runs(tmp_path)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = {r.data.params["device.name"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from ascend_lab.config import AppConfig, Task, validate
+from ascend_lab.config import AppConfig, RuntimeConfig, Task, validate
 from ascend_lab.config.atc import SOC_VERSIONS
+from ascend_lab.config.runtime import RUNTIME_FIELDS, RUNTIME_NAMES, ignored_runtime_keys
 from ascend_lab.errors import ConfigError
 from tests.conftest import CONF_DIR
 
@@ -49,12 +50,70 @@ def test_every_schema_field_is_documented():
                 assert sub.metadata.get("help"), f"{field.name}.{sub.name} has no help text"
 
 
-def test_yaml_defaults_match_schema_defaults(compose):
-    """The YAML files restate the schema defaults: a drift would make docs and behaviour disagree."""
+# Preset keys a model option states even where they equal the schema default: the checkpoint's identity
+# and architecture, so the file reads as the model it stands for.
+MODEL_PRESET_KEYS = ("name", "weights", "model_id", "dtype", "num_hidden_layers", "hidden_size",
+                     "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size",
+                     "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings")
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
+def test_group_yaml_states_only_differences(group, option):
+    """The dataclasses are the one source of defaults: an option file states what selects it (name) and
+    what differs, never a default restated (which would drift from the schema unnoticed)."""
+    stated = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml") or OmegaConf.create())
+    schema = OmegaConf.to_container(OmegaConf.structured(type(getattr(AppConfig(), group))))
+    for key, value in stated.items():
+        assert key in schema, f"conf/{group}/{option}.yaml: {key} is not a {group} field"
+        if key == "name" or (group == "model" and key in MODEL_PRESET_KEYS):
+            continue
+        assert value != schema[key], f"conf/{group}/{option}.yaml restates the default {key}: {value!r}"
+
+
+def test_trimmed_yaml_composes_to_the_schema_defaults(compose):
     composed = OmegaConf.to_container(compose(), enum_to_str=True)
-    for group in ("export", "atc", "benchmark", "mnist", "doctor"):
+    for group in ("export", "atc", "benchmark", "mnist", "doctor", "runtime", "device", "tracking"):
         schema_default = OmegaConf.to_container(OmegaConf.structured(type(getattr(AppConfig(), group))))
         assert composed[group] == schema_default, group
+
+
+def test_runtime_table_names_real_fields_and_covers_them():
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(RuntimeConfig)} - {"name"}
+    listed = {name for names in RUNTIME_FIELDS.values() for name in names}
+    assert listed <= fields
+    assert fields <= listed, f"runtime fields no runtime reads: {fields - listed}"
+    assert set(RUNTIME_FIELDS) == set(RUNTIME_NAMES) - {"auto"}
+
+
+@pytest.mark.parametrize("overrides,runtime,expected", [
+    ({"graph_capture": True}, "onnxruntime",
+     {"runtime.graph_capture": "runtime.graph_capture=true has no effect on runtime=onnxruntime (only "
+                               "runtime=torch reads it); drop it or choose runtime=torch"}),
+    ({"graph_optimization": "basic", "intra_op_threads": 4}, "acl",
+     {"runtime.intra_op_threads": "runtime.intra_op_threads=4 has no effect on runtime=acl (only runtime=torch "
+                                  "or runtime=onnxruntime reads it); drop it or choose runtime=torch or "
+                                  "runtime=onnxruntime",
+      "runtime.graph_optimization": "runtime.graph_optimization=basic has no effect on runtime=acl (only "
+                                    "runtime=onnxruntime reads it); drop it or choose runtime=onnxruntime"}),
+    ({"inter_op_threads": 2, "compile": True}, "torch",
+     {"runtime.inter_op_threads": "runtime.inter_op_threads=2 has no effect on runtime=torch (only "
+                                  "runtime=onnxruntime reads it); drop it or choose runtime=onnxruntime"}),
+    ({"compile_backend": "inductor"}, "torch",
+     {"runtime.compile_backend": "runtime.compile_backend=inductor has no effect without runtime.compile=true; "
+                                 "set both or drop it"}),
+    ({"graph_capture": True, "compile": True, "compile_backend": "inductor", "intra_op_threads": 8}, "torch", {}),
+    ({"intra_op_threads": 8, "inter_op_threads": 2, "graph_optimization": "basic"}, "onnxruntime", {}),
+    ({}, "acl", {}),
+])
+def test_ignored_runtime_keys(overrides, runtime, expected):
+    assert ignored_runtime_keys(RuntimeConfig(name="auto", **overrides), runtime) == expected
+
+
+def test_ignored_runtime_keys_needs_the_resolved_runtime():
+    with pytest.raises(ValueError, match="resolved"):
+        ignored_runtime_keys(RuntimeConfig(), "auto")
 
 
 @pytest.mark.parametrize("override,key", [
