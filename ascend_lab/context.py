@@ -4,9 +4,17 @@
 the resolved config, environment tags and Hydra's files, resolves the device lazily (so tasks that
 need none, like ``compile``, never import torch), and ends the run with the job's outcome.
 
-Resume: with ``tracking.skip_finished=true`` a job whose
-config hash already has a FINISHED run in the experiment opens no run; ``JobContext.skipped_run_id``
-names the finished run and the caller skips the task.
+At start it also ends the runs that processes killed on this host left RUNNING
+(:func:`ascend_lab.tracking.reap_dead_runs`).
+
+Params record what runs: with ``model.weights=pretrained model.path=<folder>`` the architecture
+figures and ``model.model_id`` logged are the folder's (its config.json), not the preset's. They are
+known before any work, and must be: MLflow params cannot be changed once logged.
+
+Resume: with ``tracking.skip_finished=true`` a job whose identity hash (``task``, ``seed`` and the
+groups the task reads, see :mod:`ascend_lab.tracking.resume`) already has a FINISHED run in the
+experiment opens no run; ``JobContext.skipped_run_id`` names the finished run and the caller skips
+the task.
 """
 
 from __future__ import annotations
@@ -15,13 +23,15 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
-from ascend_lab.config import AppConfig
-from ascend_lab.tracking import CONFIG_HASH_TAG, Store, Tracker, config_hash, config_params, ending, \
-    environment_tags, find_finished_run, open_run, prepare_store, read_sweep_file, record_skipped_job
+from ascend_lab.config import TASK_GROUPS, AppConfig, Task
+from ascend_lab.models import LocalCheckpoint, local_checkpoint, with_launch_paths
+from ascend_lab.tracking import CONFIG_HASH_TAG, Store, Tracker, browse_hint, config_params, ending, \
+    environment_tags, find_finished_run, identity_hash, open_run, prepare_store, read_sweep_file, reap_dead_runs, \
+    record_skipped_job, task_params
 from ascend_lab.writable import check_job_folders
 
 log = logging.getLogger(__name__)
@@ -34,6 +44,8 @@ class JobContext:
     launch_dir: Path
     output_dir: Path
     skipped_run_id: str | None = None  # resume: the FINISHED run that already did this job
+    store: Store | None = None  # None with tracking=off
+    checkpoint: LocalCheckpoint | None = None  # the model.path folder the job loads, if any
     _device: object = field(default=None, repr=False)
 
     @property
@@ -49,8 +61,18 @@ class JobContext:
 
     def path(self, configured: str | Path) -> Path:
         """A configured path; relative ones are taken from the launch directory."""
-        path = Path(configured).expanduser()
-        return path if path.is_absolute() else self.launch_dir / path
+        return _from_launch_dir(self.launch_dir, configured)
+
+    def params_for(self, cfg: AppConfig, task: Task) -> dict[str, Any]:
+        """The params of a stage run that does ``task`` with ``cfg`` (a pipeline stage): the groups that
+        task reads, with the loaded checkpoint's figures. MLflow's compare view plots these."""
+        return _recorded_params(config_params(cfg), task, self.checkpoint)
+
+    def browse_hint(self) -> str | None:
+        """How to open this job's runs table in the MLflow UI; None without tracking."""
+        if self.store is None:
+            return None
+        return browse_hint(self.store.uri, self.store.experiment_id, self.launch_dir)
 
 
 def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, str, str | None]:
@@ -65,6 +87,38 @@ def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, str, str | Non
     return (Path(hc.runtime.cwd), Path(hc.runtime.output_dir), multirun,
             Path(hc.sweep.dir).resolve() if multirun else None, hc.job.name, hc.job.override_dirname,
             str(hc.job.num) if multirun else None)
+
+
+def _from_launch_dir(launch_dir: Path, configured: str | Path) -> Path:
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else launch_dir / path
+
+
+def _checkpoint_for(cfg: AppConfig, launch_dir: Path) -> LocalCheckpoint | None:
+    """The local checkpoint the task loads (tasks that read no model load none)."""
+    if "model" not in TASK_GROUPS[cfg.task]:
+        return None
+    return local_checkpoint(with_launch_paths(cfg.model, lambda p: _from_launch_dir(launch_dir, p)))
+
+
+def _recorded_params(params: dict[str, Any], task: Task, checkpoint: LocalCheckpoint | None) -> dict[str, Any]:
+    """``params`` restricted to what ``task`` reads, with a local checkpoint's figures over the preset's."""
+    kept = task_params(params, task)
+    if checkpoint is not None and "model" in TASK_GROUPS[task]:
+        kept.update(checkpoint.params())
+    return kept
+
+
+def _reap(store: Store) -> None:
+    """End the runs left RUNNING by dead processes on this host; a failure here never fails the job."""
+    try:
+        reaped = reap_dead_runs(store.uri)
+    except Exception as exc:  # e.g. a shared server where this user may not end others' runs
+        log.warning("could not check %s for runs left RUNNING by dead processes: %s", store.uri, exc)
+        return
+    if reaped:
+        names = ", ".join(f"{r.run_id} ({r.run_name})" for r in reaped)
+        print(f"Ended FAILED {len(reaped)} MLflow run(s) left RUNNING by processes that are gone: {names}")
 
 
 @contextmanager
@@ -82,7 +136,15 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
         parent_run_id = sweep["parent_run_id"]
     else:
         store = prepare_store(cfg.tracking, launch_dir)
-    digest = config_hash(raw_cfg)
+    _reap(store)
+    checkpoint = _checkpoint_for(cfg, launch_dir)
+    all_params = config_params(raw_cfg)
+    if checkpoint is not None:
+        all_params.update(checkpoint.params())
+    identity = _recorded_params(all_params, cfg.task, checkpoint)
+    if checkpoint is not None:
+        identity.update(checkpoint.identity())
+    digest = identity_hash(identity)
     if cfg.tracking.skip_finished:
         finished = find_finished_run(store, digest)
         if finished is not None:
@@ -90,24 +152,25 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
                 record_skipped_job(store, parent_run_id, job_num, finished)
             print(f"Skipped: this config ({CONFIG_HASH_TAG}={digest}) already has the FINISHED MLflow run "
                   f"{finished}; drop tracking.skip_finished to run it again.")
-            yield JobContext(cfg, Tracker(), launch_dir, output_dir, skipped_run_id=finished)
+            yield JobContext(cfg, Tracker(), launch_dir, output_dir, skipped_run_id=finished, store=store)
             return
     task = cfg.task.value
     run_name = cfg.tracking.run_name or "-".join(filter(None, [task, override_dirname]))[:250]
-    tags = {"task": task, "output_dir": str(output_dir), CONFIG_HASH_TAG: digest, **environment_tags(launch_dir)}
+    tags = {"task": task, "output_dir": str(output_dir), CONFIG_HASH_TAG: digest, **environment_tags(launch_dir),
+            **(checkpoint.tags() if checkpoint is not None else {})}
     if job_num is not None:
         tags["job_num"] = job_num
     tracker = open_run(store, run_name, tags, parent_run_id)
     print(f"MLflow run {tracker.run_id} ({run_name}) in {store.uri}")
     try:
         with ending(tracker):
-            tracker.log_params(config_params(raw_cfg))
+            tracker.log_params(all_params)
             tracker.log_dict(_plain(raw_cfg), "config.yaml")
             hydra_dir = output_dir / ".hydra"
             if hydra_dir.is_dir():
                 tracker.log_artifact(hydra_dir, "hydra")
             try:
-                yield JobContext(cfg, tracker, launch_dir, output_dir)
+                yield JobContext(cfg, tracker, launch_dir, output_dir, store=store, checkpoint=checkpoint)
             finally:
                 _log_job_log(tracker, output_dir, job_name)
     finally:

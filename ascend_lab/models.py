@@ -3,7 +3,9 @@
 ``weights=random`` builds transformers' Qwen2 classes from the architecture figures in the config
 with seeded random weights and an offline byte-level tokenizer (no file or network needed), so
 the real shapes of a 1.8B model can be exported and benchmarked without a download.
-``weights=pretrained`` loads ``model.path`` or fetches ``model.model_id`` with ModelScope.
+``weights=pretrained`` loads ``model.path`` or fetches ``model.model_id`` with ModelScope;
+:func:`local_checkpoint` says what a ``model.path`` folder really holds, so the run's params record
+the loaded model rather than the preset's figures.
 """
 
 from __future__ import annotations
@@ -167,6 +169,82 @@ def resolve_pretrained_folder(model_cfg: ModelConfig) -> Path:
                 "folder saved by save_pretrained or downloaded from ModelScope/Hugging Face.")
         return folder
     return fetch_modelscope(model_cfg.model_id, model_cfg.cache_dir, model_cfg.revision)
+
+
+# The architecture figures a run's params report: ModelConfig's fields, named as in Qwen2Config.
+ARCHITECTURE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                       "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+                       "tie_word_embeddings")
+# Where config.json keeps a figure, first match wins: transformers 5 nests rope_theta in rope_parameters
+# (older files have it at the top, some in rope_scaling), and the original Qwen (remote code) has its own names.
+CONFIG_JSON_KEYS = {
+    "rope_theta": ("rope_theta", "rope_parameters.rope_theta", "rope_scaling.rope_theta", "rotary_emb_base"),
+    "rms_norm_eps": ("rms_norm_eps", "layer_norm_epsilon"),
+}
+# Logged for a figure config.json does not set: transformers then applies its own default, which
+# depends on the model class (an honest "unknown here" rather than the preset's number).
+NOT_IN_CONFIG_JSON = "not set in config.json"
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    """What a local checkpoint (``model.path``) really is, for the run's record.
+
+    The preset's architecture figures and ModelScope id describe the preset, not a folder loaded by
+    path: a run records the folder's own figures (from its config.json, which is what transformers
+    builds the model from), the folder and the sha256 of its config.json instead.
+    """
+
+    folder: Path
+    config_sha256: str
+    architecture: dict[str, Any]
+    preset_model_id: str | None
+
+    def params(self) -> dict[str, Any]:
+        """Params (``model.<key>``) to log in place of the preset's: the folder's figures, and the folder
+        as ``model.model_id`` (what was loaded; from_pretrained takes a folder where it takes an id)."""
+        return {**{f"model.{k}": v for k, v in self.architecture.items()}, "model.model_id": str(self.folder)}
+
+    def tags(self) -> dict[str, str]:
+        return {"model.path": str(self.folder), **self.identity(), "model.preset_model_id": self.preset_model_id or "none"}
+
+    def identity(self) -> dict[str, str]:
+        """What makes a job on this folder another job beyond its params (the resume hash covers it):
+        another config.json at the same path, even with the same figures, is another model."""
+        return {"model.config_sha256": self.config_sha256}
+
+
+def local_checkpoint(model_cfg: ModelConfig) -> LocalCheckpoint | None:
+    """The record of ``model.path`` when the model is loaded from it (``weights=pretrained``), else None.
+
+    ``model_cfg.path`` should already be absolute (:func:`with_launch_paths`). Reads config.json only:
+    cheap enough for a job's start, before the run's params are logged (MLflow params cannot change).
+    """
+    if model_cfg.weights != "pretrained" or not model_cfg.path:
+        return None
+    import hashlib
+    import json
+
+    folder = resolve_pretrained_folder(model_cfg).resolve()
+    config_file = folder / "config.json"
+    raw = config_file.read_bytes()
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise AscendLabError(f"model.path={model_cfg.path}: {config_file} is not valid JSON ({exc}). Point "
+                             "model.path at a folder saved by save_pretrained or downloaded from ModelScope.") from exc
+    architecture = {name: _config_json_value(config, name) for name in ARCHITECTURE_FIELDS}
+    return LocalCheckpoint(folder, hashlib.sha256(raw).hexdigest(), architecture, model_cfg.model_id)
+
+
+def _config_json_value(config: dict, name: str) -> Any:
+    for dotted in CONFIG_JSON_KEYS.get(name, (name,)):
+        value: Any = config
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
+    return NOT_IN_CONFIG_JSON
 
 
 def fetch_modelscope(model_id: str, cache_dir: str | Path, revision: str) -> Path:

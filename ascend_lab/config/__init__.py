@@ -61,6 +61,19 @@ class AppConfig:
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
 
 
+# The config groups each task reads: what decides its result. A job's identity (the resume hash) covers
+# only these (plus the task and the seed), and an override of a group outside them has no effect on it.
+# `tracking` says how a job is recorded, never what it computes, so no task lists it.
+TASK_GROUPS: dict[Task, tuple[str, ...]] = {
+    Task.doctor: ("device", "doctor", "atc"),
+    Task.mnist: ("device", "mnist"),
+    Task.export: ("model", "export"),
+    Task.compile: ("model", "export", "atc", "benchmark"),
+    Task.infer: ("device", "model", "export", "atc", "runtime", "benchmark"),
+    Task.bench: ("device", "model", "export", "atc", "runtime", "benchmark"),
+    Task.pipeline: ("device", "doctor", "model", "export", "atc", "runtime", "benchmark"),
+}
+
 SCHEMA_NAME = "ascend_lab_schema"
 
 
@@ -124,6 +137,6 @@ def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
 
 __all__ = [
     "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
-    "MnistConfig", "ModelConfig", "RuntimeConfig", "Task", "TrackingConfig", "check_sequence_fits", "register_configs",
+    "MnistConfig", "ModelConfig", "RuntimeConfig", "TASK_GROUPS", "Task", "TrackingConfig", "check_sequence_fits", "register_configs",
     "validate",
 ]

@@ -37,9 +37,10 @@ class TrackingConfig:
     )
     skip_finished: bool = field(
         default=False,
-        metadata={"help": "Resume: skip a job whose identical config (tag config_hash: the resolved config "
-                          "without hydra and this switch) already has a FINISHED run in the experiment; "
-                          "failed and new configs run."},
+        metadata={"help": "Resume: skip a job whose identical config already has a FINISHED run in the experiment "
+                          "(tag config_hash: task, seed and the groups that task reads, ascend_lab.config.TASK_GROUPS, "
+                          "so a change elsewhere, e.g. mnist.* for task=bench, does not re-run it); failed and new "
+                          "configs run."},
     )
 
     def __post_init__(self) -> None:
