@@ -13,10 +13,24 @@ Header fields:
   precision_mode   str | null
 
 Optional fields the fake ATC also writes (readers may ignore them):
+  framework           int, the --framework it was compiled from (5 = ONNX). Present in every header the
+                      fake ATC writes; a header without it was written by hand in a test (see below).
   precision_mode_v2   str | null
   op_select_implmode  str | null
   input_shape_ranges  null | {input name: [dim token, ...]} where --input_shape used lo~hi ranges (those
                       dims are -1 in ``inputs``; a true dynamic-shape model, no gears)
+  output_nodes        list, one {"op_name": str, "edge_index": int} per entry of ``outputs``: the ATC name
+                      of the ONNX node producing that output (an unnamed node is ``<OpType>_<n>``, as
+                      Ascend/parser onnx_parser.cc UpdateAllNodeName names it) and which of its outputs it is
+
+How the pyACL simulator reads them:
+  - framework 5 with output_nodes: ``get_output_name_by_index`` (and the "name" of get_output_dims /
+    get_cur_output_dims) is ``op_name:edge_index:name``, as CANN documents for ONNX models; inputs keep
+    their graph names.
+  - precision: precision_mode force_fp16 or precision_mode_v2 fp16 → the graph runs in float16. Both null
+    means ATC's default, force_fp16, when ``framework`` is present (a compiled header); in a hand-written
+    header without ``framework`` both null means "run the graph as it is". must_keep_origin_dtype / origin
+    → the graph's own dtypes. (tests/fakes/pyacl/acl/_precision.py has the rules and sources.)
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 Implements the subset of pyACL that ascend_lab uses, with the documented Python signatures and return
 conventions (a tuple ``(value, ret)`` where the C API has an out-parameter, the bare value otherwise).
 Models are the stand-in ``.om`` files of ``tests/fakes/om_format.py``; ``mdl.execute`` runs their ONNX
-with onnxruntime. Test hooks live in ``acl._sim`` (reset, fail_next, leaks, configure, calls).
+with onnxruntime, in the precision the .om was compiled with (``_precision.py``). Output names of
+ONNX-built models read ``op_name:edge_index:output_name``, as pyACL documents. ``acl.util`` has the surface
+of the simulated CANN release (``util.py``). Test hooks live in ``acl._sim`` (reset, fail_next, leaks,
+configure, calls, traffic, reset_traffic).
 """
 
 from __future__ import annotations

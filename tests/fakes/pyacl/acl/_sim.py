@@ -13,17 +13,27 @@ Test hooks (``from acl import _sim``):
   state.calls                    every API call made, in order, by name ("mdl.execute", "init", ...)
   state.executions               number of successful ``mdl.execute`` calls
   state.initialized              whether acl.init is in effect
+  traffic()                      memcpy bytes and calls by kind since the last reset_traffic():
+                                 {"h2d_bytes", "h2d_calls", "d2h_bytes", "d2h_calls", "d2d_bytes", "d2d_calls",
+                                  "h2h_bytes", "h2h_calls", "api_calls": total API calls, "calls_by_name": {...}}
+                                 (successful copies only; api_calls counts every call, failed ones too)
+  reset_traffic()                zero those counters (state.calls is kept)
+  configure(cann_version=...)    present the acl.util surface of that CANN release (see util.py)
 
 Environment (read at import, for simulated CLI runs in subprocesses):
   ASCEND_LAB_SIM_CHIP     simulated chip, default Ascend910B3
   ASCEND_LAB_SIM_DEVICES  number of devices, default 1
   ASCEND_LAB_SIM_FAIL     "name:code[,name:code]" failures injected once each
-  ASCEND_LAB_SIM_LEAKS_FILE  at interpreter exit, write leaks() as JSON to this file
+  ASCEND_LAB_SIM_CANN_VERSION  CANN release whose acl.util surface to present, default 8.0.0; before
+                          6.0.1 (e.g. 5.0.4) only numpy_to_ptr / ptr_to_numpy exist
+  ASCEND_LAB_SIM_LEAKS_FILE  at interpreter exit, write {"leaks": leaks(), "executions": n,
+                          "traffic": traffic()} as JSON to this file
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import importlib.util
 import itertools
@@ -81,10 +91,23 @@ om_format = _load_om_format()
 
 @dataclass
 class Region:
-    kind: str  # "device" (rt.malloc), "host" (rt.malloc_host), "bytes" (util.bytes_to_ptr, read-only)
-    data: bytearray | bytes
+    # "device" (rt.malloc), "host" (rt.malloc_host), "bytes" (util.bytes_to_ptr, read-only),
+    # "numpy" (util.numpy_to_ptr: the array's own memory, writable when the array is)
+    kind: str
+    data: bytearray | bytes | memoryview
     size: int  # requested size; copies are checked against it, not the rounded allocation
     device: int | None = None
+    readonly: bool = False
+    owner: Any = None  # keeps a numpy array alive while its pointer is registered
+
+
+# Memcpy kinds (pyACL: ACL_MEMCPY_HOST_TO_HOST=0 ... DEVICE_TO_DEVICE=3; aclpythondevg memcpy page,
+# en/canncommercial/800 aclpythondevg_01_0124) and the short names traffic() uses.
+MEMCPY_KIND_NAMES = {0: "h2h", 1: "h2d", 2: "d2h", 3: "d2d"}
+
+
+def _zero_traffic() -> dict[str, int]:
+    return {f"{kind}_{what}": 0 for kind in MEMCPY_KIND_NAMES.values() for what in ("bytes", "calls")}
 
 
 @dataclass
@@ -123,6 +146,8 @@ class State:
         self.failures: dict[str, list[int]] = {}
         self.calls: list[str] = []
         self.executions = 0
+        self.traffic = _zero_traffic()
+        self.calls_since_traffic_reset: collections.Counter[str] = collections.Counter()
         self._handles = itertools.count(0x1000)
         self._next_ptr = 0x7F0000000000
 
@@ -146,18 +171,71 @@ class State:
 
 state = State()
 
+DEFAULT_CANN_VERSION = "8.0.0"
+# The release whose acl.util surface is presented; util.py applies it (bytes_to_ptr from 6.0.1 on).
+cann_version = DEFAULT_CANN_VERSION
+_surface_listeners: list[Callable[[], None]] = []
 
-def reset(chip: str = "Ascend910B3", devices: int = 1) -> None:
-    """Forget everything (a fresh process, as far as pyACL can tell)."""
+
+def parse_cann_version(text: str) -> tuple[int, int, int]:
+    """'5.0.4' → (5, 0, 4); '6.0.RC1' → (6, 0, 0) (an RC sorts before the .1 release of its line);
+    '8.0.RC3' → (8, 0, 0)."""
+    parts = (text.strip().split(".") + ["0", "0"])[:3]
+    numbers = []
+    for part in parts:
+        digits = part if part.isdigit() else ""
+        if not digits and not part.upper().startswith(("RC", "T", "ALPHA", "BETA")):
+            raise ValueError(f"not a CANN version: {text!r}")
+        numbers.append(int(digits) if digits else 0)
+    return numbers[0], numbers[1], numbers[2]
+
+
+def reset(chip: str = "Ascend910B3", devices: int = 1, cann_version: str | None = None) -> None:
+    """Forget everything (a fresh process, as far as pyACL can tell). The CANN version goes back to the
+    one from the environment unless given."""
     global state
     state = State(chip=chip, devices=devices)
+    _set_cann_version(cann_version or os.environ.get("ASCEND_LAB_SIM_CANN_VERSION") or DEFAULT_CANN_VERSION)
 
 
-def configure(chip: str | None = None, devices: int | None = None) -> None:
+def configure(chip: str | None = None, devices: int | None = None, cann_version: str | None = None) -> None:
     if chip is not None:
         state.chip = chip
     if devices is not None:
         state.devices = devices
+    if cann_version is not None:
+        _set_cann_version(cann_version)
+
+
+def _set_cann_version(version: str) -> None:
+    global cann_version
+    parse_cann_version(version)
+    cann_version = version
+    for listener in _surface_listeners:
+        listener()
+
+
+def record(name: str) -> None:
+    """Count one API call (everything the simulator exposes goes through here)."""
+    state.calls.append(name)
+    state.calls_since_traffic_reset[name] += 1
+
+
+def count_copy(kind: int, count: int) -> None:
+    short = MEMCPY_KIND_NAMES[kind]
+    state.traffic[f"{short}_bytes"] += count
+    state.traffic[f"{short}_calls"] += 1
+
+
+def traffic() -> dict[str, Any]:
+    """Bytes and calls of successful memcpys by kind, and API calls, since the last reset_traffic()."""
+    calls = state.calls_since_traffic_reset
+    return {**state.traffic, "api_calls": sum(calls.values()), "calls_by_name": dict(calls)}
+
+
+def reset_traffic() -> None:
+    state.traffic = _zero_traffic()
+    state.calls_since_traffic_reset = collections.Counter()
 
 
 def fail_next(name: str, code: int, times: int = 1) -> None:
@@ -183,12 +261,14 @@ def leaks() -> list[str]:
 def _write_leaks_at_exit() -> None:
     target = os.environ.get("ASCEND_LAB_SIM_LEAKS_FILE")
     if target:
-        Path(target).write_text(json.dumps({"leaks": leaks(), "executions": state.executions}))
+        Path(target).write_text(json.dumps({"leaks": leaks(), "executions": state.executions,
+                                            "traffic": traffic()}))
 
 
 def _configure_from_env() -> None:
     configure(chip=os.environ.get("ASCEND_LAB_SIM_CHIP"),
-              devices=int(os.environ["ASCEND_LAB_SIM_DEVICES"]) if os.environ.get("ASCEND_LAB_SIM_DEVICES") else None)
+              devices=int(os.environ["ASCEND_LAB_SIM_DEVICES"]) if os.environ.get("ASCEND_LAB_SIM_DEVICES") else None,
+              cann_version=os.environ.get("ASCEND_LAB_SIM_CANN_VERSION") or None)
     for item in filter(None, os.environ.get("ASCEND_LAB_SIM_FAIL", "").split(",")):
         name, _, code = item.rpartition(":")
         fail_next(name, int(code))
@@ -224,7 +304,7 @@ def api(name: str, shape: str) -> Callable:
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            state.calls.append(name)
+            record(name)
             pending = state.failures.get(name)
             if pending:
                 return failed(pending.pop(0), args)

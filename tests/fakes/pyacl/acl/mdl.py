@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _sim
+from . import _precision, _sim
 from ._sim import (
     ACL_DTYPES, ACL_ERROR_DESERIALIZE_MODEL, ACL_ERROR_GE_FAILURE, ACL_ERROR_INVALID_FILE, ACL_ERROR_INVALID_MODEL_ID,
     ACL_ERROR_INVALID_PARAM, ACL_ERROR_INVALID_RESOURCE_HANDLE, ACL_ERROR_MODEL_INPUT_NOT_MATCH,
@@ -95,6 +95,10 @@ def _parse_header(header: object) -> None:
     for spec in header["inputs"] + header["outputs"]:
         check(isinstance(spec.get("name"), str) and isinstance(spec.get("dims"), list)
               and spec.get("dtype") in ACL_DTYPES, ACL_ERROR_DESERIALIZE_MODEL)
+    nodes = header.get("output_nodes")
+    check(nodes is None or (isinstance(nodes, list) and len(nodes) == len(header["outputs"]) and all(
+        isinstance(n, dict) and isinstance(n.get("op_name"), str) and isinstance(n.get("edge_index"), int)
+        for n in nodes)), ACL_ERROR_DESERIALIZE_MODEL)
     dyn = header.get("dynamic")
     if dyn is None:
         # -1 without gears only in a true dynamic-shape (shape range) model.
@@ -123,8 +127,14 @@ def load_from_file(path: str):
     check(header["soc_version"] == _sim.state.chip, ACL_ERROR_GE_FAILURE)
     import onnxruntime as ort
 
+    # The chip computes in the dtypes the precision mode chose at compile time (_precision.py has the
+    # rules and their sources); float16 is emulated by rounding, which onnxruntime's CastChainElimination
+    # would undo, so that optimisation is off.
+    mode = _precision.execution_mode(header)
     try:
-        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        lowered = _precision.lower(onnx_bytes, mode, saturate=_precision.saturates(header["soc_version"]))
+        session = ort.InferenceSession(lowered, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=["CastChainElimination"])
     except Exception:  # truncated or corrupt graph bytes
         raise AclFail(ACL_ERROR_DESERIALIZE_MODEL)
     inputs = [dict(i) for i in header["inputs"]]
@@ -211,9 +221,24 @@ def get_input_name_by_index(desc: int, index: int) -> str:
     return _spec(desc, index, "in")[1]["name"]
 
 
+def _output_name(model: Model, index: int) -> str:
+    """The name pyACL reports for an output. For a model converted from ONNX (framework 5) it is
+    "output op name:output edge index:output name" (aclpythondevg "get_output_name_by_index"; C API
+    aclmdlGetOutputNameByIndex, aclcppdevg_03_1457; Ascend/parser acl_graph_parser_util.cc
+    GetOutputNodesNameAndIndex builds it); open-mmlab/mmdeploy mmdeploy/backend/ascend/wrapper.py strips it
+    with ``dims['name'].split(':')[-1]`` on get_output_dims' name, so the dims "name" carries the same form.
+    Input names stay the graph's names (ascend.md §6)."""
+    name = model.outputs[index]["name"]
+    nodes = model.header.get("output_nodes")
+    if model.header.get("framework") == 5 and nodes:
+        return f"{nodes[index]['op_name']}:{nodes[index]['edge_index']}:{name}"
+    return name
+
+
 @api("mdl.get_output_name_by_index", "value")
 def get_output_name_by_index(desc: int, index: int) -> str:
-    return _spec(desc, index, "out")[1]["name"]
+    model, _ = _spec(desc, index, "out")
+    return _output_name(model, index)
 
 
 @api("mdl.get_input_index_by_name", "tuple")
@@ -235,15 +260,15 @@ def get_input_dims(desc: int, index: int):
 
 @api("mdl.get_output_dims", "tuple")
 def get_output_dims(desc: int, index: int):
-    model, spec = _spec(desc, index, "out")
-    return _io_dims(spec["name"], model.max_output_dims[index]), 0
+    model, _ = _spec(desc, index, "out")
+    return _io_dims(_output_name(model, index), model.max_output_dims[index]), 0
 
 
 @api("mdl.get_cur_output_dims", "tuple")
 def get_cur_output_dims(desc: int, index: int):
-    model, spec = _spec(desc, index, "out")
+    model, _ = _spec(desc, index, "out")
     dims = (model.cur_output_dims or model.max_output_dims)[index]
-    return _io_dims(spec["name"], dims), 0
+    return _io_dims(_output_name(model, index), dims), 0
 
 
 @api("mdl.get_input_data_type", "value")

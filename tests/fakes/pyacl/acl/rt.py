@@ -107,17 +107,27 @@ def free_host(ptr: int) -> int:
 
 @api("rt.memcpy", "ret")
 def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
+    """``ret = acl.rt.memcpy(dst, dest_max, src, count, kind)``, synchronous (aclpythondevg memcpy page,
+    en/canncommercial/800 aclpythondevg_01_0124). ``dst``/``src`` may point inside an allocation (base +
+    offset), as real code does to write one slot of a device-resident KV cache device to device
+    (Tlntin/qwen-ascend-llm utils/engine.py). dest_max is "the maximum memory length of the destination
+    address", i.e. what is left of the destination from ``dst`` on; the simulator checks it, and count,
+    against the allocation (the real runtime only trusts dest_max)."""
     _sim.require_context()
     check(kind in MEMCPY_KINDS, ACL_ERROR_INVALID_PARAM)
     dst_region, dst_off = _sim.find_region(dst)
     src_region, src_off = _sim.find_region(src)
-    check(dst_region.kind != "bytes", ACL_ERROR_RT_PARAM_INVALID)  # bytes_to_ptr memory is read-only
+    # bytes_to_ptr memory is read-only (the docs: the bytes object must outlive the pointer; bytes are immutable)
+    check(dst_region.kind != "bytes" and not dst_region.readonly, ACL_ERROR_RT_PARAM_INVALID)
     # The real runtime infers the direction from the pointers and fails an impossible copy.
     check(MEMCPY_KINDS[kind] == (_side(src_region), _side(dst_region)), ACL_ERROR_RT_PARAM_INVALID)
+    check(isinstance(count, int) and isinstance(dest_max, int), ACL_ERROR_INVALID_PARAM)
     check(0 <= count <= dest_max, ACL_ERROR_INVALID_PARAM)
     check(dest_max <= dst_region.size - dst_off, ACL_ERROR_INVALID_PARAM)
     check(count <= src_region.size - src_off, ACL_ERROR_INVALID_PARAM)
-    dst_region.data[dst_off:dst_off + count] = src_region.data[src_off:src_off + count]
+    # bytes() first: source and destination may be the same allocation (overlapping slots).
+    dst_region.data[dst_off:dst_off + count] = bytes(src_region.data[src_off:src_off + count])
+    _sim.count_copy(kind, count)
     return 0
 
 
@@ -125,7 +135,8 @@ def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
 def memset(ptr: int, max_size: int, value: int, count: int) -> int:
     _sim.require_context()
     region, offset = _sim.find_region(ptr)
-    check(region.kind != "bytes" and count <= max_size <= region.size - offset, ACL_ERROR_INVALID_PARAM)
+    check(region.kind != "bytes" and not region.readonly and count <= max_size <= region.size - offset,
+          ACL_ERROR_INVALID_PARAM)
     region.data[offset:offset + count] = bytes([value & 0xFF]) * count
     return 0
 
