@@ -32,6 +32,7 @@ def test_wheel_ships_every_package_and_config(wheel):
         assert f"{package.replace('.', '/')}/__init__.py" in names, package
     for yaml in (REPO / "conf").rglob("*.yaml"):
         assert f"ascend_lab/conf/{yaml.relative_to(REPO / 'conf')}" in names, yaml
+    assert "ascend_lab/compile/atc_onnx_ops.json" in names  # the op check's table is data in the package
 
 
 def test_installed_wheel_runs_from_anywhere(wheel, tmp_path):

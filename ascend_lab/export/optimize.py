@@ -1,9 +1,9 @@
 """Graphs derived from a cached export, cached beside it: transformer-optimised, int8-quantised.
 
 A derived graph lives in ``<entry>~<variant>/`` next to the export cache entry it came from
-(``model.onnx`` [+ ``model.onnx.data``] and a ``meta.json`` naming the source's sha256), built
-once under the same lock/staging/publish steps as the export cache, so parallel jobs derive it
-once and a killed job leaves nothing half-written.
+(``model.onnx`` [+ ``model.onnx.data``] and a ``meta.json`` naming the source's sha256), an entry of
+the one content-addressed cache (:mod:`ascend_lab.artifact_cache`), so parallel jobs derive it once
+and a killed job leaves nothing half-written.
 
 :func:`transformer_optimize` runs onnxruntime's transformer optimizer
 (``onnxruntime.transformers.optimizer.optimize_model``). On this project's Qwen2 ``kv_cache``
@@ -21,8 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ascend_lab.export import cache
-from ascend_lab.provenance import sha256_files
+from ascend_lab import artifact_cache
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +35,23 @@ def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path],
                   source_sha256: str | None = None) -> Path:
     """``<source entry>~<variant>/model.onnx``, built once by ``build(source_onnx, out_onnx)``."""
     source_onnx = Path(source_onnx)
-    entry = source_onnx.parent.parent / f"{source_onnx.parent.name}~{variant}"
-    if cache.read_meta(entry) is None:
-        with cache.locked(entry):
-            if cache.read_meta(entry) is None:
-                with cache.staging(entry) as tmp:
-                    started = time.perf_counter()
-                    build(source_onnx, tmp / MODEL_FILE)
-                    files = [tmp / MODEL_FILE] + sorted(p for p in tmp.iterdir() if p.name != MODEL_FILE)
-                    cache.publish(tmp, entry, {
-                        "onnx_file": MODEL_FILE, "variant": variant, "format": DERIVED_FORMAT,
-                        "source": str(source_onnx), "source_sha256": source_sha256,
-                        "sha256": sha256_files(files),
-                        "onnx_size_mb": sum(p.stat().st_size for p in files) / 1e6,
-                        "build_seconds": time.perf_counter() - started,
-                    })
-                log.info("derived graph %s built", entry.name)
-    return entry / MODEL_FILE
+    folder = source_onnx.parent.parent / f"{source_onnx.parent.name}~{variant}"
+
+    def make(tmp: Path) -> dict:
+        started = time.perf_counter()
+        build(source_onnx, tmp / MODEL_FILE)
+        files = [tmp / MODEL_FILE] + sorted(p for p in tmp.iterdir() if p.name != MODEL_FILE)
+        log.info("derived graph %s built", folder.name)
+        return {"onnx_file": MODEL_FILE, "files": [p.name for p in files], "variant": variant,
+                "format": DERIVED_FORMAT, "source": str(source_onnx), "source_sha256": source_sha256,
+                "onnx_size_mb": sum(p.stat().st_size for p in files) / 1e6,
+                "build_seconds": time.perf_counter() - started}
+
+    return artifact_cache.ensure(folder, make).path(MODEL_FILE)
 
 
 def derived_meta(onnx_path: Path) -> dict:
-    return cache.read_meta(Path(onnx_path).parent) or {}
+    return artifact_cache.read_meta(Path(onnx_path).parent) or {}
 
 
 def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
