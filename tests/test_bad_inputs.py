@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import FAKES, all_runs, cli_env
 
+from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
 from ascend_lab.provenance import digest_mismatch
 from ascend_lab.run import command_line_overrides, override_problem
@@ -94,7 +95,6 @@ MALFORMED = [
     ("+=4", "Invalid override '+=4'"),
     ("atc.dynamic_dims=[1,2", "Invalid override 'atc.dynamic_dims=[1,2'"),
     ("benchmark.prompt='abc", "Invalid override \"benchmark.prompt='abc\""),
-    ("atc.input_shape=input_ids:1,16;attention_mask:1,16", "Invalid override 'atc.input_shape=input_ids:1,16;"),
     ("benchmark.batch_size=${oops}", "benchmark.batch_size: Interpolation key 'oops' not found"),
     ("benchmark.batch_size=???", "benchmark.batch_size: Structured config"),
     ("+benchmark.batchsize=4", "benchmark.batchsize=4: no such key (did you mean benchmark.batch_size?)"),
@@ -110,6 +110,17 @@ def test_malformed_override(lab, override, message):
     assert_kept(before, lab)
 
 
+@pytest.mark.slow
+def test_grammar_characters_under_multirun_print_the_form_to_copy(lab):
+    """In a single run such a value is quoted for the user (tests/test_chinese_cli.py); under -m its commas
+    may separate sweep values, so it is refused with both quoted forms."""
+    before = statuses(lab)
+    proc = cli(lab, "-m", "task=bench", "atc.input_shape=input_ids:1,16;attention_mask:1,16")
+    assert_clear_failure(proc, "Invalid override 'atc.input_shape=input_ids:1,16;attention_mask:1,16'",
+                         "As one string: 'atc.input_shape=\"input_ids:1,16;attention_mask:1,16\"'")
+    assert_kept(before, lab)
+
+
 OUT_OF_RANGE = [
     (("benchmark.batch_size=0",), "benchmark.batch_size=0: must be > 0"),
     (("mnist.epochs=-1",), "mnist.epochs=-1: must be > 0"),
@@ -117,8 +128,8 @@ OUT_OF_RANGE = [
     (("atc.timeout_s=0",), "atc.timeout_s=0.0: must be > 0"),
     (("seed=-1",), "seed=-1: must be between 0 and 4294967295"),
     (("benchmark.min_duration_s=inf",), "benchmark.min_duration_s=inf: must be a finite number"),
-    (("benchmark.seq_len=600",), ("benchmark.seq_len=600: benchmark.seq_len = 600 positions, more than "
-                                  "model.max_position_embeddings=512")),
+    (("benchmark.scenario=forward", "benchmark.seq_len=600"),
+     "benchmark.seq_len=600: benchmark.seq_len = 600 positions, more than model.max_position_embeddings=512"),
     (("benchmark.scenario=generate", "benchmark.seq_len=500"),
      "benchmark.seq_len + benchmark.new_tokens = 532 positions, more than model.max_position_embeddings=512"),
 ]
@@ -177,7 +188,7 @@ def test_truncated_cache_entries_are_detected_and_rebuilt(lab):
     rebuilt, with a warning naming the file, and the rebuilt files are the recorded ones again."""
     onnx_file, om = cached_files(lab)
     recorded = (json.loads((onnx_file.parent / "meta.json").read_text())["sha256"],
-                json.loads((om.parent / "compile.json").read_text())["om_sha256"])
+                json.loads((om.parent / "meta.json").read_text())["sha256"])
     assert (sha256(onnx_file), sha256(om)) == recorded
     truncate(onnx_file)
     truncate(om)
@@ -185,8 +196,8 @@ def test_truncated_cache_entries_are_detected_and_rebuilt(lab):
     proc = cli(lab, *ACL, env=acl_env())
     output = proc.stdout + proc.stderr  # Hydra's log lines go to stdout
     assert proc.returncode == 0, output
-    assert f"WARNING] - export cache entry {onnx_file.parent} is damaged ({onnx_file} changed" in output
-    assert f"WARNING] - compile cache entry {om.parent} is damaged ({om} has" in output
+    assert f"WARNING] - cache entry {onnx_file.parent} is damaged ({onnx_file} changed" in output
+    assert f"WARNING] - cache entry {om.parent} is damaged ({om} changed" in output
     assert (sha256(onnx_file), sha256(om)) == recorded
     (new,) = assert_kept(before, lab, new=1)
     client, _ = all_runs(lab)
@@ -225,14 +236,14 @@ def test_om_compiled_for_another_soc(lab):
 
 
 @pytest.mark.slow
-def test_inputs_that_do_not_match_the_om(lab):
-    """An .om compiled static for batch 1 (an explicit atc.input_shape) measured at batch 4."""
-    shape = ";".join(["input_ids:1,16", "attention_mask:1,32"] + [
-        f"past_key_values.{i}.{kind}:1,2,16,16" for i in range(2) for kind in ("key", "value")])
+def test_a_batch_the_om_was_not_compiled_for(lab):
+    """An .om compiled by hand (an explicit atc.input_shape) for batch 1, measured at batch 4."""
+    shape = "input_ids:1,-1;position_ids:1,-1;past_length:1;pad_lengths:1;past_key_values:1024,1,4,2,16"
     before = statuses(lab)
-    proc = cli(lab, *ACL, f'atc.input_shape="{shape}"', "benchmark.batch_size=4", env=acl_env())
-    assert_clear_failure(proc, "input 'input_ids' of tiny_qwen_kv_cache_linux_x86_64.om: expected shape (1, 16), "
-                               "got (4, 16)")
+    proc = cli(lab, *ACL, f'atc.input_shape="{shape}"', "atc.dynamic_mode=dynamic_dims",
+               'atc.dynamic_dims=["1,1","16,16"]', "benchmark.batch_size=4", env=acl_env())
+    assert_clear_failure(proc, "Invalid config: benchmark.batch_size=4: tiny_qwen_kv_cache_linux_x86_64.om was "
+                               "compiled for batch 1")
     assert_kept(before, lab, new=1)
 
 
@@ -365,6 +376,10 @@ def small_onnx(tmp_path_factory) -> Path:
     return path
 
 
+# What the small graph above is, in the project's terms (a hidden-states graph, width 8).
+HIDDEN = gc.GraphContract("hidden_states", gc.ModelDims(1, 1, 1, 8, 8, 50), "float32")
+
+
 def ids(shape, dtype=np.int64):
     return np.zeros(shape, dtype=dtype)
 
@@ -381,7 +396,7 @@ def ids(shape, dtype=np.int64):
 def test_onnxruntime_names_the_input_that_does_not_match(small_onnx, feeds, message):
     from ascend_lab.runtimes.onnxruntime_runtime import FeedError, OnnxRuntime
 
-    with OnnxRuntime(small_onnx) as runtime:
+    with OnnxRuntime(small_onnx, HIDDEN) as runtime:
         with pytest.raises(FeedError) as caught:
             runtime.run(feeds)
         assert message in str(caught.value)
@@ -395,4 +410,4 @@ def test_onnxruntime_refuses_a_truncated_file_naming_it(small_onnx, tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(small_onnx.read_bytes()[:200])
     with pytest.raises(AscendLabError, match=f"onnxruntime cannot load {broken}: .*missing, truncated"):
-        OnnxRuntime(broken)
+        OnnxRuntime(broken, HIDDEN)

@@ -18,8 +18,9 @@ from ascend_lab.config.export import ExportConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.context import JobContext
 from ascend_lab.errors import AscendLabError
-from ascend_lab.export import cache, ensure_exported
-from ascend_lab.export.wrappers import KVCacheDecoder, dynamic_axes, empty_past, io_names, wrapper_for
+from ascend_lab import graph_contract as gc
+from ascend_lab.export import ensure_exported, keys
+from ascend_lab.export.wrappers import cache_graph_decoder, wrapper_for
 from ascend_lab.models import load_model
 from ascend_lab.provenance import sha256_files
 from ascend_lab.tracking import Tracker
@@ -63,33 +64,47 @@ def session(exported):
     return ort.InferenceSession(str(exported.onnx_path), providers=["CPUExecutionProvider"])
 
 
-def test_io_names_follow_the_convention():
-    inputs, outputs = io_names("kv_cache", 2)
-    assert inputs == ["input_ids", "attention_mask", "past_key_values.0.key", "past_key_values.0.value",
-                      "past_key_values.1.key", "past_key_values.1.value"]
-    assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
-    axes = dynamic_axes("kv_cache", 2)
-    assert axes["attention_mask"] == {0: "batch", 1: "total_seq"}
-    assert axes["past_key_values.1.value"] == {0: "batch", 2: "past_seq"}
-    assert axes["present.0.key"] == {0: "batch", 2: "total_seq"}
-    assert io_names("hidden_states", 2) == (["input_ids", "attention_mask"], ["hidden_states"])
+def test_io_names_follow_the_contract():
+    dims = gc.ModelDims(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, hidden_size=64, vocab_size=384)
+    kv = gc.GraphContract("kv_cache", dims, "float16")
+    assert kv.input_names() == ["input_ids", "position_ids", "past_length", "pad_lengths", "past_key_values"]
+    assert kv.output_names() == ["logits", "next_token", "present_key_values"]
+    axes = kv.dynamic_axes()
+    assert axes["past_key_values"] == {0: "capacity", 1: "batch"} and axes["present_key_values"] == {0: "seq", 1: "batch"}
+    assert "past_length" not in axes  # [1]: static
+    assert kv.cache_shape(24, 3) == (24, 3, 4, 2, 16) and kv.slot_elements(3) == 3 * 4 * 2 * 16
+    assert gc.GraphContract("hidden_states", dims, "float32").output_names() == ["hidden_states"]
+
+
+def test_prefill_plan_pads_to_whole_chunks_and_feeds_largest_first():
+    assert gc.plan_prefill(512, [16, 128]).chunks == (128, 128, 128, 128)
+    plan = gc.plan_prefill(14, [16, 128])
+    assert plan.chunks == (16,) and plan.extra_pad == 2 and plan.padded_len == 16
+    assert gc.plan_prefill(150, [16, 128]).chunks == (128, 16, 16)  # 160 = 128 + 2 × 16
+    assert gc.plan_prefill(5, [1]).chunks == (1,) * 5
+    mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert gc.left_pad_lengths(mask).tolist() == [2, 0]
+    np.testing.assert_array_equal(gc.positions(1, 3, np.array([2, 0])), [[0, 0, 1], [1, 2, 3]])
+    with pytest.raises(ValueError, match="left-padded"):
+        gc.left_pad_lengths(np.array([[1, 0, 1]]))
 
 
 def test_cache_key_covers_what_shapes_the_graph_only():
     versions = {"torch": "1", "transformers": "2", "onnx": "3"}
 
     def key(seed=0, model=None, **fields):
-        return cache.cache_key(cache.key_material(model or ModelConfig(), ExportConfig(**fields), seed, versions))
+        return keys.cache_key(keys.key_material(model or ModelConfig(), ExportConfig(**fields), seed, versions))
 
     base = key()
     assert key() == base
     assert key(parity_tol=1e-9, parity_batch_size=5, cache_dir="elsewhere", artifact_max_mb=1) == base
+    assert key(kv_capacity=64, prefill_chunks=[8]) == base  # the cache dim is symbolic, chunks are gears
     assert key(model=ModelConfig(cache_dir="other")) == base
     for changed in (key(seed=1), key(graph="logits"), key(opset=18), key(exporter="dynamo"),
                     key(do_constant_folding=True), key(model=ModelConfig(dtype="float16")),
                     key(model=ModelConfig(num_hidden_layers=3))):
         assert changed != base
-    newer = cache.cache_key(cache.key_material(ModelConfig(), ExportConfig(), 0, {**versions, "torch": "9"}))
+    newer = keys.cache_key(keys.key_material(ModelConfig(), ExportConfig(), 0, {**versions, "torch": "9"}))
     assert newer != base
     pretrained = ModelConfig(weights="pretrained", model_id="qwen/x")
     assert key(seed=0, model=pretrained) == key(seed=7, model=pretrained)  # seed only seeds random weights
@@ -104,7 +119,7 @@ def test_each_graph_exports_checks_and_matches_torch(exports, graph):
     assert [v.name for v in model.graph.input] == exported.input_names
     assert [v.name for v in model.graph.output] == exported.output_names
     assert model.opset_import[0].version == 17
-    dims = {v.name: [d.dim_param for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
     assert dims["input_ids"] == ["batch", "seq"]
     assert tracker.metrics["parity_max_abs_diff"] < 1e-3
     assert 0 <= tracker.metrics["parity_rel_l2"] < 1e-4
@@ -113,37 +128,39 @@ def test_each_graph_exports_checks_and_matches_torch(exports, graph):
     meta = json.loads((exported.onnx_path.parent / "meta.json").read_text())
     assert meta["sha256"] == exported.sha256 and meta["input_names"] == exported.input_names
     if graph == "kv_cache":
-        assert set(meta["parity_cases"]) == {"prefill", "decode"}
-        assert exported.num_layers == 2 and exported.num_kv_heads == 2 and exported.head_dim == 16
+        assert set(meta["parity_cases"]) == {"prefill", "decode"} and meta["parity_token_mismatches"] == 0
+        assert exported.dims.num_layers == 2 and exported.dims.num_kv_heads == 2 and exported.dims.head_dim == 16
+        assert dims["past_key_values"] == ["capacity", "batch", 4, 2, 16]
 
 
-def _hf_next_token_logits(model, ids, steps):
-    """HF's own forward with use_cache: prefill logits, then one decode step's, and the tokens fed."""
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-        next_ids = out.logits[:, -1:].argmax(-1)
-        mask = torch.ones(ids.shape[0], ids.shape[1] + 1, dtype=torch.long)
-        step = model(input_ids=next_ids, attention_mask=mask, cache=out.cache, use_cache=True)
-    return out.logits[:, -1], next_ids, step.logits[:, -1]
+def kv_feeds(exported, ids, written, pads, cache):
+    return {"input_ids": ids, "position_ids": gc.positions(written, ids.shape[1], pads),
+            "past_length": np.array([written], np.int64), "pad_lengths": pads, "past_key_values": cache}
 
 
 def test_kv_cache_graph_reproduces_hf_prefill_and_decode(exports, tiny):
+    """Left-padded rows, a prefill into an empty cache, the caller's write of the new slots, a decode step:
+    the last position's logits are Hugging Face's own."""
     exported, _ = exports["kv_cache"]
     sess = session(exported)
-    ids = torch.randint(0, 384, (1, 11), generator=torch.Generator().manual_seed(5))
-    hf_prefill, next_ids, hf_decode = _hf_next_token_logits(tiny, ids, 1)
-
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((1, 11), np.int64)}
-    feeds.update({n: t.numpy() for n, t in zip(exported.input_names[2:], empty_past(tiny.config, 1, torch.float32))})
-    logits, *present = sess.run(None, feeds)
-    np.testing.assert_allclose(logits[:, -1], hf_prefill.numpy(), atol=1e-4)
-    assert present[0].shape == (1, 2, 11, 16)
-
-    feeds = {"input_ids": next_ids.numpy(), "attention_mask": np.ones((1, 12), np.int64),
-             **dict(zip(exported.input_names[2:], present))}
-    logits, *present = sess.run(None, feeds)
-    np.testing.assert_allclose(logits[:, -1], hf_decode.numpy(), atol=1e-4)
-    assert present[0].shape == (1, 2, 12, 16)
+    ids = torch.randint(0, 384, (2, 11), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        hf = tiny(input_ids=ids, attention_mask=mask, use_cache=True)
+        next_ids = hf.logits[:, -1:].argmax(-1)
+        step = tiny(input_ids=next_ids, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+                    cache=hf.past_key_values, use_cache=True)
+    pads = gc.left_pad_lengths(mask.numpy())
+    cache = np.zeros(exported.contract.cache_shape(16, 2), np.float32)
+    logits, token, present = sess.run(None, kv_feeds(exported, ids.numpy(), 0, pads, cache))
+    np.testing.assert_allclose(logits, hf.logits[:, -1].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(token, next_ids[:, 0].numpy())
+    assert present.shape == (11, 2, 4, 2, 16)
+    cache[:11] = present
+    logits, token, present = sess.run(None, kv_feeds(exported, next_ids.numpy(), 11, pads, cache))
+    np.testing.assert_allclose(logits, step.logits[:, -1].numpy(), atol=1e-4)
+    assert present.shape == (1, 2, 4, 2, 16)
 
 
 @pytest.mark.parametrize("graph", ["hidden_states", "logits", "kv_cache"])
@@ -152,19 +169,19 @@ def test_batch_and_sequence_axes_are_really_dynamic(exports, tiny, graph):
     sess = session(exported)
     wrapper = wrapper_for(graph, tiny)
     generator = torch.Generator().manual_seed(9)
-    # The export's dummy input was batch 3 with the 15-byte prompt (and a past of 3).
-    for batch, seq, past in [(1, 4, 0), (5, 15, 0), (4, 1, 6), (2, 23, 2)]:
-        if graph != "kv_cache" and past:
-            continue
+    # The export's dummy input was batch 3 with the 15-byte prompt (and a cache of 2 + 15 + 7 slots).
+    for batch, seq, written, capacity in [(1, 4, 0, 4), (5, 15, 0, 20), (4, 1, 6, 9), (2, 23, 2, 64)]:
         ids = torch.randint(0, 384, (batch, seq), generator=generator)
-        mask = torch.ones(batch, past + seq, dtype=torch.long)
-        inputs = (ids, mask)
         if graph == "kv_cache":
-            inputs += tuple(empty_past(tiny.config, batch, torch.float32, past, generator))
+            pads = np.zeros(batch, np.int64)
+            cache = torch.randn(exported.contract.cache_shape(capacity, batch), generator=generator)
+            feeds = kv_feeds(exported, ids.numpy(), written, pads, cache.numpy())
+        else:
+            feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((batch, seq), np.int64)}
         with torch.no_grad():
-            expected = wrapper(*inputs)
+            expected = wrapper(*(torch.from_numpy(np.asarray(feeds[n])) for n in exported.input_names))
         expected = expected if isinstance(expected, tuple) else (expected,)
-        got = sess.run(None, {n: t.numpy() for n, t in zip(exported.input_names, inputs)})
+        got = sess.run(None, feeds)
         for g, e in zip(got, expected):
             assert g.shape == tuple(e.shape)
             np.testing.assert_allclose(g, e.numpy(), atol=1e-4)
@@ -174,7 +191,7 @@ def test_kv_decoder_refuses_models_without_a_cache_api(tiny):
     tiny.config.model_type = "qwen"
     try:
         with pytest.raises(AscendLabError, match="export.graph=logits"):
-            KVCacheDecoder(tiny)
+            cache_graph_decoder(tiny)
     finally:
         tiny.config.model_type = "qwen2"
 
@@ -229,8 +246,8 @@ def test_pretrained_local_folder_exports(tmp_path):
     tiny.tokenizer.save_pretrained(folder)
     model = ModelConfig(name="local_tiny", weights="pretrained", path=str(folder))
     exported, tracker = export(tmp_path, model=model, graph="kv_cache")
-    assert exported.vocab_size == 384 and tracker.metrics["parity_max_abs_diff"] < 1e-3
-    assert exported.onnx_path.parent.name.startswith("local_tiny-kv_cache-")
+    assert exported.dims.vocab_size == 384 and tracker.metrics["parity_max_abs_diff"] < 1e-3
+    assert exported.onnx_path.parent.name.startswith("local_tiny-kv_cache-float32-")
 
 
 @pytest.mark.slow
@@ -239,13 +256,12 @@ def test_dynamo_exporter_kv_cache(tmp_path, tiny):
     assert tracker.metrics["parity_max_abs_diff"] < 1e-3
     model = onnx.load(str(exported.onnx_path))
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output}
-    assert dims["present.0.key"][0] == "batch" and dims["present.0.key"][2] == "total_seq"
+    assert dims["present_key_values"][:2] == ["seq", "batch"]
     ids = torch.randint(0, 384, (4, 6))
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((4, 6), np.int64),
-             **{n: t.numpy() for n, t in zip(exported.input_names[2:], empty_past(tiny.config, 4, torch.float32))}}
-    logits = session(exported).run(None, feeds)[0]
+    cache = np.zeros(exported.contract.cache_shape(8, 4), np.float32)
+    logits = session(exported).run(None, kv_feeds(exported, ids.numpy(), 0, np.zeros(4, np.int64), cache))[0]
     with torch.no_grad():
-        np.testing.assert_allclose(logits, tiny(ids).logits.numpy(), atol=1e-4)
+        np.testing.assert_allclose(logits, tiny(ids).logits[:, -1].numpy(), atol=1e-4)
 
 
 @pytest.mark.slow

@@ -9,22 +9,31 @@ import collections
 import numpy as np
 import pytest
 
-from ascend_lab.bench.generation import GraphLayout, greedy_generate
+from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import HostTimer
 
-TINY = GraphLayout("kv_cache", 2, 2, 16, 384, "float32")
 WEIGHT_MATMULS = 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + the LM head
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from test_ort_engine import _context
+    from test_runtimes import _context
 
     from ascend_lab.export import ensure_exported
 
     launch = tmp_path_factory.mktemp("launch")
     cfg, ctx = _context(launch, "runtime=onnxruntime")
     return ensure_exported(cfg, ctx)
+
+
+def engine_on(path, exported, new_tokens: int = 32):
+    """The generation engine over an onnxruntime session of ``path`` (a graph with ``exported``'s contract)."""
+    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+
+    runtime = OnnxRuntime(path, exported.contract, intra_op_threads=1)
+    engine = runtime.engine(64 + new_tokens, (16, 128), 1024)
+    engine.keep_logits = True
+    return engine
 
 
 def _op_counts(path) -> collections.Counter:
@@ -68,21 +77,21 @@ def test_fold_weight_transposes_is_exact_and_keeps_shared_tables():
 @pytest.mark.parametrize("method, quant_op", [("matmul_nbits", "MatMulNBits"), ("dynamic", "MatMulInteger")])
 def test_int8_graph_quantises_every_weight_and_generates(exported, method, quant_op):
     from ascend_lab.export.optimize import derived_meta, int8_graph, step_weight_bytes
-    from ascend_lab.runtimes.ort_engine import OrtEngine
 
     path = int8_graph(exported, method)
     assert path.parent.name == f"{exported.onnx_path.parent.name}~int8-{method}"
     assert derived_meta(path)["source_sha256"] == exported.sha256
     ops = _op_counts(path)
     assert ops[quant_op] == WEIGHT_MATMULS
-    assert ops["MatMul"] == 2 * 2  # only the attention matmuls (scores, × values) stay float
+    assert ops["MatMul"] == 2 * 4  # only the attention matmuls (scores and × values, cache and new) stay float
     # int8 weights (+ scales) instead of float32: about a quarter of the bytes each step reads.
     assert step_weight_bytes(path) < 0.4 * step_weight_bytes(exported.onnx_path)
 
     ids = np.random.default_rng(7).integers(0, 384, size=(8, 12))
     mask = np.ones_like(ids)
-    float_engine = OrtEngine.open(exported.onnx_path, TINY, intra_op_threads=1)
-    int8_engine = OrtEngine.open(path, TINY, intra_op_threads=1)
+    float_engine, int8_engine = engine_on(exported.onnx_path, exported), engine_on(path, exported)
+    for engine in (float_engine, int8_engine):
+        engine.prepare(8, 12, 32)
     reference = greedy_generate(float_engine, ids, mask, 32, HostTimer).tokens
     quantised = greedy_generate(int8_engine, ids, mask, 32, HostTimer).tokens
     assert quantised.shape == (8, 32)
@@ -93,8 +102,9 @@ def test_int8_graph_quantises_every_weight_and_generates(exported, method, quant
     assert agreement >= 0.5
     float_engine.prefill(ids, mask)
     int8_engine.prefill(ids, mask)
-    diff = np.abs(float_engine.last_logits - int8_engine.last_logits)
-    assert diff.mean() < 0.05 * float_engine.last_logits.std()
+    float_logits, int8_logits = float_engine.logits[-1], int8_engine.logits[-1]
+    diff = np.abs(float_logits - int8_logits)
+    assert diff.mean() < 0.05 * float_logits.std()
 
 
 def test_derived_graphs_are_built_once(exported, monkeypatch):
@@ -116,7 +126,6 @@ def test_derived_graphs_are_built_once(exported, monkeypatch):
 
 def test_transformer_optimizer_fuses_rmsnorm_and_keeps_the_tokens(exported):
     from ascend_lab.export.optimize import optimized_graph
-    from ascend_lab.runtimes.ort_engine import OrtEngine
 
     path = optimized_graph(exported, num_heads=4, hidden_size=64)
     ops = _op_counts(path)
@@ -125,9 +134,8 @@ def test_transformer_optimizer_fuses_rmsnorm_and_keeps_the_tokens(exported):
     ids = np.random.default_rng(8).integers(0, 384, size=(2, 9))
     mask = np.ones_like(ids)
     mask[1, :2] = 0
-    reference = greedy_generate(OrtEngine.open(exported.onnx_path, TINY, intra_op_threads=1), ids, mask, 16,
-                                HostTimer).tokens
-    fused = greedy_generate(OrtEngine.open(path, TINY, intra_op_threads=1), ids, mask, 16, HostTimer).tokens
+    reference = greedy_generate(engine_on(exported.onnx_path, exported), ids, mask, 16, HostTimer).tokens
+    fused = greedy_generate(engine_on(path, exported), ids, mask, 16, HostTimer).tokens
     np.testing.assert_array_equal(fused, reference)
 
 

@@ -1,14 +1,18 @@
-"""Runtimes: onnxruntime on a small graph exported here, the torch runtime and its device-side
-decode engine, runtime selection, and torch vs onnxruntime greedy tokens on tiny_qwen."""
+"""Runtimes: onnxruntime on a small graph exported here, the one session factory, the torch runtime,
+the generation engine over each runtime's cache backend (torch and onnxruntime give Hugging Face's
+greedy tokens, left padding included), runtime selection."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ascend_lab.bench.generation import FeedsEngine, GraphLayout, greedy_generate
+from ascend_lab import graph_contract as gc
+from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import HostTimer
 from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime, choose_providers
+
+CHUNKS, CAPACITY = (16, 128), 1024
 
 
 def test_providers_follow_the_device_and_the_build():
@@ -53,7 +57,9 @@ def test_onnxruntime_runs_and_describes(small_onnx, optimization):
     import torch
 
     path, module = small_onnx
-    runtime = OnnxRuntime(path, "cpu", 0, intra_op_threads=1, inter_op_threads=1, graph_optimization=optimization)
+    contract = gc.GraphContract("logits", gc.ModelDims(1, 1, 1, 8, 8, 5), "float32")
+    runtime = OnnxRuntime(path, contract, "cpu", 0, intra_op_threads=1, inter_op_threads=1,
+                          graph_optimization=optimization)
     with runtime:
         assert runtime.providers == ["CPUExecutionProvider"]
         assert [(s.name, s.dtype) for s in runtime.inputs] == [("input_ids", np.int64), ("attention_mask", np.int64)]
@@ -74,7 +80,8 @@ def test_onnxruntime_runs_and_describes(small_onnx, optimization):
 
 def test_onnxruntime_notes_a_missing_device_provider(small_onnx, caplog):
     path, _ = small_onnx
-    with caplog.at_level("WARNING"), OnnxRuntime(path, "npu", 0) as runtime:
+    contract = gc.GraphContract("logits", gc.ModelDims(1, 1, 1, 8, 8, 5), "float32")
+    with caplog.at_level("WARNING"), OnnxRuntime(path, contract, "npu", 0) as runtime:
         assert runtime.providers == ["CPUExecutionProvider"]
         assert any("CANNExecutionProvider" in note for note in runtime.notes)
     assert "CANNExecutionProvider" in caplog.text
@@ -90,55 +97,138 @@ def torch_runtime():
         yield runtime
 
 
-def test_torch_runtime_follows_the_kv_cache_convention(torch_runtime):
-    layout = torch_runtime.layout
-    assert layout == GraphLayout("kv_cache", 2, 2, 16, 384, "float32")
-    names = [s.name for s in torch_runtime.inputs]
-    assert names[:3] == ["input_ids", "attention_mask", "past_key_values.0.key"] and len(names) == 6
-    ids = np.random.default_rng(1).integers(0, 384, size=(2, 5))
-    out = torch_runtime.run(layout.forward_feeds(ids, np.ones_like(ids)))
-    assert [s.name for s in torch_runtime.outputs] == list(out)
-    assert out["logits"].shape == (2, 5, 384) and out["present.1.value"].shape == (2, 2, 5, 16)
-    # One decode step on the presents equals the prefill of the longer sequence (last position).
-    nxt = np.argmax(out["logits"][:, -1], axis=-1)[:, None]
-    step = torch_runtime.run({"input_ids": nxt, "attention_mask": np.ones((2, 6), np.int64),
-                              **{p: out[q] for p, q in zip(layout.past_names(), layout.present_names())}})
-    full = torch_runtime.run(layout.forward_feeds(np.concatenate([ids, nxt], 1), np.ones((2, 6), np.int64)))
-    np.testing.assert_allclose(step["logits"][:, -1], full["logits"][:, -1], rtol=1e-4, atol=1e-5)
+def test_session_options_use_physical_cores():
+    from ascend_lab.runtimes.onnxruntime_runtime import physical_cores, session_options
+
+    assert physical_cores() >= 1
+    options = session_options()
+    assert options.intra_op_num_threads == physical_cores() and options.inter_op_num_threads == 1
+    assert session_options(3, 2, "basic").intra_op_num_threads == 3
+    assert session_options(3, 2, "basic").inter_op_num_threads == 2
 
 
-def test_device_engine_equals_numpy_feeds_engine(torch_runtime):
-    ids = np.random.default_rng(2).integers(0, 384, size=(3, 7))
+def prompts(seed: int, batch: int, length: int, pads=()):
+    """Random prompts; row i gets pads[i] leading pad positions (left padding)."""
+    ids = np.random.default_rng(seed).integers(0, 384, size=(batch, length))
     mask = np.ones_like(ids)
-    on_device = greedy_generate(torch_runtime.engine(), ids, mask, 12, HostTimer)
-    through_feeds = greedy_generate(FeedsEngine(torch_runtime, torch_runtime.layout), ids, mask, 12, HostTimer)
-    assert on_device.tokens.shape == (3, 12) and on_device.tokens.dtype == np.int64
-    np.testing.assert_array_equal(on_device.tokens, through_feeds.tokens)
-    assert len(on_device.step_ms) == 11 and on_device.ttft_ms > 0 and all(ms > 0 for ms in on_device.step_ms)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+    return ids, mask
+
+
+def hf_greedy(model, ids, mask, new_tokens):
+    """Hugging Face generate, greedy, exactly new_tokens (no EOS)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=new_tokens,
+                             do_sample=False, eos_token_id=None, pad_token_id=256)
+    return out[:, ids.shape[1]:].numpy()
+
+
+def generate(runtime, ids, mask, new_tokens, chunks=CHUNKS):
+    engine = runtime.engine(ids.shape[1] + new_tokens, chunks, CAPACITY)
+    engine.prepare(ids.shape[0], ids.shape[1], new_tokens)
+    return engine, greedy_generate(engine, ids, mask, new_tokens, HostTimer)
+
+
+def test_torch_runtime_describes_the_kv_cache_contract(torch_runtime):
+    contract = torch_runtime.contract
+    assert contract == gc.GraphContract("kv_cache", gc.ModelDims(2, 4, 2, 16, 64, 384), "float32")
+    assert [s.name for s in torch_runtime.inputs] == contract.input_names()
+    assert [s.name for s in torch_runtime.outputs] == contract.output_names()
+    ids, _ = prompts(1, 2, 5)
+    pads = np.zeros(2, np.int64)
+    out = torch_runtime.run({"input_ids": ids, "position_ids": gc.positions(0, 5, pads),
+                             "past_length": np.array([0]), "pad_lengths": pads,
+                             "past_key_values": np.zeros(contract.cache_shape(8, 2), np.float32)})
+    assert out["logits"].shape == (2, 384) and out["present_key_values"].shape == (5, 2, 4, 2, 16)
+    np.testing.assert_array_equal(out["next_token"], out["logits"].argmax(-1))
+
+
+@pytest.mark.parametrize("batch, pads", [(1, ()), (4, (0, 3, 6, 1)), (8, (2, 0, 0, 5, 1, 0, 7, 3))])
+def test_torch_engine_gives_hugging_face_greedy_tokens(torch_runtime, batch, pads):
+    ids, mask = prompts(batch, batch, 9, pads)
+    engine, result = generate(torch_runtime, ids, mask, 16)
+    assert result.tokens.shape == (batch, 16) and result.tokens.dtype == np.int64
+    np.testing.assert_array_equal(result.tokens, hf_greedy(torch_runtime.model, ids, mask, 16))
+    assert len(result.step_ms) == 15 and result.ttft_ms > 0 and engine.prefill_executions == 1
+
+
+def test_prefill_chunking_does_not_change_the_tokens(torch_runtime):
+    """A 40-token prompt fed as one 48-chunk, as 3 × 16, or token by token: the same generation."""
+    ids, mask = prompts(7, 2, 40, (0, 11))
+    results = {}
+    for chunks in ((48,), (16,), (1,)):
+        engine, result = generate(torch_runtime, ids, mask, 8, chunks)
+        results[chunks] = (result.tokens, engine.prefill_executions)
+    assert [n for _, n in results.values()] == [1, 3, 40]
+    for tokens, _ in results.values():
+        np.testing.assert_array_equal(tokens, results[(48,)][0])
+
+
+def test_the_cache_is_sized_for_the_generation_and_reused(torch_runtime):
+    ids, mask = prompts(2, 2, 14)
+    engine, _ = generate(torch_runtime, ids, mask, 10)
+    backend = engine.backend
+    assert backend.capacity == 32  # 16 (the padded prompt) + 9 → 25, rounded up to 16s
+    cache = backend.cache
+    greedy_generate(engine, ids, mask, 10, HostTimer)
+    assert backend.cache is cache  # a second generation of the same shape reuses it
+    engine.prepare(2, 14, 40)
+    assert backend.capacity == 64 and backend.cache is not cache
+
+
+def test_kv_capacity_bounds_a_generation(torch_runtime):
+    from ascend_lab.errors import ConfigError
+
+    ids, mask = prompts(2, 1, 14)
+    engine = torch_runtime.engine(14 + 30, CHUNKS, 32)
+    with pytest.raises(ConfigError, match=r"export.kv_capacity.*needs 45 cache slots"):
+        engine.prepare(1, 14, 30)
+
+
+def test_right_padding_is_refused(torch_runtime):
+    from ascend_lab.errors import AscendLabError
+
+    ids, mask = prompts(2, 1, 6)
+    mask[0, -2:] = 0
+    engine = torch_runtime.engine(16, CHUNKS, CAPACITY)
+    with pytest.raises(AscendLabError, match="left-padded"):
+        engine.prefill(ids, mask)
 
 
 def test_graph_capture_engine_is_wired_and_agrees(torch_runtime, monkeypatch):
     """runtime.graph_capture selects the static-cache engine (eager on the CPU, with a note); its
-    greedy tokens are the dynamic-cache engine's, left padding included."""
-    ids = np.random.default_rng(5).integers(0, 384, size=(3, 7))
-    mask = np.ones_like(ids)
-    mask[1, :2] = 0
+    greedy tokens are the cache graph's, left padding included."""
+    ids, mask = prompts(5, 3, 7, (0, 2))
     monkeypatch.setattr(torch_runtime, "graph_capture", True)
-    engine = torch_runtime.engine(7 + 10)
+    engine = torch_runtime.engine(7 + 10, CHUNKS, CAPACITY)
     assert type(engine).__name__ == "StaticDecoderEngine" and any("cpu" in n for n in engine.notes)
     engine.prepare(3, 7, 10)
     static = greedy_generate(engine, ids, mask, 10, HostTimer)
     monkeypatch.setattr(torch_runtime, "graph_capture", False)
-    dynamic = greedy_generate(torch_runtime.engine(17), ids, mask, 10, HostTimer)
+    _, dynamic = generate(torch_runtime, ids, mask, 10)
     np.testing.assert_array_equal(static.tokens, dynamic.tokens)
 
 
-def test_hidden_states_graph_cannot_generate():
+def test_compile_backend_follows_the_device():
+    from ascend_lab.errors import ToolchainError
+    from ascend_lab.runtimes.torch_runtime import compile_backend
+
+    assert compile_backend("auto", "cpu") == "inductor" and compile_backend("auto", "cuda") == "inductor"
+    assert compile_backend("inductor", "npu") == "inductor"
+    with pytest.raises(ToolchainError, match=r"(?s)torchair.*runtime.compile_backend=inductor"):
+        compile_backend("auto", "npu")  # no torchair here
+
+
+def test_hidden_states_graph_cannot_generate(torch_runtime, monkeypatch):
     from ascend_lab.errors import ConfigError
 
-    layout = GraphLayout("hidden_states", 2, 2, 16, 384, "float32")
+    monkeypatch.setattr(torch_runtime, "contract", gc.GraphContract("hidden_states", torch_runtime.contract.dims,
+                                                                    "float32"))
     with pytest.raises(ConfigError, match="export.graph"):
-        FeedsEngine(object(), layout)
+        torch_runtime.engine(10, CHUNKS, CAPACITY)
 
 
 @pytest.fixture(scope="module")
@@ -161,32 +251,52 @@ def _context(tmp_path, *overrides):
     return cfg, JobContext(cfg, Tracker(), tmp_path, tmp_path)
 
 
-def test_torch_and_onnxruntime_pick_the_same_greedy_tokens(launch_dir, torch_runtime):
-    """tiny_qwen, batch 2, 20 tokens: the exported graph and the PyTorch model agree token for token."""
-    from ascend_lab.runtimes.select import layout_for, open_runtime, plan_runtime
+def test_onnxruntime_gives_the_torch_runtimes_tokens(launch_dir, torch_runtime):
+    """tiny_qwen at batch 1, 4 and 8 with left padding: the exported graph through onnxruntime, its cache
+    bound in place, picks the tokens the torch runtime (and Hugging Face) picks."""
+    from ascend_lab.prepare import plan_runtime
+    from ascend_lab.runtimes.select import open_runtime
 
     cfg, ctx = _context(launch_dir, "runtime=onnxruntime")
     plan = plan_runtime(cfg, ctx)
     assert plan.name == "onnxruntime" and len(plan.tags()["onnx_sha256"]) == 64
-    ids = np.random.default_rng(3).integers(0, 384, size=(2, 9))
-    mask = np.ones_like(ids)
-    mask[1, :3] = 0  # left padding on one row: positions come from the mask in both
-    with open_runtime(plan, cfg, ctx) as ort_runtime:
-        layout = layout_for(plan, ort_runtime)
-        assert layout == torch_runtime.layout
-        from_onnx = greedy_generate(FeedsEngine(ort_runtime, layout), ids, mask, 20, HostTimer)
-        engine = ort_runtime.engine(layout)
-        assert type(engine).__name__ == "OrtEngine"  # what task=bench uses: I/O binding, cache kept in ORT
-        bound = greedy_generate(engine, ids, mask, 20, HostTimer)
-    from_torch = greedy_generate(torch_runtime.engine(), ids, mask, 20, HostTimer)
-    assert from_onnx.tokens.shape == (2, 20)
-    np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
-    np.testing.assert_array_equal(bound.tokens, from_torch.tokens)
-    assert len(set(from_torch.tokens[0].tolist())) > 1  # not a degenerate constant stream
+    with open_runtime(plan, cfg, ctx.device) as ort_runtime:
+        assert ort_runtime.contract == torch_runtime.contract
+        for batch, pads in ((1, ()), (4, (0, 3, 6, 1)), (8, (2, 0, 0, 5, 1, 0, 7, 3))):
+            ids, mask = prompts(10 + batch, batch, 9, pads)
+            engine, from_onnx = generate(ort_runtime, ids, mask, 20)
+            assert type(engine.backend).__name__ == "OrtCacheBackend"
+            _, from_torch = generate(torch_runtime, ids, mask, 20)
+            np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
+            assert len(np.unique(from_torch.tokens)) > 1  # not a degenerate constant stream
+        # The cache is one numpy array the session reads in place; only the new slots are written.
+        backend = engine.backend
+        assert backend.cache.shape == ort_runtime.contract.cache_shape(backend.capacity, 8)
+        assert backend._cache_value.data_ptr() == backend.cache.ctypes.data
+
+
+def test_the_backend_writes_exactly_the_new_slots(launch_dir):
+    from ascend_lab.prepare import plan_runtime
+    from ascend_lab.runtimes.select import open_runtime
+
+    cfg, ctx = _context(launch_dir, "runtime=onnxruntime")
+    with open_runtime(plan_runtime(cfg, ctx), cfg, ctx.device) as ort_runtime:
+        ids, mask = prompts(4, 2, 5)
+        engine = ort_runtime.engine(12, (8,), CAPACITY)
+        engine.prepare(2, 5, 4)
+        engine.prefill(ids, mask)
+        cache = engine.backend.cache
+        written = np.abs(cache).reshape(cache.shape[0], -1).sum(axis=1) > 0
+        assert written[:8].all() and not written[8:].any()  # one 8-chunk (3 pad slots + 5 tokens)
+        engine.step()
+        engine.step()
+        written = np.abs(cache).reshape(cache.shape[0], -1).sum(axis=1) > 0
+        assert written[:10].all() and not written[10:].any()
+        assert engine.generated().shape == (2, 3)
 
 
 def test_auto_without_pyacl_chooses_onnxruntime_and_says_why(launch_dir):
-    from ascend_lab.runtimes.select import plan_runtime
+    from ascend_lab.prepare import plan_runtime
 
     cfg, ctx = _context(launch_dir)
     plan = plan_runtime(cfg, ctx)
@@ -196,21 +306,8 @@ def test_auto_without_pyacl_chooses_onnxruntime_and_says_why(launch_dir):
 
 def test_runtime_acl_without_pyacl_is_a_clear_error(tmp_path):
     from ascend_lab.errors import ToolchainError
-    from ascend_lab.runtimes.select import plan_runtime
+    from ascend_lab.prepare import plan_runtime
 
     cfg, ctx = _context(tmp_path, "runtime=acl")
     with pytest.raises(ToolchainError, match="runtime=acl needs pyACL"):
         plan_runtime(cfg, ctx)
-
-
-def test_a_masked_fixed_past_is_still_a_prefill(torch_runtime):
-    """Graphs compiled with a fixed past length (ATC) get zero, masked-out past positions: the
-    logits equal those of the prefill with an empty past."""
-    layout = torch_runtime.layout
-    ids = np.random.default_rng(4).integers(0, 384, size=(2, 6))
-    mask = np.ones_like(ids)
-    padded = layout.forward_feeds(ids, mask, past_len=5)
-    assert padded["attention_mask"].shape == (2, 11) and padded["attention_mask"][:, :5].sum() == 0
-    assert padded["past_key_values.0.key"].shape == (2, 2, 5, 16)
-    np.testing.assert_allclose(torch_runtime.run(padded)["logits"],
-                               torch_runtime.run(layout.forward_feeds(ids, mask))["logits"], rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ascend_lab.bench.generation import GraphLayout, greedy_generate
+from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import Device, HostTimer
 from ascend_lab.runtimes import static_decoder
 from ascend_lab.runtimes.static_decoder import GraphApi, StaticDecoderEngine
@@ -86,8 +86,10 @@ def test_greedy_tokens_equal_hf_generate_and_the_torch_engine(compose, overrides
                 if isinstance(module, torch.nn.Linear):
                     module.weight.mul_(10.0)
     engine = StaticDecoderEngine(model, CPU, max_len=11 + NEW_TOKENS, graph_capture=False, compile=False)
-    layout = GraphLayout.from_model_config("kv_cache", loaded.config, cfg.model.dtype)
-    torch_engine = TorchRuntime(model, layout, torch.device("cpu")).engine()
+    from ascend_lab import graph_contract as gc
+
+    contract = gc.GraphContract("kv_cache", gc.ModelDims.of(loaded.config), cfg.model.dtype)
+    torch_engine = TorchRuntime(model, contract, torch.device("cpu")).engine(11 + NEW_TOKENS, (16, 128), 1024)
     for batch in (1, 3):
         ids, mask = _prompt(batch)
         ours = _engine_tokens(engine, ids, mask)
@@ -274,7 +276,8 @@ def test_sliding_window_models_are_refused():
 def test_the_module_imports_without_hydra():
     code = BLOCK_HEAVY_IMPORTS + (
         "import ascend_lab.runtimes.static_decoder as m\n"
-        "assert m._user_error('x').__class__ is RuntimeError\n"
+        "from ascend_lab.errors import ToolchainError\n"
+        "assert m.ToolchainError is ToolchainError\n"
         "assert 'hydra' not in [k for k, v in sys.modules.items() if v is not None]\n")
     result = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True,
                             timeout=120)

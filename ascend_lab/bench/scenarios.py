@@ -1,7 +1,8 @@
 """The two benchmark scenarios and their inputs.
 
-``forward``: one pass over ``[batch, seq_len]`` (the walkthrough's figure; a prefill with an empty
-past on the kv_cache graph). ``generate``: prefill then exactly ``new_tokens`` greedy tokens.
+``forward``: one pass over ``[batch, seq_len]`` (the walkthrough's figure; on the kv_cache graph, the
+prompt's prefill into an empty cache). ``generate``: prefill then exactly ``new_tokens`` greedy tokens,
+with the host↔device traffic per decoded token where the runtime counts it (pyACL).
 Both warm up untimed, then time through :func:`ascend_lab.device.measure` until both
 ``iterations`` and ``min_duration_s`` are reached, while the host RSS is sampled; every figure
 comes from :func:`ascend_lab.bench.stats.summarize`.
@@ -14,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ascend_lab.bench.generation import Engine, GenerationResult, greedy_generate
+from ascend_lab.bench.generation import GenerationResult, greedy_generate
 from ascend_lab.bench.memory import HostMemorySampler, device_peak_mb, rss_mb
 from ascend_lab.bench.stats import per_second, summarize
 from ascend_lab.config.benchmark import BenchmarkConfig
@@ -58,7 +59,7 @@ def _timed(fn: Callable[[], object], timer, bench: BenchmarkConfig, runtime, dev
     with HostMemorySampler() as sampler:
         measure(fn, timer, warmup=bench.warmup, iterations=0)
         rss_after_warmup = rss_mb()
-        offsets = {k: len(v) for k, v in getattr(runtime, "timings", {}).items()}
+        offsets = {k: len(v) for k, v in (runtime.timings if runtime is not None else {}).items()}
         samples = measure(fn, timer, warmup=0, iterations=bench.iterations, min_duration_s=bench.min_duration_s)
         rss_end = rss_mb()
     memory = {"host_peak_rss_mb": sampler.peak_mb, "host_rss_growth_mb": rss_end - rss_after_warmup}
@@ -70,7 +71,7 @@ def _timed(fn: Callable[[], object], timer, bench: BenchmarkConfig, runtime, dev
 
 def runtime_timing_metrics(runtime, offsets: dict[str, int], batch_size: int) -> dict[str, float]:
     """ais_bench figures from a runtime that splits its runs (``AclRuntime.timings``)."""
-    timings = getattr(runtime, "timings", None)
+    timings = runtime.timings if runtime is not None else None
     metrics: dict[str, float] = {}
     if not timings:
         return metrics
@@ -99,7 +100,30 @@ def run_forward(fn: Callable[[], object], batch_size: int, seq_len: int, bench: 
     return ScenarioResult(metrics, samples)
 
 
-def run_generate(engine: Engine, input_ids: np.ndarray, attention_mask: np.ndarray, bench: BenchmarkConfig,
+def traffic_metrics(engine, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> dict[str, float]:
+    """Host↔device bytes and runtime calls of one more (untimed) generation, per decoded token and for
+    the prefill, from the engine's counters; {} where the runtime counts none."""
+    traffic = engine.traffic
+    if traffic is None or new_tokens < 2:
+        return {}
+    start = traffic.snapshot()
+    engine.prefill(input_ids, attention_mask)
+    after_prefill = traffic.snapshot()
+    for _ in range(new_tokens - 1):
+        engine.step()
+    end = traffic.snapshot()
+    if end["calls"] == start["calls"]:
+        return {}
+    steps = new_tokens - 1
+    metrics = {f"{key}_per_token": (end[key] - after_prefill[key]) / steps
+               for key in ("h2d_bytes", "d2h_bytes", "d2d_bytes")}
+    metrics["runtime_calls_per_token"] = (end["calls"] - after_prefill["calls"]) / steps
+    metrics.update({f"prefill_{key}": float(after_prefill[key] - start[key]) for key in ("h2d_bytes", "d2h_bytes")})
+    metrics["prefill_executions"] = float(engine.prefill_executions)
+    return metrics
+
+
+def run_generate(engine, input_ids: np.ndarray, attention_mask: np.ndarray, bench: BenchmarkConfig,
                  timer, runtime=None, device=None, runtime_name: str = "") -> ScenarioResult:
     batch_size, prompt_len = input_ids.shape
     new_tokens = bench.new_tokens
@@ -108,9 +132,7 @@ def run_generate(engine: Engine, input_ids: np.ndarray, attention_mask: np.ndarr
     def once() -> None:
         results.append(greedy_generate(engine, input_ids, attention_mask, new_tokens, timer))
 
-    prepare = getattr(engine, "prepare", None)
-    if prepare is not None:  # one-off work (buffers, compile, graph capture) outside the timing
-        prepare(batch_size, prompt_len, new_tokens)
+    engine.prepare(batch_size, prompt_len, new_tokens)  # one-off work (buffers, compile, capture) untimed
     # Warm-up generations land in `results` too; measure's timed runs are the last len(samples).
     samples, memory, offsets = _timed(once, timer, bench, runtime, device, runtime_name)
     results = results[-len(samples):]
@@ -131,7 +153,8 @@ def run_generate(engine: Engine, input_ids: np.ndarray, attention_mask: np.ndarr
         metrics.update(tpot.as_metrics("tpot_ms", ("mean", "p50", "p90", "p99")))
         metrics["decode_ms_mean"] = decode.mean
         metrics["decode_tokens_s"] = per_second(batch_size * (new_tokens - 1), decode.mean)
+    metrics.update(traffic_metrics(engine, input_ids, attention_mask, new_tokens))
     return ScenarioResult(metrics, samples, results)
 
 
-__all__ = ["ScenarioResult", "make_inputs", "run_forward", "run_generate"]
+__all__ = ["ScenarioResult", "make_inputs", "run_forward", "run_generate", "traffic_metrics"]

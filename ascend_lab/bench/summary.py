@@ -35,6 +35,8 @@ COLUMNS = (
     ("TPOT (ms)", "tpot_ms"),
     ("decode (tokens/s)", "decode_tokens_s"),
     ("NPU compute (ms)", "npu_compute_ms"),
+    ("H2D bytes/token", "h2d_bytes_per_token"),
+    ("D2H bytes/token", "d2h_bytes_per_token"),
 )
 
 
@@ -67,6 +69,8 @@ class Row:
             "tpot_ms": m.get("tpot_ms_mean"),
             "decode_tokens_s": m.get("decode_tokens_s"),
             "npu_compute_ms": m.get("npu_compute_ms_mean"),
+            "h2d_bytes_per_token": m.get("h2d_bytes_per_token"),
+            "d2h_bytes_per_token": m.get("d2h_bytes_per_token"),
         }[name]
 
 

@@ -7,21 +7,32 @@ interfaces"). Checks that need only this group run here; the ones that need the 
 
 from __future__ import annotations
 
+import difflib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional
 
-from ascend_lab.errors import require, require_choice, require_positive
+from ascend_lab.errors import ConfigError, require, require_choice, require_positive
 
-# Names from the CANN docs and public soc maps; `npu-smi info` Name prefixed with "Ascend".
+# Chips ATC and torch_npu know by name: torch_npu's own list (Ascend/pytorch
+# torch_npu/csrc/core/npu/NpuVariables.cpp, socVersionMap) plus the names in the CANN docs and public
+# soc maps (shared/reference/ascend.md §2). `npu-smi info` Name prefixed with "Ascend"; on A3 boards
+# `npu-smi info -t board` gives "Chip Name_NPU Name" (Ascend910_9391).
 SOC_VERSIONS = (
-    "Ascend310", "Ascend310B1", "Ascend310P1", "Ascend310P3", "Ascend310P5", "Ascend310P7",
+    "Ascend310", "Ascend310B1", "Ascend310B2", "Ascend310B3", "Ascend310B4",
+    "Ascend310P1", "Ascend310P2", "Ascend310P3", "Ascend310P4", "Ascend310P5", "Ascend310P7",
     "Ascend910A", "Ascend910B", "Ascend910ProA", "Ascend910ProB", "Ascend910PremiumA",
     "Ascend910B1", "Ascend910B2", "Ascend910B2C", "Ascend910B3", "Ascend910B4", "Ascend910B4-1",
-    "Ascend910_9391", "Ascend910_9381", "Ascend910_9372", "Ascend910_9362",
+    "Ascend910_9391", "Ascend910_9392", "Ascend910_9381", "Ascend910_9382", "Ascend910_9372",
+    "Ascend910_9362", "Ascend910_9361",
 )
+# Ascend's naming scheme for the names above: a chip that fits it but is newer than this list gets a
+# warning, never a refusal, so a new board never blocks a user.
+SOC_NAME_SCHEME = re.compile(r"^Ascend(310|910|950)(B\d+C?(-\d+)?|P\d+|Pro[AB]|Premium[AB]|A|B|_\d{4}|PR|DT)?$")
 INPUT_FORMATS = ("ND", "NCHW", "NCDHW")
-DYNAMIC_MODES = ("static", "dynamic_batch_size", "dynamic_dims", "shape_range")
+DYNAMIC_MODES = ("auto", "static", "dynamic_batch_size", "dynamic_dims", "shape_range")
+EXPORT_DTYPES = ("float16", "float32")
 PRECISION_MODES = (
     "force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision",
     "allow_mix_precision_fp16", "allow_mix_precision_bf16", "force_fp32", "cube_fp16in_fp32out",
@@ -29,8 +40,8 @@ PRECISION_MODES = (
 PRECISION_MODES_V2 = ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "mixed_hif8")
 OP_SELECT_IMPLMODES = ("high_performance", "high_precision", "high_precision_for_all", "high_performance_for_all")
 ATC_LOG_LEVELS = ("debug", "info", "warning", "error", "null")
-# Symbolic graph dims that dynamic_dims may turn into -1; total_seq (= past_seq + seq) follows them.
-DYNAMIC_DIM_NAMES = ("batch", "seq", "past_seq")
+# Symbolic graph dims that dynamic_dims may turn into -1.
+DYNAMIC_DIM_NAMES = ("batch", "seq")
 # ATC accepts more than one and at most 100 profiles ("gears").
 MAX_GEARS = 100
 # Flags the schema sets itself: passing them again through extra_args would contradict it.
@@ -45,6 +56,26 @@ _SHAPE_ENTRY = re.compile(r"^[^:;]+:(-1|\d+(~\d+)?)?(,(-1|\d+(~\d+)?))*$")
 def shape_range_unsupported(soc_version: str) -> bool:
     """Ascend310 and Ascend310B* cannot run true dynamic shapes (ranges in --input_shape)."""
     return soc_version == "Ascend310" or soc_version.startswith("Ascend310B")
+
+
+def check_soc_version(soc_version: str) -> None:
+    """Known chips pass; a name that fits Ascend's scheme passes with a warning; anything else is refused
+    with the closest known names."""
+    if soc_version in SOC_VERSIONS:
+        return
+    if SOC_NAME_SCHEME.match(soc_version):
+        warnings.warn(
+            f"atc.soc_version={soc_version} is not among the chips ascend_lab knows ({len(SOC_VERSIONS)} from "
+            "torch_npu and the CANN docs) but fits Ascend's naming scheme; using it as given. If ATC refuses it, "
+            "take the name from `npu-smi info` (Name, prefixed with Ascend) or, on A3, `npu-smi info -t board`.",
+            UserWarning, stacklevel=2)
+        return
+    fixed = "Ascend" + soc_version if re.match(r"^(310|910|950)", soc_version) else None
+    close = difflib.get_close_matches(fixed or soc_version, SOC_VERSIONS, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ConfigError("atc.soc_version", soc_version,
+                      f"not an Ascend chip name{hint}; `npu-smi info` shows the Name to prefix with Ascend "
+                      f"(910B3 → Ascend910B3). Known: {', '.join(SOC_VERSIONS)}")
 
 
 def flag_name(arg: str) -> str:
@@ -67,8 +98,10 @@ class AtcConfig:
                           "from the ONNX inputs, benchmark.batch_size / benchmark.seq_len and atc.past_seq_len."},
     )
     dynamic_mode: str = field(
-        default="static",
-        metadata={"help": "static; dynamic_batch_size (-1 in the batch dim, gears atc.dynamic_batch_sizes); "
+        default="auto",
+        metadata={"help": "auto: the kv_cache graph gets dynamic_dims gears over its sequence dim (1 for decode "
+                          "steps, export.prefill_chunks for the prompt), other graphs static; static; "
+                          "dynamic_batch_size (-1 in the batch dim, gears atc.dynamic_batch_sizes); "
                           "dynamic_dims (-1 in the atc.dynamic_dim_names dims, gears atc.dynamic_dims); "
                           "shape_range (1~N ranges in --input_shape, no gears; not on Ascend310/310B*)."},
     )
@@ -82,24 +115,37 @@ class AtcConfig:
     )
     dynamic_dim_names: List[str] = field(
         default_factory=lambda: ["batch", "seq"],
-        metadata={"help": "dynamic_dims: which symbolic graph dims become -1 (batch, seq, past_seq); total_seq "
-                          "follows seq and past_seq."},
-    )
-    past_seq_len: Optional[int] = field(
-        default=None,
-        metadata={"help": "kv_cache graph: the fixed past length compiled in (ATC rejects 0-sized static dims; a "
-                          "prefill pads the past with masked positions); the upper bound under shape_range. "
-                          "null: benchmark.seq_len."},
+        metadata={"help": "dynamic_dims: which symbolic graph dims become -1 (batch, seq)."},
     )
     max_seq_len: Optional[int] = field(
         default=None, metadata={"help": "shape_range: upper bound of the seq dim; null: benchmark.seq_len."},
     )
     precision_mode: Optional[str] = field(
-        default=None,
-        metadata={"help": "--precision_mode (excludes precision_mode_v2); null: ATC's default force_fp16, which "
-                          "can overflow LLMs (must_keep_origin_dtype keeps the model dtype)."},
+        default="must_keep_origin_dtype",
+        metadata={"help": "--precision_mode. must_keep_origin_dtype (the default here) runs every op in the dtype "
+                          "the graph was exported in (atc.export_dtype): ATC's own default force_fp16 casts float32 "
+                          "ops to float16, which turns large-magnitude float32 constants such as an attention "
+                          "mask's finfo(float32).min into -inf, and a fully masked (left-padded) row into NaN. "
+                          "null: ATC's default (force_fp16). Set it null to use precision_mode_v2."},
     )
-    precision_mode_v2: Optional[str] = field(default=None, metadata={"help": "--precision_mode_v2 (excludes precision_mode)."})
+    precision_mode_v2: Optional[str] = field(
+        default=None,
+        metadata={"help": "--precision_mode_v2 (excludes precision_mode: set atc.precision_mode=null with it), "
+                          "e.g. mixed_float16."},
+    )
+    export_dtype: str = field(
+        default="float16",
+        metadata={"help": "dtype the graph is exported in for ATC (its own export cache entry): float16, the AI "
+                          "Core's matmul type (ATC's ONNX MatMul takes float16 only), kept as is by "
+                          "must_keep_origin_dtype; or float32, for precision modes that cast to float16 "
+                          "themselves. onnxruntime and torch keep running model.dtype."},
+    )
+    skip_op_check: bool = field(
+        default=False,
+        metadata={"help": "Experts only: call atc even when the graph has ops or input dtypes ATC's ONNX operator "
+                          "pages do not list (ascend_lab/compile/atc_onnx_ops.json); the check's findings are "
+                          "still logged."},
+    )
     op_select_implmode: Optional[str] = field(
         default=None, metadata={"help": "--op_select_implmode; null: ATC's default high_performance."},
     )
@@ -124,12 +170,14 @@ class AtcConfig:
     )
 
     def __post_init__(self) -> None:
-        require_choice("atc.soc_version", self.soc_version, SOC_VERSIONS)
+        check_soc_version(self.soc_version)
         require_choice("atc.input_format", self.input_format, INPUT_FORMATS)
         require_choice("atc.dynamic_mode", self.dynamic_mode, DYNAMIC_MODES)
+        require_choice("atc.export_dtype", self.export_dtype, EXPORT_DTYPES)
         require_choice("atc.log", self.log, ATC_LOG_LEVELS)
         require(not (self.precision_mode and self.precision_mode_v2), "atc.precision_mode_v2",
-                self.precision_mode_v2, "cannot be combined with atc.precision_mode; set only one")
+                self.precision_mode_v2, "cannot be combined with atc.precision_mode; set atc.precision_mode=null "
+                                        "to use it")
         if self.precision_mode is not None:
             require_choice("atc.precision_mode", self.precision_mode, PRECISION_MODES)
         if self.precision_mode_v2 is not None:
@@ -137,9 +185,8 @@ class AtcConfig:
         if self.op_select_implmode is not None:
             require_choice("atc.op_select_implmode", self.op_select_implmode, OP_SELECT_IMPLMODES)
         require_positive("atc.timeout_s", self.timeout_s)
-        for key in ("past_seq_len", "max_seq_len"):
-            if getattr(self, key) is not None:
-                require_positive(f"atc.{key}", getattr(self, key))
+        if self.max_seq_len is not None:
+            require_positive("atc.max_seq_len", self.max_seq_len)
         require(bool(self.output_dir), "atc.output_dir", self.output_dir, "must name a folder")
         if self.input_shape is not None:
             entries = self.input_shape.split(";")

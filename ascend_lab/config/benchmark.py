@@ -17,9 +17,10 @@ class BenchmarkConfig:
     group: ClassVar[str] = "benchmark"
 
     scenario: str = field(
-        default="forward",
-        metadata={"help": "forward: one pass over [batch, seq_len] (the walkthrough's figure); generate: prefill "
-                          "then exactly new_tokens greedy tokens with the KV cache."},
+        default="generate",
+        metadata={"help": "generate: prefill then exactly new_tokens greedy tokens with the KV cache (TTFT, TPOT, "
+                          "decode tokens/s); forward: one pass over [batch, seq_len] (the walkthrough's figure; on "
+                          "the kv_cache graph, the prompt's prefill)."},
     )
     batch_size: int = field(default=1, metadata={"help": "Batch of one task=bench job; sweep it with -m."})
     batch_sizes: List[int] = field(

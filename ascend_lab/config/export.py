@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar, List, Optional
 
 from ascend_lab.errors import require, require_choice
 
@@ -20,8 +20,24 @@ class ExportConfig:
     graph: str = field(
         default="kv_cache",
         metadata={"help": "hidden_states: the walkthrough's wrapper (last_hidden_state, no cache); "
-                          "logits: LM logits, no cache; kv_cache: logits + present keys/values from "
-                          "past keys/values (prefill with an empty past, then one token per step)."},
+                          "logits: LM logits for every position, no cache; kv_cache: the generation graph of "
+                          "ascend_lab.graph_contract (fixed-capacity cache in one tensor, positions as an input, "
+                          "the new tokens' keys/values and the last position's logits and greedy token out), "
+                          "made for ATC and run the same way on torch and onnxruntime."},
+    )
+    kv_capacity: int = field(
+        default=1024,
+        metadata={"help": "kv_cache graph: cache slots (padded prompt + generated tokens) one generation may hold. "
+                          "ATC compiles the cache at exactly this size (static shapes); torch and onnxruntime "
+                          "allocate only what a generation needs, up to it. Not part of the ONNX file (its cache "
+                          "dim is symbolic), so changing it never re-exports."},
+    )
+    prefill_chunks: List[int] = field(
+        default_factory=lambda: [16, 128],
+        metadata={"help": "kv_cache graph: prompt tokens per prefill execution. A prompt is left-padded to a "
+                          "multiple of the smallest and fed largest chunks first (a 512-token prompt: 4 runs of "
+                          "128), on every runtime alike; with the decode step's 1 they are ATC's --dynamic_dims "
+                          "gears. Not part of the ONNX file."},
     )
     opset: int = field(default=17, metadata={"help": "ONNX opset (ATC accepts 11–18 depending on CANN)."})
     do_constant_folding: bool = field(default=False, metadata={"help": "The walkthrough turns it off for ATC."})
@@ -56,3 +72,10 @@ class ExportConfig:
         require(self.parity_batch_size > 0, "export.parity_batch_size", self.parity_batch_size, "must be > 0")
         require(self.parity_seq_len > 0, "export.parity_seq_len", self.parity_seq_len, "must be > 0")
         require(self.artifact_max_mb >= 0, "export.artifact_max_mb", self.artifact_max_mb, "must be ≥ 0")
+        require(self.kv_capacity >= 2, "export.kv_capacity", self.kv_capacity,
+                "must be ≥ 2 (a prompt token and a generated one)")
+        chunks = self.prefill_chunks
+        require(len(chunks) > 0 and all(c > 0 for c in chunks) and len(set(chunks)) == len(chunks),
+                "export.prefill_chunks", chunks, "must list distinct chunk sizes > 0, e.g. [16, 128]")
+        require(max(chunks) <= self.kv_capacity, "export.prefill_chunks", chunks,
+                f"a chunk cannot exceed export.kv_capacity={self.kv_capacity}")

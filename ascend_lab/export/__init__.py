@@ -1,9 +1,10 @@
-"""ONNX export with a content-addressed cache: :func:`ensure_exported` is what every task calls.
+"""ONNX export through the content-addressed cache: :func:`ensure_exported` is what every task calls.
 
 A cache hit reuses the stored graph and its recorded parity figures (still held against the
 current ``export.parity_tol``); a miss loads the model, exports, checks, runs the parity check
-and publishes the entry. Either way the run gets the same metrics and tags (``onnx_sha256``,
-``onnx_path``, ``export_cache_key``), so any later run names the exact graph it used.
+and publishes the entry (:mod:`ascend_lab.artifact_cache`). Either way the run gets the same metrics
+and tags (``onnx_sha256``, ``onnx_path``, ``export_cache_key``), so any later run names the exact
+graph it used.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ascend_lab import artifact_cache
 from ascend_lab.errors import AscendLabError
-from ascend_lab.export import cache
+from ascend_lab.export.keys import cache_key, entry_dir, key_material
 from ascend_lab.export.onnx_export import MODEL_FILE
+from ascend_lab.graph_contract import GraphContract, ModelDims
 from ascend_lab.models import with_launch_paths
-from ascend_lab.provenance import digest_mismatch, sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 INT8_DEFAULT_TOLERANCE = 1.0
 DUMMY_PROMPT = "你好,昇腾!"  # the walkthrough's dummy input
 DUMMY_BATCH = 3  # not 1 (the tracer may specialise size-1 dims) and unlike the parity batch
-DUMMY_PAST = 3
+DUMMY_SPARE_SLOTS = 7  # kv_cache: cache capacity = prompt + this, unlike every other dim
 
 
 @dataclass
@@ -35,17 +37,18 @@ class ExportedModel:
     onnx_path: Path
     sha256: str
     graph: str
+    dtype: str
+    dims: ModelDims
     input_names: list[str]
     output_names: list[str]
     dynamic_axes: dict
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    dtype: str
     cache_key: str
     cache_hit: bool
     extra: dict = field(default_factory=dict, repr=False)  # meta.json: parity figures, size, opset
+
+    @property
+    def contract(self) -> GraphContract:
+        return GraphContract(self.graph, self.dims, self.dtype)
 
 
 def parity_tolerance(cfg) -> tuple[float, str]:
@@ -59,58 +62,45 @@ def parity_tolerance(cfg) -> tuple[float, str]:
     return default_tolerance(cfg.model.dtype), f"default for {cfg.model.dtype}"
 
 
-def ensure_exported(cfg, ctx) -> ExportedModel:
-    """The ONNX graph for ``cfg.model`` + ``cfg.export``: from the cache, else exported now."""
+def ensure_exported(cfg, ctx, dtype: str | None = None) -> ExportedModel:
+    """The ONNX graph for ``cfg.model`` + ``cfg.export``: from the cache, else exported now.
+
+    ``dtype`` overrides ``model.dtype`` (the compile exports in ``atc.export_dtype``).
+    """
+    if dtype is not None and dtype != cfg.model.dtype:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
     if cfg.export.quantize == "int8" and cfg.model.dtype != "float32":
         raise AscendLabError(f"export.quantize=int8 quantises float32 weights; set model.dtype=float32 "
                              f"(got model.dtype={cfg.model.dtype}).")
     start = time.perf_counter()
     cfg = dataclasses.replace(cfg, model=with_launch_paths(cfg.model, ctx.path))
-    material = cache.key_material(cfg.model, cfg.export, cfg.seed)
-    key = cache.cache_key(material)
-    entry = cache.entry_dir(ctx.path(cfg.export.cache_dir), cfg.model.name, cfg.export.graph, key)
+    material = key_material(cfg.model, cfg.export, cfg.seed)
+    key = cache_key(material)
+    folder = entry_dir(ctx.path(cfg.export.cache_dir), cfg.model.name, cfg.export.graph, cfg.model.dtype, key)
     tol, tol_source = parity_tolerance(cfg)
 
-    meta = cache.read_meta(entry)
-    hit = _intact(entry, meta, ctx.tracker)
-    if not hit:
-        with cache.locked(entry):
-            fresh = cache.read_meta(entry)  # another job may have exported it while we waited
-            hit = fresh is not None and fresh != meta and _intact(entry, fresh, ctx.tracker)
-            meta = fresh
-            if not hit:
-                with cache.staging(entry) as tmp:
-                    meta = _export_into(tmp, cfg, key, material)
-                    meta["export_seconds"] = time.perf_counter() - start
-                    _enforce_tolerance(ctx.tracker, meta, tol, tol_source)
-                    cache.publish(tmp, entry, meta)
-    seconds = time.perf_counter() - start
-    exported = _from_meta(entry, meta, hit)
-    if hit:
-        log.info("export cache hit: %s", entry)
+    def build(tmp: Path) -> dict:
+        meta = _export_into(tmp, cfg, key, material)
+        meta["export_seconds"] = time.perf_counter() - start
         _enforce_tolerance(ctx.tracker, meta, tol, tol_source)
-    _log_run(ctx.tracker, exported, meta, seconds, cfg.export.artifact_max_mb, tol)
+        return meta
+
+    entry = artifact_cache.ensure(folder, build)
+    if entry.damaged:
+        ctx.tracker.set_tags({"export_cache_damaged": entry.damaged})
+    seconds = time.perf_counter() - start
+    exported = _from_meta(entry.folder, entry.meta, entry.hit)
+    if entry.hit:
+        log.info("export cache hit: %s", entry.folder)
+        _enforce_tolerance(ctx.tracker, entry.meta, tol, tol_source)
+    _log_run(ctx.tracker, exported, entry.meta, seconds, cfg.export.artifact_max_mb, tol)
     return exported
-
-
-def _intact(entry: Path, meta: dict | None, tracker) -> bool:
-    """Whether a complete entry's files still hash to its meta.json; a damaged one is exported again
-    (the cache is derived data: the same key re-exports the same graph) with a warning and a tag."""
-    if meta is None:
-        return False
-    files = [entry / name for name in meta.get("files", [meta["onnx_file"]])]
-    problem = digest_mismatch(files, entry / cache.META_FILE, meta["sha256"])
-    if problem is None:
-        return True
-    log.warning("export cache entry %s is damaged (%s); exporting it again", entry, problem)
-    tracker.set_tags({"export_cache_damaged": problem})
-    return False
 
 
 def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     """Export, check and parity-test into the staging folder; returns the meta.json content."""
     from ascend_lab.export import onnx_export, parity
-    from ascend_lab.export.wrappers import dynamic_axes, empty_past, io_names, wrapper_for
+    from ascend_lab.export.wrappers import wrapper_for
     from ascend_lab.models import load_model, torch_dtype
 
     ecfg = cfg.export
@@ -121,16 +111,15 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     stages["load_model"] = lap()
     model, config = loaded.model, loaded.config
     wrapper = wrapper_for(ecfg.graph, model)
-    dims = model_dims(config)
-    input_names, output_names = io_names(ecfg.graph, dims["num_layers"])
-    axes = dynamic_axes(ecfg.graph, dims["num_layers"])
+    contract = GraphContract(ecfg.graph, ModelDims.of(config), cfg.model.dtype)
+    input_names, output_names = contract.input_names(), contract.output_names()
+    axes = contract.dynamic_axes()
     dtype = torch_dtype(cfg.model.dtype)
 
     # PyTorch's side of the parity check first, so the model can be freed before ONNX Runtime loads.
-    cases = parity.build_cases(wrapper, ecfg.graph, config, ecfg.parity_batch_size, ecfg.parity_seq_len,
-                               dtype, cfg.seed)
+    cases = parity.build_cases(wrapper, contract, ecfg.parity_batch_size, ecfg.parity_seq_len, dtype, cfg.seed)
     stages["torch_reference"] = lap()
-    args = _dummy_inputs(loaded.tokenizer, config, ecfg.graph, dtype, empty_past)
+    args = _dummy_inputs(loaded.tokenizer, contract, dtype)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = onnx_export.wants_external_data(ecfg.external_data, param_bytes)
     raw = onnx_export.export_raw(wrapper, args, tmp, input_names=input_names, output_names=output_names,
@@ -151,17 +140,14 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     if opset != ecfg.opset:
         # The dynamo exporter builds at its own opset and only tries to convert down.
         log.warning("the %s exporter produced opset %d, not export.opset=%d", ecfg.exporter, opset, ecfg.opset)
-    result = parity.compare(cases, path, input_names, output_names)
+    result = parity.compare(cases, path)
     stages["parity"] = lap()
     files = onnx_export.model_files(path)
-    sha256 = sha256_files(files)
-    stages["sha256"] = lap()
     log.info("export stages (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     return {
-        **dims,
+        "dims": dataclasses.asdict(contract.dims),
         "onnx_file": MODEL_FILE,
         "files": [f.name for f in files],
-        "sha256": sha256,
         "graph": ecfg.graph,
         "input_names": input_names,
         "output_names": output_names,
@@ -177,6 +163,7 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
         "parity_max_abs_diff": result.max_abs_diff,
         "parity_rel_l2": result.rel_l2,
         "parity_cases": result.per_case,
+        "parity_token_mismatches": result.token_mismatches,
         "parity_inputs": {"batch": ecfg.parity_batch_size, "seq": ecfg.parity_seq_len, "seed": cfg.seed},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -193,27 +180,23 @@ def _lap_timer():
     return lap
 
 
-def model_dims(config) -> dict:
-    heads = config.num_attention_heads
-    return {
-        "num_layers": config.num_hidden_layers,
-        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
-        "vocab_size": config.vocab_size,
-    }
-
-
-def _dummy_inputs(tokenizer, config, graph: str, dtype, empty_past) -> tuple:
-    """The walkthrough's dummy prompt, as a batch of 3 (and a 3-token past for the KV graph)."""
+def _dummy_inputs(tokenizer, contract: GraphContract, dtype) -> tuple:
+    """The walkthrough's dummy prompt as a batch of 3 (for the kv_cache graph: a prefill after a few
+    written slots, into a cache whose capacity differs from every other dim)."""
     import torch
 
-    ids = torch.tensor(tokenizer(DUMMY_PROMPT)["input_ids"], dtype=torch.long) % config.vocab_size
+    from ascend_lab import graph_contract as gc
+
+    ids = torch.tensor(tokenizer(DUMMY_PROMPT)["input_ids"], dtype=torch.long) % contract.dims.vocab_size
     ids = ids.unsqueeze(0).repeat(DUMMY_BATCH, 1)
-    if graph != "kv_cache":
+    if contract.graph != "kv_cache":
         return ids, torch.ones_like(ids)
-    mask = torch.ones(DUMMY_BATCH, DUMMY_PAST + ids.shape[1], dtype=torch.long)
-    generator = torch.Generator().manual_seed(0)
-    return (ids, mask, *empty_past(config, DUMMY_BATCH, dtype, DUMMY_PAST, generator))
+    seq = ids.shape[1]
+    pads = torch.tensor([0, 1, 2][:DUMMY_BATCH])
+    written = 2
+    positions = torch.from_numpy(gc.positions(written, seq, pads.numpy()))
+    cache = torch.zeros(contract.cache_shape(written + seq + DUMMY_SPARE_SLOTS, DUMMY_BATCH), dtype=dtype)
+    return ids, positions, torch.tensor([written]), pads, cache
 
 
 def _enforce_tolerance(tracker, meta: dict, tol: float, tol_source: str) -> None:
@@ -232,11 +215,10 @@ def _enforce_tolerance(tracker, meta: dict, tol: float, tol_source: str) -> None
 def _from_meta(entry: Path, meta: dict, hit: bool) -> ExportedModel:
     return ExportedModel(
         onnx_path=(entry / meta["onnx_file"]).resolve(), sha256=meta["sha256"], graph=meta["graph"],
+        dtype=meta["dtype"], dims=ModelDims(**meta["dims"]),
         input_names=list(meta["input_names"]), output_names=list(meta["output_names"]),
         dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in meta["dynamic_axes"].items()},
-        num_layers=meta["num_layers"], num_kv_heads=meta["num_kv_heads"], head_dim=meta["head_dim"],
-        vocab_size=meta["vocab_size"], dtype=meta["dtype"], cache_key=meta["cache_key"], cache_hit=hit,
-        extra=meta,
+        cache_key=meta["cache_key"], cache_hit=hit, extra=meta,
     )
 
 
@@ -250,6 +232,7 @@ def _log_run(tracker, exported: ExportedModel, meta: dict, seconds: float, artif
         "parity_max_abs_diff": meta["parity_max_abs_diff"],
         "parity_rel_l2": meta["parity_rel_l2"],
         **{f"parity_max_abs_diff_{case}": v for case, v in meta.get("parity_cases", {}).items()},
+        **({"parity_token_mismatches": meta["parity_token_mismatches"]} if "parity_token_mismatches" in meta else {}),
     })
     tags = {"onnx_sha256": exported.sha256, "onnx_path": str(exported.onnx_path),
             "export_cache_key": exported.cache_key, "export_graph": exported.graph,

@@ -56,7 +56,7 @@ def export_raw(wrapper, args: tuple, out_dir: Path, *, input_names: list[str], o
             else:
                 torch.onnx.export(
                     wrapper, args, str(raw_path), input_names=input_names, output_names=output_names,
-                    opset_version=cfg.opset, dynamic_shapes=_dynamo_shapes(args, axes) if cfg.dynamic_axes else None,
+                    opset_version=cfg.opset, dynamic_shapes=_dynamo_shapes(input_names, axes) if cfg.dynamic_axes else None,
                     optimize=cfg.do_constant_folding, external_data=external_data, dynamo=True)
         except Exception as exc:
             raise AscendLabError(
@@ -66,22 +66,15 @@ def export_raw(wrapper, args: tuple, out_dir: Path, *, input_names: list[str], o
     return raw_path
 
 
-def _dynamo_shapes(args: tuple, axes: dict[str, dict[int, str]]):
-    """torch.export's form of the dynamic axes: AUTO dims, structured like the forward's arguments.
+def _dynamo_shapes(input_names: list[str], axes: dict[str, dict[int, str]]):
+    """torch.export's form of the dynamic axes: AUTO dims per forward argument, in argument order.
 
     The names are put back on the ONNX inputs/outputs afterwards (:func:`finalize`), since
-    torch.export names symbols itself and derives the relations (total = past + seq).
+    torch.export names symbols itself.
     """
     from torch.export import Dim
 
-    def spec(axis_map: dict[int, str]) -> dict[int, object]:
-        return {axis: Dim.AUTO for axis in axis_map}
-
-    first = (spec(axes["input_ids"]), spec(axes["attention_mask"]))
-    past = args[2:]
-    if not past:
-        return first
-    return (*first, tuple(spec({0: "batch", 2: "past_seq"}) for _ in past))
+    return tuple({axis: Dim.AUTO for axis in axes.get(name, {})} or None for name in input_names)
 
 
 def finalize(raw_path: Path, out_dir: Path, input_names: list[str], output_names: list[str],

@@ -1,8 +1,8 @@
 """Parity: ONNX Runtime against PyTorch on the same seeded inputs.
 
-The cases differ in shape from the export's dummy input (so a frozen axis shows up as a failure),
-include a left-padded row, and, for the KV-cache graph, cover a prefill with an empty past and
-a decode step fed the prefill's present keys/values.
+The cases differ in shape from the export's dummy input (so a frozen axis shows up as a failure) and
+include a left-padded row; for the kv_cache graph they are a prefill into an empty cache and a decode
+step over the cache the prefill wrote (the caller-side write of ``present_key_values`` included).
 
 Tolerance (``export.parity_tol``, on the max absolute difference over all outputs): null takes
 the per-dtype default below. float32 graphs agree to ~1e-6 on random-weight models; 1e-3 leaves
@@ -12,13 +12,16 @@ room for the larger logits of real checkpoints. float16/bfloat16 round every op'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
 
 DEFAULT_TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}
+# Cache slots the parity cases leave free beyond what they write (the capacity differs from every other dim).
+SPARE_SLOTS = 3
 
 
 def default_tolerance(dtype: str) -> float:
@@ -28,8 +31,9 @@ def default_tolerance(dtype: str) -> float:
 @dataclass
 class ParityCase:
     name: str
-    inputs: tuple  # torch tensors, in graph input order
-    reference: list  # torch outputs as float64 numpy arrays
+    inputs: dict  # input name → torch tensor
+    reference: dict  # output name → PyTorch output as a float64 numpy array
+    real: dict = field(default_factory=dict)  # output name → bool mask over its leading dims: what to compare
 
 
 @dataclass
@@ -37,37 +41,45 @@ class ParityResult:
     max_abs_diff: float
     rel_l2: float
     per_case: dict[str, float]  # case name → max abs diff
+    token_mismatches: int = 0  # kv_cache: next_token entries that differ
 
 
-def build_cases(wrapper, graph: str, config, batch: int, seq: int, dtype, seed: int) -> list[ParityCase]:
+def build_cases(wrapper, contract: gc.GraphContract, batch: int, seq: int, dtype, seed: int) -> list[ParityCase]:
     """Seeded inputs and the PyTorch outputs for them (computed now, so the model can be freed)."""
     import torch
 
-    from ascend_lab.export.wrappers import empty_past
-
     generator = torch.Generator().manual_seed(seed + 1)
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
+    ids = torch.randint(0, contract.dims.vocab_size, (batch, seq), generator=generator)
     mask = torch.ones(batch, seq, dtype=torch.long)
     if batch > 1 and seq > 1:
         mask[-1, : max(1, seq // 4)] = 0  # one left-padded row
-    cases = []
     with torch.no_grad():
-        if graph != "kv_cache":
-            cases.append(_case(wrapper, "forward", (ids, mask)))
-            return cases
-        prefill = _case(wrapper, "prefill", (ids, mask, *empty_past(config, batch, dtype)))
-        outputs = wrapper(*prefill.inputs)
-        next_ids = outputs[0][:, -1:, :].float().argmax(-1)
-        step_mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
-        decode = _case(wrapper, "decode", (next_ids, step_mask, *outputs[1:]))
+        if contract.graph != "kv_cache":
+            names = contract.input_names()
+            case = _case(wrapper, contract, "forward", dict(zip(names, (ids, mask))))
+            case.real = {contract.output_names()[0]: mask.numpy() != 0}
+            return [case]
+        pads = gc.left_pad_lengths(mask.numpy())
+        cache = torch.zeros(contract.cache_shape(seq + 1 + SPARE_SLOTS, batch), dtype=dtype)
+        prefill = _case(wrapper, contract, "prefill", {
+            gc.INPUT_IDS: ids, gc.POSITION_IDS: torch.from_numpy(gc.positions(0, seq, pads)),
+            gc.PAST_LENGTH: torch.tensor([0]), gc.PAD_LENGTHS: torch.from_numpy(pads), gc.PAST_KEY_VALUES: cache})
+        prefill.real = {gc.PRESENT_KEY_VALUES: (mask.numpy() != 0).T}  # [seq, batch]
+        cache = cache.clone()
+        cache[:seq] = torch.from_numpy(prefill.reference[gc.PRESENT_KEY_VALUES]).to(dtype)
+        next_ids = torch.from_numpy(prefill.reference[gc.NEXT_TOKEN].astype(np.int64)).reshape(batch, 1)
+        decode = _case(wrapper, contract, "decode", {
+            gc.INPUT_IDS: next_ids, gc.POSITION_IDS: torch.from_numpy(gc.positions(seq, 1, pads)),
+            gc.PAST_LENGTH: torch.tensor([seq]), gc.PAD_LENGTHS: torch.from_numpy(pads), gc.PAST_KEY_VALUES: cache})
         return [prefill, decode]
 
 
-def _case(wrapper, name: str, inputs: tuple) -> ParityCase:
-    outputs = wrapper(*inputs)
+def _case(wrapper, contract: gc.GraphContract, name: str, inputs: dict) -> ParityCase:
+    outputs = wrapper(*(inputs[n] for n in contract.input_names()))
     if not isinstance(outputs, (tuple, list)):
         outputs = (outputs,)
-    return ParityCase(name, tuple(inputs), [_numpy(o).astype(np.float64) for o in outputs])
+    reference = {n: _numpy(o).astype(np.float64) for n, o in zip(contract.output_names(), outputs)}
+    return ParityCase(name, inputs, reference)
 
 
 def _numpy(tensor) -> np.ndarray:
@@ -79,48 +91,45 @@ def _numpy(tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def compare(cases: list[ParityCase], onnx_path, input_names: list[str], output_names: list[str]) -> ParityResult:
+def compare(cases: list[ParityCase], onnx_path) -> ParityResult:
     """Run every case through ONNX Runtime (CPU) and compare with the stored PyTorch outputs.
 
-    Only real-token positions count: a left-padded query row attends to nothing, so its output
-    is arbitrary (in float16 the two runtimes round that all-masked softmax differently), and
-    the keys/values at padded positions are never attended to.
+    Only real-token positions count: a padded query attends to nothing, so its output is arbitrary
+    (in float16 the two runtimes round that all-masked softmax differently), and the keys/values at
+    padded positions are never attended to.
     """
-    import onnxruntime as ort
+    from ascend_lab.runtimes.onnxruntime_runtime import open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:400]
+        session = open_session(onnx_path, intra_op_threads=1)
+    except AscendLabError as exc:
         hint = (" ONNX Runtime's CPU provider lacks kernels for some ops in this dtype (bfloat16 in particular), "
                 "and the parity check needs it: export with model.dtype=float32 or float16."
-                if "NOT_IMPLEMENTED" in first else "")
-        raise AscendLabError(f"ONNX Runtime cannot load {onnx_path} for the parity check: {first}.{hint}") from exc
+                if "NOT_IMPLEMENTED" in str(exc) else "")
+        raise AscendLabError(f"ONNX Runtime cannot load {onnx_path} for the parity check: {exc}{hint}") from exc
     diff_sq = ref_sq = 0.0
-    worst = 0.0
+    worst, mismatches = 0.0, 0
     per_case = {}
+    output_names = [o.name for o in session.get_outputs()]
     for case in cases:
-        feeds = {name: _to_ort(value) for name, value in zip(input_names, case.inputs)}
+        feeds = {name: _to_ort(value) for name, value in case.inputs.items()}
         try:
-            got = session.run(None, feeds)
+            got = dict(zip(output_names, session.run(output_names, feeds)))
         except Exception as exc:
-            shapes = {k: v.shape for k, v in feeds.items() if k in ("input_ids", "attention_mask")}
+            shapes = {k: tuple(v.shape) for k, v in case.inputs.items()}
             raise AscendLabError(f"ONNX Runtime failed on the parity case {case.name} {shapes}: "
                                  f"{str(exc).strip().splitlines()[0][:400]}") from exc
-        mask = case.inputs[1].numpy() != 0
-        query_mask = mask[:, mask.shape[1] - case.inputs[0].shape[1]:]
         case_worst = 0.0
-        for name, out, ref in zip(output_names, got, case.reference):
-            out = np.asarray(out, dtype=np.float64)
+        for name, ref in case.reference.items():
+            out = np.asarray(got[name], dtype=np.float64)
             if out.shape != ref.shape:
                 raise AscendLabError(f"parity case {case.name}: ONNX output {name} shape {out.shape} != PyTorch "
                                      f"{ref.shape} (a dynamic axis was frozen at export)")
-            if name.startswith("present."):  # [batch, heads, total, head_dim]: keep real key positions
-                out, ref = out.transpose(0, 2, 1, 3)[mask], ref.transpose(0, 2, 1, 3)[mask]
-            else:  # [batch, seq, ...]: keep real query positions
-                out, ref = out[query_mask], ref[query_mask]
+            if name == gc.NEXT_TOKEN:  # integer picks: counted, not measured
+                mismatches += int(np.sum(out != ref))
+                continue
+            if name in case.real:
+                out, ref = out[case.real[name]], ref[case.real[name]]
             delta = out - ref
             if not np.all(np.isfinite(delta)):  # NaN/inf on either side: never within tolerance
                 case_worst = float("inf")
@@ -132,7 +141,7 @@ def compare(cases: list[ParityCase], onnx_path, input_names: list[str], output_n
         worst = max(worst, case_worst)
     del session
     rel = (diff_sq ** 0.5) / (ref_sq ** 0.5) if ref_sq > 0 else diff_sq ** 0.5
-    return ParityResult(max_abs_diff=worst, rel_l2=rel, per_case=per_case)
+    return ParityResult(max_abs_diff=worst, rel_l2=rel, per_case=per_case, token_mismatches=mismatches)
 
 
 def _to_ort(tensor):

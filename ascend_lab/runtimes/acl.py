@@ -1,6 +1,6 @@
 """pyACL runtime: runs an offline ``.om`` model on an Ascend NPU through CANN's ``import acl``.
 
-Written against the documented pyACL Python API (README, "Ascend interfaces"; CANN aclpythondevg):
+Written against the documented pyACL Python API (shared/reference/ascend.md §1; CANN aclpythondevg):
 ``(value, ret)`` tuples where the C API has an out-parameter, bare values otherwise; every ``ret`` is
 checked and turned into :class:`AclError` naming the call and the code.
 
@@ -11,14 +11,23 @@ Public surface::
         rt.dynamic_mode                                 # "static" | "dynamic_batch_size" | "dynamic_dims"
         rt.gears                                        # None | [batch sizes] | [{input: shape}, ...]
         out = rt.run({"input_ids": ids, "attention_mask": mask})   # {output name: np.ndarray}
-        rt.timings   # {"h2d_ms": [...], "npu_compute_ms": [...], "d2h_ms": [...]}, one entry per run
-        rt.reset_timings()
+        rt.timings   # {"h2d_ms": [...], "npu_compute_ms": [...], "d2h_ms": [...]}, one entry per execution
+        rt.traffic   # bytes copied host→device, device→host, device→device, and acl.* calls made
 
 Timings follow ais_bench: ``npu_compute_ms`` is ``acl.mdl.execute`` alone (synchronous, host clock);
-``h2d_ms`` the input copies, ``d2h_ms`` the output copies, so a benchmark reports their means as
-``npu_compute_ms_mean``, ``h2d_ms_mean`` and ``d2h_ms_mean``.
+``h2d_ms`` the input copies, ``d2h_ms`` the output copies.
+
+Generation (:class:`AclCacheBackend`) keeps the kv_cache graph's cache in the model's own input buffer on
+the device for the whole generation: per execution it copies the new tokens' ids and positions (and
+the slot count) host→device, runs, copies ``present_key_values`` device→device into the new slots
+(one ``acl.rt.memcpy``: the cache is slot-major, see :mod:`ascend_lab.graph_contract`) and brings back
+only the next token ids. The traffic per token is therefore the same at any context length.
 
 Policies:
+  * Output names: for a model built from ONNX, ``acl.mdl.get_output_name_by_index`` returns
+    ``op_name:edge_index:output_name`` (aclpythondevg get_output_name_by_index; open-mmlab/mmdeploy
+    ``backend/ascend/wrapper.py`` strips it with ``split(':')[-1]``): :func:`output_name` is the one
+    place that normalises it. Input names are the graph's own.
   * Feeds are checked against the model description (names, dtype, dims, gears) before anything is
     copied or executed; a mismatch raises :class:`AclInputError` naming the input, expected and got.
     Dtypes are never cast silently.
@@ -27,6 +36,8 @@ Policies:
     sliced back to the batch. A batch above the largest gear raises :class:`AclInputError` naming the gears.
   * Dynamic dims (``atc --dynamic_dims``): the feed shapes must equal one compiled gear exactly
     (padding a sequence would change the result); otherwise :class:`AclInputError` lists the gears.
+  * Host memory: ``acl.util.bytes_to_ptr`` / ``ptr_to_bytes`` (documented from CANN 6.0.1); on older
+    CANN, ``numpy_to_ptr`` into numpy arrays, as Ascend/samples ``python/common/acllite`` falls back.
   * ``acl.init`` runs once per process and is reference counted over open runtimes: the last
     ``close()`` calls ``acl.finalize``. When pyACL was already initialised by someone else in this
     process (``acl.init`` returns 100002, e.g. torch_npu), that owner finalizes it, not this runtime.
@@ -40,15 +51,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from ascend_lab import cann
-from ascend_lab.errors import AscendLabError, ToolchainError
-from ascend_lab.runtimes.base import Runtime, TensorSpec
+from ascend_lab import graph_contract as gc
+from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
+from ascend_lab.graph_contract import GraphContract
+from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +71,7 @@ ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_MEM_MALLOC_HUGE_FIRST = 0
 ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2
+ACL_MEMCPY_DEVICE_TO_DEVICE = 3
 DYNAMIC_TENSOR_NAME = "ascend_mbatch_shape_data"  # ACL_DYNAMIC_TENSOR_NAME
 TIMING_KEYS = ("h2d_ms", "npu_compute_ms", "d2h_ms")
 
@@ -146,6 +161,31 @@ def _release_acl(acl) -> None:
                 raise AclError("acl.finalize", ret)
 
 
+# ------------------------------------------------------------------ host memory
+
+
+def output_name(raw: str) -> str:
+    """An output's graph name: ONNX-built models report ``op_name:edge_index:output_name``."""
+    return raw.split(":")[-1]
+
+
+class HostBridge:
+    """Host buffers for ``acl.rt.memcpy``: ``bytes_to_ptr``/``ptr_to_bytes`` where CANN has them (6.0.1+),
+    else ``numpy_to_ptr`` on numpy arrays (what Ascend/samples acllite falls back to on older CANN)."""
+
+    def __init__(self, acl) -> None:
+        self.acl = acl
+        self.modern = hasattr(acl.util, "bytes_to_ptr") and hasattr(acl.util, "ptr_to_bytes")
+
+    def source(self, array: np.ndarray) -> tuple[int, object]:
+        """(pointer to the array's bytes, the object that must stay alive while the pointer is used)."""
+        if self.modern:
+            data = np.ascontiguousarray(array).tobytes()
+            return self.acl.util.bytes_to_ptr(data), data
+        contiguous = np.ascontiguousarray(array)
+        return self.acl.util.numpy_to_ptr(contiguous), contiguous
+
+
 # ------------------------------------------------------------------ the runtime
 
 @dataclass
@@ -155,7 +195,8 @@ class _Tensor:
     dtype: np.dtype | None  # None for the mbatch input
     size: int  # bytes of the device buffer (largest gear for dynamic models)
     device_ptr: int = 0
-    host_ptr: int = 0  # outputs only: the malloc_host staging buffer
+    host_ptr: int = 0  # outputs only: the malloc_host staging buffer (modern CANN)
+    cur_dims: list[int] | None = None  # outputs: dims of the last execution
 
 
 def _shape_text(dims) -> str:
@@ -167,15 +208,18 @@ class AclRuntime(Runtime):
 
     name = "acl"
 
-    def __init__(self, om_path: str | Path, device_id: int = 0) -> None:
+    def __init__(self, om_path: str | Path, device_id: int = 0, contract: GraphContract | None = None) -> None:
         self.om_path = Path(om_path)
         self.device_id = int(device_id)
+        self.contract = contract
         self.timings: dict[str, list[float]] = {key: [] for key in TIMING_KEYS}
+        self.traffic = Traffic()
         self.dynamic_mode = "static"
         self.gears: list | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = False
         self._acl = None
+        self._host = None
         self._acl_acquired = False
         self._device_set = False
         self._context = None
@@ -189,10 +233,13 @@ class AclRuntime(Runtime):
         self._inputs: list[_Tensor] = []
         self._outputs: list[_Tensor] = []
         self._mbatch_index: int | None = None
+        self._current_gear: Any = None
+        self._bound_depth = 0
         if not self.om_path.is_file():
             raise AscendLabError(f"runtime=acl: model file {self.om_path} does not exist; compile one with "
                                  f"task=compile (atc) or point the run at an existing .om")
         self._acl = import_acl()
+        self._host = HostBridge(self._acl)
         try:
             self._open()
         except BaseException:
@@ -216,11 +263,29 @@ class AclRuntime(Runtime):
             values.clear()
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        with self._lock:
-            if self._closed:
-                raise AscendLabError(f"runtime=acl: {self.om_path.name} was already closed")
+        with self.bound():
             arrays, batch, gear = self._prepare(feeds)
-            return self._execute(arrays, batch, gear)
+            start = time.perf_counter()
+            for tensor, array in zip(self._graph_inputs, arrays):
+                self._upload(tensor, array)
+            self.timings["h2d_ms"].append((time.perf_counter() - start) * 1e3)
+            self._select_gear(gear)
+            self._execute()
+            start = time.perf_counter()
+            results = {}
+            for tensor in self._outputs:
+                array = self._download(tensor)
+                if batch is not None and gear != batch and array.ndim and array.shape[0] == gear:
+                    array = array[:batch]
+                results[tensor.name] = array
+            self.timings["d2h_ms"].append((time.perf_counter() - start) * 1e3)
+            return results
+
+    def cache_backend(self) -> AclCacheBackend:
+        if self.contract is None or self.contract.graph != "kv_cache":
+            raise AscendLabError(f"runtime=acl: {self.om_path.name} is not a compiled kv_cache graph; generation "
+                                 "needs export.graph=kv_cache (compiled with atc.dynamic_mode=auto)")
+        return AclCacheBackend(self)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -239,7 +304,91 @@ class AclRuntime(Runtime):
         if problems:
             raise ToolchainError(f"runtime=acl: releasing {self.om_path.name} failed: " + "; ".join(problems))
 
+    # -------------------------------------------------------------- device-resident I/O (generation)
+
+    @contextmanager
+    def bound(self) -> Iterator[None]:
+        """Hold the model (lock) with its context current, for a series of the calls below: the context is
+        set once for the series, not once per call."""
+        with self._lock:
+            self._require_open()
+            if self._bound_depth == 0:
+                self._set_context()
+            self._bound_depth += 1
+            try:
+                yield
+            finally:
+                self._bound_depth -= 1
+
+    def tensor(self, name: str) -> _Tensor:
+        for tensor in self._graph_inputs + self._outputs:
+            if tensor.name == name:
+                return tensor
+        raise AscendLabError(f"runtime=acl: {self.om_path.name} has no input or output {name!r} (inputs "
+                             f"{[t.name for t in self._graph_inputs]}, outputs {[t.name for t in self._outputs]})")
+
+    def write_input(self, name: str, array: np.ndarray) -> None:
+        """Copy ``array`` host→device into input ``name``'s buffer (dtype and size checked)."""
+        with self.bound():
+            tensor = self.tensor(name)
+            array = np.asarray(array)
+            if array.dtype != tensor.dtype:
+                raise self._mismatch(f"input {name!r}", f"expected dtype {tensor.dtype}, got {array.dtype}")
+            if array.nbytes > tensor.size:
+                raise self._mismatch(f"input {name!r}", f"{array.nbytes} bytes exceed its {tensor.size}-byte buffer")
+            self._upload(tensor, array)
+
+    def zero_input(self, name: str) -> None:
+        """Fill input ``name``'s device buffer with zeros (``acl.rt.memset``)."""
+        with self.bound():
+            tensor = self.tensor(name)
+            self._call("acl.rt.memset", self._acl.rt.memset, tensor.device_ptr, tensor.size, 0, tensor.size)
+
+    def execute(self, shapes: Mapping[str, tuple[int, ...]] | None = None) -> float:
+        """Run once on what the input buffers hold; ``shapes`` (input → shape) picks the gear of a dynamic
+        model. Returns the ``acl.mdl.execute`` milliseconds."""
+        with self.bound():
+            if self.dynamic_mode == "dynamic_dims":
+                full = [int(d) for t in self._graph_inputs for d in shapes[t.name]]
+                wanted = {t.name: tuple(shapes[t.name]) for t in self._graph_inputs}
+                if self.gears is not None and wanted not in self.gears:
+                    raise self._mismatch("the inputs", f"shapes {dict(shapes)} are not a compiled gear")
+                self._select_gear(full)
+            elif self.dynamic_mode == "dynamic_batch_size":
+                self._select_gear(int(shapes[self._graph_inputs[0].name][0]))
+            return self._execute()
+
+    def read_output(self, name: str, dims: tuple[int, ...] | None = None) -> np.ndarray:
+        """Output ``name`` of the last execution, copied device→host. ``dims``: its shape when the caller
+        knows it (saves the ``get_cur_output_dims`` call a dynamic model otherwise needs)."""
+        with self.bound():
+            tensor = self.tensor(name)
+            if dims is not None:
+                tensor.cur_dims = list(dims)
+            return self._download(tensor)
+
+    def copy_output_to_input(self, output: str, input_name: str, offset: int,
+                             dims: tuple[int, ...] | None = None) -> int:
+        """Copy output ``output`` of the last execution device→device into input ``input_name``'s buffer at
+        byte ``offset`` (one ``acl.rt.memcpy``); returns the bytes copied. ``dims`` as for read_output."""
+        with self.bound():
+            src, dst = self.tensor(output), self.tensor(input_name)
+            if dims is not None:
+                src.cur_dims = list(dims)
+            count = self._current_bytes(src)
+            if offset < 0 or offset + count > dst.size:
+                raise AclInputError(f"runtime=acl: {count} bytes of {output!r} at offset {offset} do not fit "
+                                    f"input {input_name!r}'s {dst.size}-byte buffer")
+            self._call("acl.rt.memcpy (device to device)", self._acl.rt.memcpy, dst.device_ptr + offset,
+                       dst.size - offset, src.device_ptr, count, ACL_MEMCPY_DEVICE_TO_DEVICE, d2d=count)
+            return count
+
     # -------------------------------------------------------------- calls and checks
+
+    def _call(self, call: str, fn, *args, h2d: int = 0, d2h: int = 0, d2d: int = 0, hint: str = "") -> None:
+        """One acl call that returns a bare ret: counted, checked."""
+        self.traffic.count(call, h2d=h2d, d2h=d2h, d2d=d2d)
+        self._check(call, fn(*args), hint)
 
     @staticmethod
     def _check(call: str, ret: int, hint: str = "") -> None:
@@ -256,6 +405,14 @@ class AclRuntime(Runtime):
         if not handle:  # 0 / None: the documented failure of calls that return a handle directly
             raise AclError(call, None)
         return handle
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise AscendLabError(f"runtime=acl: {self.om_path.name} was already closed")
+
+    def _set_context(self) -> None:
+        # Load, execute and unload must run in the model's context; another runtime may have made its own current.
+        self._call("acl.rt.set_context", self._acl.rt.set_context, self._context)
 
     # -------------------------------------------------------------- construction
 
@@ -281,8 +438,9 @@ class AclRuntime(Runtime):
         chip = cann.query_npu_smi().soc_version
         here = f"this host's chip is {chip}" if chip else "see the Name column of `npu-smi info`"
         return (f"Could not load {self.om_path}. Either the file is corrupt or truncated (delete it: the next "
-                f"task=compile or task=bench compiles it again), it was built by another CANN version, or it was compiled for another chip: "
-                f"atc.soc_version must be the `npu-smi info` Name prefixed with Ascend ({here}).")
+                f"task=compile or task=bench compiles it again), it was built by another CANN version, or it was "
+                f"compiled for another chip: atc.soc_version must be the `npu-smi info` Name prefixed with Ascend "
+                f"({here}).")
 
     def _describe(self) -> None:
         acl, desc = self._acl, self._desc
@@ -302,7 +460,7 @@ class AclRuntime(Runtime):
                                                                      f"input {name!r}")
             self._inputs.append(_Tensor(name, dims, dtype, size))
         for i in range(num_outputs):
-            name = acl.mdl.get_output_name_by_index(desc, i)
+            name = output_name(acl.mdl.get_output_name_by_index(desc, i))
             dims = self._dims("acl.mdl.get_output_dims", acl.mdl.get_output_dims(desc, i))
             dtype = numpy_dtype(acl.mdl.get_output_data_type(desc, i), f"output {name!r}")
             self._outputs.append(_Tensor(name, dims, dtype, acl.mdl.get_output_size_by_index(desc, i)))
@@ -359,8 +517,9 @@ class AclRuntime(Runtime):
         self._out_dataset = self._handle("acl.mdl.create_dataset", acl.mdl.create_dataset())
         for tensor in self._outputs:
             tensor.device_ptr = self._bind(self._out_dataset, tensor.size)
-            tensor.host_ptr = self._value("acl.rt.malloc_host", acl.rt.malloc_host(tensor.size))
-            self._host_ptrs.append(tensor.host_ptr)
+            if self._host.modern:  # the staging buffer ptr_to_bytes reads from
+                tensor.host_ptr = self._value("acl.rt.malloc_host", acl.rt.malloc_host(tensor.size))
+                self._host_ptrs.append(tensor.host_ptr)
 
     def _bind(self, dataset: int, size: int) -> int:
         acl = self._acl
@@ -444,53 +603,66 @@ class AclRuntime(Runtime):
             arrays = padded
         return arrays, batch, gear
 
-    # -------------------------------------------------------------- one run
+    # -------------------------------------------------------------- one execution
 
-    def _execute(self, arrays: list[np.ndarray], batch: int | None, gear: Any) -> dict[str, np.ndarray]:
-        acl = self._acl
-        self._check("acl.rt.set_context", acl.rt.set_context(self._context))
-        start = time.perf_counter()
-        keep_alive = []  # bytes_to_ptr pointers are valid only while their bytes object lives
-        for tensor, array in zip(self._graph_inputs, arrays):
-            data = array.tobytes()
-            keep_alive.append(data)
-            host = acl.util.bytes_to_ptr(data)
-            self._check("acl.rt.memcpy (host to device)",
-                        acl.rt.memcpy(tensor.device_ptr, tensor.size, host, len(data), ACL_MEMCPY_HOST_TO_DEVICE))
-        h2d = time.perf_counter()
+    def _upload(self, tensor: _Tensor, array: np.ndarray) -> None:
+        # bytes_to_ptr pointers are valid only while their bytes object lives: `keep` holds it to the copy.
+        self.traffic.count("acl.util.bytes_to_ptr" if self._host.modern else "acl.util.numpy_to_ptr")
+        ptr, keep = self._host.source(array)
+        self._call("acl.rt.memcpy (host to device)", self._acl.rt.memcpy, tensor.device_ptr, tensor.size, ptr,
+                   array.nbytes, ACL_MEMCPY_HOST_TO_DEVICE, h2d=array.nbytes)
+        del keep
+
+    def _select_gear(self, gear: Any) -> None:
+        """Configure the mbatch input for ``gear`` (a set_* call fills it), once per gear change."""
+        if gear is None or gear == self._current_gear:
+            return
         if self.dynamic_mode == "dynamic_batch_size":
-            self._check("acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(
-                self._model_id, self._in_dataset, self._mbatch_index, gear))
+            self._call("acl.mdl.set_dynamic_batch_size", self._acl.mdl.set_dynamic_batch_size, self._model_id,
+                       self._in_dataset, self._mbatch_index, gear)
         elif self.dynamic_mode == "dynamic_dims":
-            self._check("acl.mdl.set_input_dynamic_dims", acl.mdl.set_input_dynamic_dims(
-                self._model_id, self._in_dataset, self._mbatch_index,
-                {"dimCount": len(gear), "name": "", "dims": gear}))
-        compute_start = time.perf_counter()
-        self._check("acl.mdl.execute", acl.mdl.execute(self._model_id, self._in_dataset, self._out_dataset))
-        compute_end = time.perf_counter()
-        del keep_alive
-        results, d2h = {}, 0.0
-        for index, tensor in enumerate(self._outputs):
-            dims = tensor.dims
-            if self.dynamic_mode != "static":
-                dims = self._dims("acl.mdl.get_cur_output_dims", acl.mdl.get_cur_output_dims(self._desc, index))
-            count = int(np.prod(dims, dtype=np.int64)) * tensor.dtype.itemsize
-            if count > tensor.size:
-                raise AclError("acl.mdl.get_cur_output_dims", None,
-                               f"output {tensor.name!r} {dims} needs {count} bytes, its buffer has {tensor.size}")
-            copy_start = time.perf_counter()
-            self._check("acl.rt.memcpy (device to host)", acl.rt.memcpy(
-                tensor.host_ptr, tensor.size, tensor.device_ptr, count, ACL_MEMCPY_DEVICE_TO_HOST))
+            self._call("acl.mdl.set_input_dynamic_dims", self._acl.mdl.set_input_dynamic_dims, self._model_id,
+                       self._in_dataset, self._mbatch_index, {"dimCount": len(gear), "name": "", "dims": list(gear)})
+        self._current_gear = gear
+
+    def _execute(self) -> float:
+        start = time.perf_counter()
+        self._call("acl.mdl.execute", self._acl.mdl.execute, self._model_id, self._in_dataset, self._out_dataset)
+        elapsed = (time.perf_counter() - start) * 1e3
+        self.timings["npu_compute_ms"].append(elapsed)
+        for tensor in self._outputs:
+            tensor.cur_dims = tensor.dims if self.dynamic_mode == "static" else None
+        return elapsed
+
+    def _current_dims(self, tensor: _Tensor) -> list[int]:
+        if tensor.cur_dims is None:  # dynamic: ask once per execution
+            index = self._outputs.index(tensor)
+            self.traffic.count("acl.mdl.get_cur_output_dims")
+            tensor.cur_dims = self._dims("acl.mdl.get_cur_output_dims",
+                                         self._acl.mdl.get_cur_output_dims(self._desc, index))
+        return tensor.cur_dims
+
+    def _current_bytes(self, tensor: _Tensor) -> int:
+        count = int(np.prod(self._current_dims(tensor), dtype=np.int64)) * tensor.dtype.itemsize
+        if count > tensor.size:
+            raise AclError("acl.mdl.get_cur_output_dims", None,
+                           f"output {tensor.name!r} {tensor.cur_dims} needs {count} bytes, its buffer has {tensor.size}")
+        return count
+
+    def _download(self, tensor: _Tensor) -> np.ndarray:
+        dims, count = self._current_dims(tensor), self._current_bytes(tensor)
+        acl = self._acl
+        if self._host.modern:
+            self._call("acl.rt.memcpy (device to host)", acl.rt.memcpy, tensor.host_ptr, tensor.size,
+                       tensor.device_ptr, count, ACL_MEMCPY_DEVICE_TO_HOST, d2h=count)
+            self.traffic.count("acl.util.ptr_to_bytes")
             raw = acl.util.ptr_to_bytes(tensor.host_ptr, count)
-            d2h += time.perf_counter() - copy_start
-            array = np.frombuffer(bytearray(raw), dtype=tensor.dtype).reshape(dims)
-            if batch is not None and gear != batch and array.ndim and array.shape[0] == gear:
-                array = array[:batch]
-            results[tensor.name] = array
-        self.timings["h2d_ms"].append((h2d - start) * 1e3)
-        self.timings["npu_compute_ms"].append((compute_end - compute_start) * 1e3)
-        self.timings["d2h_ms"].append(d2h * 1e3)
-        return results
+            return np.frombuffer(bytearray(raw), dtype=tensor.dtype).reshape(dims)
+        array = np.empty(dims, dtype=tensor.dtype)  # acllite's fallback: copy straight into numpy's memory
+        self.traffic.count("acl.util.numpy_to_ptr")
+        self._call("acl.rt.memcpy (device to host)", acl.rt.memcpy, acl.util.numpy_to_ptr(array), count,
+                   tensor.device_ptr, count, ACL_MEMCPY_DEVICE_TO_HOST, d2h=count)
+        return array
 
     # -------------------------------------------------------------- release
 
@@ -543,3 +715,66 @@ class AclRuntime(Runtime):
             except AclError as exc:
                 problems.append(str(exc))
         return problems
+
+
+class AclCacheBackend:
+    """The kv_cache graph's cache in the model's own ``past_key_values`` input buffer (see the module docstring)."""
+
+    def __init__(self, runtime: AclRuntime) -> None:
+        self.runtime = runtime
+        self.contract = runtime.contract
+        self.traffic = runtime.traffic
+        past = runtime.tensor(gc.PAST_KEY_VALUES)
+        if -1 in past.dims or len(past.dims) != 5:
+            raise AscendLabError(f"runtime=acl: {runtime.om_path.name}'s {gc.PAST_KEY_VALUES} is {past.dims}; the "
+                                 "kv_cache graph is compiled with a static capacity and batch (atc.dynamic_mode=auto)")
+        self.fixed_capacity, self.compiled_batch = past.dims[0], past.dims[1]
+        if runtime.dynamic_mode == "dynamic_dims" and runtime.gears:
+            self.seq_gears = tuple(sorted({g[gc.INPUT_IDS][1] for g in runtime.gears}))
+        else:
+            self.seq_gears = (runtime.tensor(gc.INPUT_IDS).dims[1],)
+        self.slot_bytes = self.contract.slot_elements(self.compiled_batch) * past.dtype.itemsize
+        self.batch = self.capacity = 0
+        self._pads = None
+
+    def allocate(self, batch: int, capacity: int) -> None:
+        if batch != self.compiled_batch:
+            raise ConfigError("benchmark.batch_size", batch,
+                              f"{self.runtime.om_path.name} was compiled for batch {self.compiled_batch} (the kv_cache "
+                              "graph's batch is static); compile for this batch (task=compile "
+                              f"benchmark.batch_size={batch}) or run the compiled one")
+        self.runtime.zero_input(gc.PAST_KEY_VALUES)
+        self.batch, self.capacity = batch, self.fixed_capacity
+
+    def execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
+        with self.runtime.bound():
+            return self._execute(input_ids, position_ids, past_length, pad_lengths)
+
+    def _execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
+        rt = self.runtime
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[:, None]
+        start = time.perf_counter()
+        rt.write_input(gc.INPUT_IDS, ids)
+        rt.write_input(gc.POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
+        rt.write_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
+        if pad_lengths is not None:  # constant through a generation: written once, at the prefill
+            rt.write_input(gc.PAD_LENGTHS, np.ascontiguousarray(pad_lengths, dtype=np.int64))
+        rt.timings["h2d_ms"].append((time.perf_counter() - start) * 1e3)
+        rt.execute({gc.INPUT_IDS: ids.shape, gc.POSITION_IDS: ids.shape, gc.PAST_LENGTH: (1,),
+                    gc.PAD_LENGTHS: (self.batch,), gc.PAST_KEY_VALUES: self.contract.cache_shape(self.capacity,
+                                                                                              self.batch)})
+        # The contract fixes these shapes, so no get_cur_output_dims call is needed per step.
+        present = (ids.shape[1], *self.contract.cache_shape(1, self.batch)[1:])
+        rt.copy_output_to_input(gc.PRESENT_KEY_VALUES, gc.PAST_KEY_VALUES, past_length * self.slot_bytes, present)
+        start = time.perf_counter()
+        token = rt.read_output(gc.NEXT_TOKEN, (self.batch,)).astype(np.int64, copy=False)
+        rt.timings["d2h_ms"].append((time.perf_counter() - start) * 1e3)
+        return token
+
+    def to_host(self, tokens) -> np.ndarray:
+        return np.asarray(tokens, dtype=np.int64)
+
+    def last_logits(self) -> np.ndarray:
+        return self.runtime.read_output(gc.LOGITS, (self.batch, self.contract.dims.vocab_size))

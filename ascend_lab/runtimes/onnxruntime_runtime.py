@@ -1,20 +1,33 @@
 """The onnxruntime runtime: an exported ONNX graph in an ``InferenceSession``.
 
-Execution providers follow the resolved device (CANN on an Ascend NPU, CUDA on a GPU, always the
-CPU last as fallback), keeping only those this onnxruntime build has, with a logged note for each
-one it lacks (the CANN and CUDA providers ship in separate onnxruntime builds).
+:func:`open_session` is the one place sessions are made — the CLI, the generation engine, the export's
+parity check and the benchmark scripts all call it — with the settings that suit decoding as the
+documented defaults (``runtime.*``): intra-op threads = physical cores (an extra thread per SMT sibling
+only competes for the same core's load ports, and decode is memory-bound), one inter-op thread (the
+graph is a chain), sequential execution, and worker threads that spin between kernels (steps come back
+to back: a spinning worker wakes faster than a sleeping one).
+
+Execution providers follow the resolved device (CANN on an Ascend NPU, CUDA on a GPU, always the CPU
+last as fallback), keeping only those this onnxruntime build has, with a logged note for each one it
+lacks (the CANN and CUDA providers ship in separate onnxruntime builds).
+
+Generation over the kv_cache graph (:class:`OrtCacheBackend`) binds the cache with I/O binding: on the
+CPU provider it is an ``OrtValue`` over a numpy array, so the session reads it in place and the new
+tokens' slots are written into it in place — nothing is copied per step but those slots.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
-from ascend_lab.runtimes.base import Runtime, TensorSpec
+from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +40,28 @@ ORT_TYPES = {
 GRAPH_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                              "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 DEVICE_PROVIDERS = {"npu": "CANNExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def physical_cores() -> int:
+    """Physical cores of this host (what ``runtime.intra_op_threads=0`` means)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization: str = "all"):
+    """``SessionOptions`` for decoding; 0 threads means: physical cores (intra), 1 (inter)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads or physical_cores()
+    options.inter_op_num_threads = inter_op_threads or 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               GRAPH_OPTIMIZATION_LEVELS[graph_optimization])
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.log_severity_level = 3  # errors only: the CPU provider's notes about unused initializers are noise
+    return options
 
 
 def choose_providers(device_kind: str, device_index: int, available: list[str]) -> tuple[list, list[str]]:
@@ -45,30 +80,41 @@ def choose_providers(device_kind: str, device_index: int, available: list[str]) 
     return providers, notes
 
 
+def open_session(onnx_path: str | Path, device_kind: str = "cpu", device_index: int = 0, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, graph_optimization: str = "all", notes: list[str] | None = None):
+    """An ``InferenceSession`` with :func:`session_options` and the device's provider (CPU last).
+
+    A file onnxruntime cannot load is an :class:`AscendLabError` saying what to do.
+    """
+    import onnxruntime as ort
+
+    providers, lacking = choose_providers(device_kind, device_index, ort.get_available_providers())
+    for note in lacking:
+        log.warning("onnxruntime: %s", note)
+    if notes is not None:
+        notes.extend(lacking)
+    options = session_options(intra_op_threads, inter_op_threads, graph_optimization)
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, NoSuchFile, Fail, ...)
+        if type(exc).__module__.split(".")[0] != "onnxruntime":
+            raise
+        raise AscendLabError(
+            f"onnxruntime cannot load {onnx_path}: {_first_line(exc)}. The file is missing, truncated or not an "
+            "ONNX model: export it again (task=export; a damaged export cache entry is exported again "
+            "automatically) or point at an intact .onnx (with its .onnx.data beside it).") from None
+
+
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: str | Path, device_kind: str = "cpu", device_index: int = 0,
-                 intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization: str = "all") -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                   GRAPH_OPTIMIZATION_LEVELS[graph_optimization])
-        providers, self.notes = choose_providers(device_kind, device_index, ort.get_available_providers())
-        for note in self.notes:
-            log.warning("onnxruntime: %s", note)
-        try:
-            self._session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
-        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, NoSuchFile, Fail, ...)
-            if type(exc).__module__.split(".")[0] != "onnxruntime":
-                raise
-            raise AscendLabError(
-                f"onnxruntime cannot load {onnx_path}: {_first_line(exc)}. The file is missing, truncated or not an "
-                "ONNX model: export it again (task=export; a damaged export cache entry is exported again "
-                "automatically) or point at an intact .onnx (with its .onnx.data beside it).") from None
+    def __init__(self, onnx_path: str | Path, contract: gc.GraphContract, device_kind: str = "cpu",
+                 device_index: int = 0, intra_op_threads: int = 0, inter_op_threads: int = 0,
+                 graph_optimization: str = "all") -> None:
+        self.contract = contract
+        self.notes: list[str] = []
+        self._session = open_session(onnx_path, device_kind, device_index, intra_op_threads, inter_op_threads,
+                                     graph_optimization, self.notes)
         self.providers: list[str] = self._session.get_providers()
         self._inputs = [_spec(i) for i in self._session.get_inputs()]
         self._outputs = [_spec(o) for o in self._session.get_outputs()]
@@ -84,25 +130,14 @@ class OnnxRuntime(Runtime):
 
     @property
     def session(self):
-        """The ``InferenceSession`` (None once closed), for engines that bind its I/O directly."""
+        if self._session is None:
+            raise RuntimeError("OnnxRuntime used after close()")
         return self._session
 
-    def engine(self, layout, max_len: int | None = None):
-        """The decode engine: I/O binding keeps the KV cache in onnxruntime's memory between steps
-        (:class:`~ascend_lab.runtimes.ort_engine.OrtEngine`); numpy feeds for the cache-less graph."""
-        if layout.graph == "kv_cache":
-            from ascend_lab.runtimes.ort_engine import OrtEngine
-
-            return OrtEngine.from_runtime(self, layout)
-        from ascend_lab.bench.generation import FeedsEngine
-
-        return FeedsEngine(self, layout)
-
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._session is None:
-            raise RuntimeError("OnnxRuntime.run() after close()")
+        session = self.session
         try:
-            results = self._session.run(self._output_names, {spec.name: feeds[spec.name] for spec in self._inputs})
+            results = session.run(self._output_names, {spec.name: feeds[spec.name] for spec in self._inputs})
         except Exception as exc:
             # onnxruntime's messages about wrong feeds name a graph node, or nothing (a missing name is a
             # KeyError): say which input is wrong and how; a failure the feeds do not explain stays as it is.
@@ -112,8 +147,65 @@ class OnnxRuntime(Runtime):
             raise FeedError(f"onnxruntime: {problem}") from exc
         return dict(zip(self._output_names, results))
 
+    def cache_backend(self) -> OrtCacheBackend:
+        return OrtCacheBackend(self.session, self.contract)
+
     def close(self) -> None:
         self._session = None
+
+
+class OrtCacheBackend:
+    """The kv_cache graph on an ``InferenceSession`` with I/O binding (see the module docstring)."""
+
+    fixed_capacity = None
+    seq_gears = None
+
+    def __init__(self, session, contract: gc.GraphContract) -> None:
+        self.session, self.contract = session, contract
+        self.traffic = Traffic()
+        self.batch = self.capacity = 0
+        self._binding = session.io_binding()
+        self._pads: np.ndarray | None = None
+        self._logits: np.ndarray | None = None
+        on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
+        self.notes = [] if on_cpu else [
+            f"{session.get_providers()[0]}: the cache is bound from host memory, so onnxruntime copies it to the "
+            "device every step (use runtime=torch for the GPU path)"]
+
+    def allocate(self, batch: int, capacity: int) -> None:
+        import onnxruntime as ort
+
+        self.cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=self.contract.numpy_dtype)
+        self._cache_value = ort.OrtValue.ortvalue_from_numpy(self.cache)  # shares the numpy memory
+        self.batch, self.capacity = batch, capacity
+
+    def execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[:, None]
+        if pad_lengths is not None:
+            self._pads = np.ascontiguousarray(pad_lengths, dtype=np.int64)
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input(gc.INPUT_IDS, ids)
+        binding.bind_cpu_input(gc.POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
+        binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
+        binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
+        binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
+        for name in self.contract.output_names():
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        logits, token, present = (value.numpy() for value in binding.get_outputs())
+        self.cache[past_length:past_length + present.shape[0]] = present
+        self._logits = logits
+        return token.astype(np.int64, copy=False)
+
+    def to_host(self, tokens) -> np.ndarray:
+        return np.asarray(tokens, dtype=np.int64)
+
+    def last_logits(self) -> np.ndarray:
+        return np.array(self._logits, copy=True)
 
 
 class FeedError(AscendLabError):

@@ -30,17 +30,20 @@ On an NPU that needs a torch_npu whose default compile backend works there.
 Benchmarks call :meth:`StaticDecoderEngine.prepare` once per shape before timing, so the compile
 and capture cost stays out of the measured iterations (otherwise it lands in the first step).
 
-This module imports nothing from ``ascend_lab`` at import time (``ascend_lab.errors`` needs Hydra),
-so the standalone GPU check script can use it on a machine with only torch and transformers.
+The math is :mod:`ascend_lab.qwen2`'s (shared with the exported generation graph). This module imports
+no Hydra, MLflow or onnx, so the standalone GPU check script can use it on a machine with only torch
+and transformers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import numpy as np
+
+from ascend_lab.errors import ToolchainError
+from ascend_lab.qwen2 import LayerWeights, apply_rotary, mlp_block, project, read_qwen2, rms_norm, rotary
 
 log = logging.getLogger(__name__)
 
@@ -48,114 +51,6 @@ log = logging.getLogger(__name__)
 # and a little headroom means a slightly longer prompt does not force a new capture.
 CAPACITY_ALIGN = 16
 COMPILE_SCOPES = ("layer", "step")
-# Rotary variants whose frequencies change with the sequence length cannot be baked into a graph.
-UNSUPPORTED_ROPE = ("dynamic", "longrope")
-
-
-def _user_error(message: str) -> Exception:
-    """A ToolchainError where ascend_lab's errors import (they need Hydra), else a RuntimeError."""
-    try:
-        from ascend_lab.errors import ToolchainError
-    except ImportError:  # the standalone GPU check runs without Hydra
-        return RuntimeError(message)
-    return ToolchainError(message)
-
-
-class LayerWeights(NamedTuple):
-    """One decoder layer's parameters: references to the Hugging Face modules' own tensors."""
-
-    input_norm: Any
-    q_weight: Any
-    q_bias: Any
-    k_weight: Any
-    k_bias: Any
-    v_weight: Any
-    v_bias: Any
-    o_weight: Any
-    post_norm: Any
-    gate: Any
-    up: Any
-    down: Any
-    # Optional concatenations (q|k|v and gate|up): one matrix-vector product instead of three and two,
-    # which reads the same bytes in fewer, larger kernels. A copy of those weights; None when unused.
-    qkv_weight: Any = None
-    qkv_bias: Any = None
-    gate_up: Any = None
-
-    @classmethod
-    def of(cls, layer, fuse: bool = False) -> LayerWeights:
-        import torch
-
-        a, m = layer.self_attn, layer.mlp
-        weights = cls(layer.input_layernorm.weight, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight,
-                      a.k_proj.bias, a.v_proj.weight, a.v_proj.bias, a.o_proj.weight,
-                      layer.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight,
-                      m.down_proj.weight)
-        if not fuse:
-            return weights
-        with torch.no_grad():
-            biases = (a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
-            return weights._replace(
-                qkv_weight=torch.cat([weights.q_weight, weights.k_weight, weights.v_weight]),
-                qkv_bias=None if any(b is None for b in biases) else torch.cat(biases),
-                gate_up=torch.cat([weights.gate, weights.up]))
-
-
-# ---------------------------------------------------------------------------------------------
-# The math, as plain functions of tensors: the same ops in the same order as transformers' Qwen2,
-# so they compile once per shape and reuse across layers (weights are arguments, not attributes).
-
-
-def _rms_norm(x, weight, eps: float):
-    import torch
-
-    dtype = x.dtype
-    x32 = x.to(torch.float32)
-    variance = x32.pow(2).mean(-1, keepdim=True)
-    x32 = x32 * torch.rsqrt(variance + eps)
-    return weight * x32.to(dtype)
-
-
-def _rotate_half(x):
-    import torch
-
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _rotary(positions, inv_freq, attention_scaling: float, dtype):
-    """cos, sin [batch, 1, seq, head_dim] for int positions [batch, seq] (transformers' formula)."""
-    import torch
-
-    freqs = positions[..., None].float() * inv_freq.to(torch.float32)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos = (emb.cos() * attention_scaling).to(dtype)
-    sin = (emb.sin() * attention_scaling).to(dtype)
-    return cos.unsqueeze(1), sin.unsqueeze(1)
-
-
-def _mlp_block(h, w, eps: float):
-    import torch.nn.functional as F
-
-    x = _rms_norm(h, w.post_norm, eps)
-    if w.gate_up is not None:
-        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, w.down)
-    return h + F.linear(F.silu(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
-
-
-def _project(x, w, heads: int, kv_heads: int, head_dim: int):
-    """q [b, heads, s, d], k and v [b, kv_heads, s, d] from normed hidden states [b, s, hidden]."""
-    import torch.nn.functional as F
-
-    b, s = x.shape[0], x.shape[1]
-    if w.qkv_weight is not None:
-        q, k, v = F.linear(x, w.qkv_weight, w.qkv_bias).split(
-            [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-    else:
-        q, k, v = F.linear(x, w.q_weight, w.q_bias), F.linear(x, w.k_weight, w.k_bias), F.linear(x, w.v_weight, w.v_bias)
-    return (q.reshape(b, s, heads, head_dim).transpose(1, 2), k.reshape(b, s, kv_heads, head_dim).transpose(1, 2),
-            v.reshape(b, s, kv_heads, head_dim).transpose(1, 2))
 
 
 def decode_layer(h, cos, sin, mask, write, k_cache, v_cache, w, eps: float, heads: int, kv_heads: int,
@@ -165,10 +60,9 @@ def decode_layer(h, cos, sin, mask, write, k_cache, v_cache, w, eps: float, head
     import torch.nn.functional as F
 
     b = h.shape[0]
-    x = _rms_norm(h, w.input_norm, eps)
-    q, k, v = _project(x, w, heads, kv_heads, head_dim)
-    q = (q * cos) + (_rotate_half(q) * sin)
-    k = (k * cos) + (_rotate_half(k) * sin)
+    x = rms_norm(h, w.input_norm, eps)
+    q, k, v = project(x, w, heads, kv_heads, head_dim)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     k_cache.index_copy_(2, write, k)
     v_cache.index_copy_(2, write, v)
     # GQA without copying the cache: the query heads sharing a KV head (transformers' repeat_kv
@@ -178,7 +72,7 @@ def decode_layer(h, cos, sin, mask, write, k_cache, v_cache, w, eps: float, head
     q = q.reshape(b, kv_heads, group, head_dim)
     out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scaling)
     h = h + F.linear(out.reshape(b, 1, heads * head_dim), w.o_weight)
-    return _mlp_block(h, w, eps)
+    return mlp_block(h, w, eps)
 
 
 def decode_prologue(token, pos, write, mask, embed_weight, inv_freq, attention_scaling: float):
@@ -187,7 +81,7 @@ def decode_prologue(token, pos, write, mask, embed_weight, inv_freq, attention_s
 
     mask.index_fill_(3, write, 0.0)
     h = F.embedding(token.unsqueeze(1), embed_weight)
-    cos, sin = _rotary(pos.unsqueeze(1), inv_freq, attention_scaling, h.dtype)
+    cos, sin = rotary(pos.unsqueeze(1), inv_freq, attention_scaling, h.dtype)
     return h, cos, sin
 
 
@@ -195,7 +89,7 @@ def decode_epilogue(h, norm_weight, eps: float, lm_weight, lm_bias, token, pos, 
     """Greedy pick into the static token buffers; advance the device-side counters."""
     import torch.nn.functional as F
 
-    logits = F.linear(_rms_norm(h[:, -1], norm_weight, eps), lm_weight, lm_bias)
+    logits = F.linear(rms_norm(h[:, -1], norm_weight, eps), lm_weight, lm_bias)
     nxt = logits.argmax(dim=-1)
     history.index_copy_(1, write + 1, nxt.unsqueeze(1))
     token.copy_(nxt)
@@ -225,7 +119,8 @@ class StaticDecoderEngine:
     """
 
     def __init__(self, model, device, max_len: int, graph_capture: bool = False, compile: bool = False,
-                 compile_scope: str = "layer", compile_mode: str | None = None, warmup_steps: int = 3) -> None:
+                 compile_scope: str = "layer", compile_mode: str | None = None, warmup_steps: int = 3,
+                 compile_backend="inductor") -> None:
         import torch
 
         if max_len < 2:
@@ -238,8 +133,11 @@ class StaticDecoderEngine:
         self.compile = bool(compile)
         self.compile_scope = compile_scope
         self.compile_mode = compile_mode
+        self.compile_backend = compile_backend  # "inductor", or a backend object (torchair's on an NPU)
         self.warmup_steps = max(1, int(warmup_steps))
         self.notes: list[str] = []
+        self.traffic = None  # everything stays on the device; nothing is counted
+        self.prefill_executions = 1  # the prompt in one pass
         self.graph_capture = bool(graph_capture)
         if self.graph_capture and _graph_api(self.kind) is None:
             self._note(f"graph capture is not available on {self.kind} (no torch.{self.kind} graph API); "
@@ -273,34 +171,17 @@ class StaticDecoderEngine:
     # -- model ------------------------------------------------------------------------------
 
     def _read_model(self, model) -> None:
-        config = model.config
         try:
-            base, layers = model.model, model.model.layers
-            rotary = base.rotary_emb
-        except AttributeError as exc:
-            raise _user_error(f"the static decoder needs a Qwen2-architecture model (model.model.layers, "
-                              f"rotary_emb); {type(model).__name__} has no {exc.name}") from exc
-        if getattr(config, "hidden_act", "silu") != "silu":
-            raise _user_error(f"the static decoder implements SiLU MLPs; hidden_act={config.hidden_act!r}")
-        if "sliding_attention" in (getattr(config, "layer_types", None) or []):
-            raise _user_error("the static decoder attends over the full cache; this config uses sliding-window "
-                              "layers (use_sliding_window=true)")
-        rope_type = getattr(rotary, "rope_type", "default")
-        if any(kind in rope_type for kind in UNSUPPORTED_ROPE):
-            raise _user_error(f"rope_type={rope_type!r} changes its frequencies with the length; the static "
-                              "decoder needs a fixed rotary table")
+            spec = read_qwen2(model)
+        except ValueError as exc:
+            raise ToolchainError(f"the static decoder {exc}") from None
+        base, layers = spec["base"], spec["layers"]
         self.num_layers = len(layers)
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        attn0 = layers[0].self_attn
-        self.scaling = float(getattr(attn0, "scaling", self.head_dim ** -0.5))
-        self.eps = float(layers[0].input_layernorm.variance_epsilon)
+        self.heads, self.kv_heads, self.head_dim = spec["heads"], spec["kv_heads"], spec["head_dim"]
+        self.scaling, self.eps = spec["scaling"], spec["eps"]
         self._embed = base.embed_tokens.weight
-        self._inv_freq = rotary.inv_freq
-        self._rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
-        self._norm = base.norm.weight
-        self._norm_eps = float(base.norm.variance_epsilon)
+        self._inv_freq, self._rope_scaling = spec["inv_freq"], spec["rope_scaling"]
+        self._norm, self._norm_eps = base.norm.weight, spec["norm_eps"]
         self._lm_weight = model.lm_head.weight  # the embedding itself when tied: no copy
         self._lm_bias = getattr(model.lm_head, "bias", None)
         # Compiled steps also fuse the projections (an extra copy of the q/k/v and gate/up weights).
@@ -308,7 +189,7 @@ class StaticDecoderEngine:
 
     def _build_step(self, torch) -> Callable[[], None]:
         prologue, layer, epilogue = decode_prologue, decode_layer, decode_epilogue
-        options = {"fullgraph": True, "dynamic": False, "mode": self.compile_mode}
+        options = {"fullgraph": True, "dynamic": False, "mode": self.compile_mode, "backend": self.compile_backend}
         if self.compile:
             _allow_recompiles(torch)
         if self.compile and self.compile_scope == "layer":
@@ -379,21 +260,20 @@ class StaticDecoderEngine:
         with torch.no_grad():
             positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
             h = F.embedding(ids, self._embed)
-            cos, sin = _rotary(positions, self._inv_freq, self._rope_scaling, h.dtype)
+            cos, sin = rotary(positions, self._inv_freq, self._rope_scaling, h.dtype)
             additive = self._prompt_mask(mask, plen)
             group = self.heads // self.kv_heads
             for i, w in enumerate(self._layers):
-                x = _rms_norm(h, w.input_norm, self.eps)
-                q, k, v = _project(x, w, self.heads, self.kv_heads, self.head_dim)
-                q = (q * cos) + (_rotate_half(q) * sin)
-                k = (k * cos) + (_rotate_half(k) * sin)
+                x = rms_norm(h, w.input_norm, self.eps)
+                q, k, v = project(x, w, self.heads, self.kv_heads, self.head_dim)
+                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
                 self._k[i][:, :, :plen].copy_(k)
                 self._v[i][:, :, :plen].copy_(v)
                 out = F.scaled_dot_product_attention(q, _repeat_kv(k, group), _repeat_kv(v, group),
                                                      attn_mask=additive, scale=self.scaling)
                 h = h + F.linear(out.transpose(1, 2).reshape(batch, plen, -1), w.o_weight)
-                h = _mlp_block(h, w, self.eps)
-            logits = F.linear(_rms_norm(h[:, -1], self._norm, self._norm_eps), self._lm_weight, self._lm_bias)
+                h = mlp_block(h, w, self.eps)
+            logits = F.linear(rms_norm(h[:, -1], self._norm, self._norm_eps), self._lm_weight, self._lm_bias)
             first = logits.argmax(dim=-1)
             # In place: a captured graph holds these very buffers.
             blocked = torch.finfo(self.dtype).min
@@ -425,7 +305,7 @@ class StaticDecoderEngine:
         if self._count == 0:
             raise RuntimeError("step() before prefill()")
         if self._next >= self._capacity:
-            raise _user_error(
+            raise ToolchainError(
                 f"the static KV cache is full ({self._capacity} slots, prompt {self._prompt_len} + "
                 f"{self._count - 1} steps); build the engine with a larger max_len or call "
                 "prepare(batch, prompt_len, new_tokens) first")

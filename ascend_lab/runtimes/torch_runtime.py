@@ -1,9 +1,10 @@
 """The torch runtime: the model in PyTorch on the resolved device (npu, cuda or cpu).
 
-It runs the export helper's graph wrappers (``KVCacheDecoder`` etc.), so torch and onnxruntime
-execute the same semantics and I/O convention. ``run(feeds)`` takes and returns numpy like every
-runtime; ``bind`` and :class:`TorchEngine` are the fast paths the benchmark uses, with inputs
-placed on the device once and the KV cache and tokens kept there between decode steps.
+It runs the export's graph modules (:func:`ascend_lab.export.wrappers.wrapper_for`), so torch,
+onnxruntime and pyACL execute the same graph contract; its cache backend keeps the kv_cache graph's
+cache and the generated tokens on the device between steps. With ``runtime.graph_capture`` or
+``runtime.compile`` the engine is instead the static-cache decoder whose decode step is compiled and
+captured as one CUDA/NPU graph (:mod:`ascend_lab.runtimes.static_decoder`).
 """
 
 from __future__ import annotations
@@ -12,27 +13,48 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ascend_lab.bench.generation import GraphLayout
-from ascend_lab.runtimes.base import Runtime, TensorSpec
+from ascend_lab import graph_contract as gc
+from ascend_lab.errors import ToolchainError
+from ascend_lab.runtimes.base import Engine, Runtime, TensorSpec, Traffic
+
+
+def compile_backend(choice: str, device_kind: str):
+    """The ``torch.compile`` backend for ``runtime.compile_backend`` on this device.
+
+    auto: torchair on an NPU (torch_npu's inductor support is missing or very slow there: sglang saw a
+    17 s → 110 s step until it switched to torchair), inductor elsewhere.
+    """
+    if choice == "inductor" or (choice == "auto" and device_kind != "npu"):
+        return "inductor"
+    try:
+        import torchair
+    except ImportError as exc:
+        raise ToolchainError(
+            f"runtime.compile on an NPU needs torchair (runtime.compile_backend={choice}): `import torchair` "
+            f"failed ({exc}). Install the torchair package matching your torch_npu, or use "
+            "runtime.compile_backend=inductor, or drop runtime.compile.") from None
+    return torchair.get_npu_backend()
 
 
 class TorchRuntime(Runtime):
     name = "torch"
 
-    def __init__(self, model, layout: GraphLayout, torch_device, intra_op_threads: int = 0,
-                 graph_capture: bool = False, compile: bool = False) -> None:
+    def __init__(self, model, contract: gc.GraphContract, torch_device, intra_op_threads: int = 0,
+                 graph_capture: bool = False, compile: bool = False, compile_backend_choice: str = "auto",
+                 tokenizer=None) -> None:
         import torch
 
         from ascend_lab.export.wrappers import wrapper_for
 
         if intra_op_threads > 0:
             torch.set_num_threads(intra_op_threads)
-        self.layout = layout
+        self.contract = contract
         self.device = torch_device
-        self.dtype = model.dtype
         self.model = model
+        self.tokenizer = tokenizer
         self.graph_capture, self.compile = graph_capture, compile
-        self.wrapper = wrapper_for(layout.graph, model).eval()
+        self.compile_backend_choice = compile_backend_choice
+        self.wrapper = wrapper_for(contract.graph, model).eval()
 
     @classmethod
     def load(cls, cfg, device) -> "TorchRuntime":
@@ -40,39 +62,46 @@ class TorchRuntime(Runtime):
         from ascend_lab.models import load_model
 
         loaded = load_model(cfg.model, cfg.seed, device=device.torch_device)
-        layout = GraphLayout.from_model_config(cfg.export.graph, loaded.config, cfg.model.dtype)
-        runtime = cls(loaded.model, layout, device.torch_device, cfg.runtime.intra_op_threads,
-                      graph_capture=cfg.runtime.graph_capture, compile=cfg.runtime.compile)
-        runtime.tokenizer = loaded.tokenizer
+        contract = gc.GraphContract(cfg.export.graph, gc.ModelDims.of(loaded.config), cfg.model.dtype)
+        runtime = cls(loaded.model, contract, device.torch_device, cfg.runtime.intra_op_threads,
+                      graph_capture=cfg.runtime.graph_capture, compile=cfg.runtime.compile,
+                      compile_backend_choice=cfg.runtime.compile_backend, tokenizer=loaded.tokenizer)
         return runtime
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        past = ("batch", self.layout.num_kv_heads, "past_seq", self.layout.head_dim)
-        ids = TensorSpec("input_ids", ("batch", "seq"), np.dtype(np.int64))
-        mask = TensorSpec("attention_mask", ("batch", "total_seq" if self.layout.graph == "kv_cache" else "seq"),
-                          np.dtype(np.int64))
-        return [ids, mask] + [TensorSpec(n, past, np.dtype(self.layout.cache_dtype)) for n in self.layout.past_names()]
+        ids = np.dtype(np.int64)
+        if self.contract.graph != "kv_cache":
+            return [TensorSpec(gc.INPUT_IDS, ("batch", "seq"), ids), TensorSpec(gc.ATTENTION_MASK, ("batch", "seq"), ids)]
+        cache = ("capacity", "batch", *self.contract.cache_shape(1, 1)[2:])
+        return [TensorSpec(gc.INPUT_IDS, ("batch", "seq"), ids), TensorSpec(gc.POSITION_IDS, ("batch", "seq"), ids),
+                TensorSpec(gc.PAST_LENGTH, (1,), ids), TensorSpec(gc.PAD_LENGTHS, ("batch",), ids),
+                TensorSpec(gc.PAST_KEY_VALUES, cache, np.dtype(self.contract.numpy_dtype))]
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        if self.layout.graph == "hidden_states":
-            return [TensorSpec("hidden_states", ("batch", "seq", "hidden"), np.dtype(self.layout.cache_dtype))]
-        logits = TensorSpec("logits", ("batch", "seq", self.layout.vocab_size), np.dtype(self.layout.cache_dtype))
-        present = ("batch", self.layout.num_kv_heads, "total_seq", self.layout.head_dim)
-        return [logits] + [TensorSpec(n, present, np.dtype(self.layout.cache_dtype))
-                           for n in self.layout.present_names()]
+        dtype = np.dtype(self.contract.numpy_dtype)
+        d = self.contract.dims
+        if self.contract.graph == "hidden_states":
+            return [TensorSpec(gc.HIDDEN_STATES, ("batch", "seq", d.hidden_size), dtype)]
+        if self.contract.graph == "logits":
+            return [TensorSpec(gc.LOGITS, ("batch", "seq", d.vocab_size), dtype)]
+        present = ("seq", "batch", *self.contract.cache_shape(1, 1)[2:])
+        return [TensorSpec(gc.LOGITS, ("batch", d.vocab_size), dtype),
+                TensorSpec(gc.NEXT_TOKEN, ("batch",), np.dtype(np.int64)),
+                TensorSpec(gc.PRESENT_KEY_VALUES, present, dtype)]
 
-    def _to_device(self, feeds: Mapping[str, np.ndarray]) -> list:
+    def to_device(self, feeds: Mapping[str, np.ndarray]) -> list:
+        """The graph's arguments on the device, in input order (floats in the model dtype)."""
         import torch
 
         args = []
-        for name in self.layout.input_names():
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
-            args.append(tensor if name in ("input_ids", "attention_mask") else tensor.to(self.dtype))
+        for spec in self.inputs:
+            tensor = torch.from_numpy(np.ascontiguousarray(feeds[spec.name])).to(self.device)
+            args.append(tensor.to(self.model.dtype) if tensor.is_floating_point() else tensor)
         return args
 
-    def _call(self, args: list):
+    def call(self, args: list) -> tuple:
         import torch
 
         with torch.inference_mode():
@@ -80,67 +109,77 @@ class TorchRuntime(Runtime):
         return out if isinstance(out, tuple) else (out,)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._call(self._to_device(feeds))
-        return {name: _to_numpy(t) for name, t in zip(self.layout.output_names(), outputs)}
+        outputs = self.call(self.to_device(feeds))
+        return {name: _to_numpy(t) for name, t in zip(self.contract.output_names(), outputs)}
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
-        """A zero-argument call on inputs already on the device; outputs stay there."""
-        args = self._to_device(feeds)
-        return lambda: self._call(args)
+        args = self.to_device(feeds)
+        return lambda: self.call(args)
 
-    def engine(self, max_len: int | None = None):
-        """The decode engine: the wrapper's dynamic cache, or with ``runtime.graph_capture`` (or
-        ``compile``) the static-cache engine whose decode step is captured/compiled; ``max_len`` is
-        the prompt + new tokens it must hold."""
-        if self.graph_capture or self.compile:
-            from ascend_lab.runtimes.static_decoder import StaticDecoderEngine
+    def cache_backend(self) -> TorchCacheBackend:
+        return TorchCacheBackend(self)
 
-            self.layout.require_generative()
-            return StaticDecoderEngine(self.model, self.device, max_len=max(max_len or 0, 2),
-                                       graph_capture=self.graph_capture, compile=self.compile)
-        return TorchEngine(self)
+    def engine(self, max_tokens: int, prefill_chunks: tuple[int, ...], capacity_limit: int) -> Engine:
+        """The generic engine over :class:`TorchCacheBackend`, or with ``runtime.graph_capture`` /
+        ``runtime.compile`` the static-cache engine whose decode step is compiled and captured."""
+        if not (self.graph_capture or self.compile):
+            return super().engine(max_tokens, prefill_chunks, capacity_limit)
+        from ascend_lab.runtimes.static_decoder import StaticDecoderEngine
+
+        self.contract.require_generative()
+        backend = compile_backend(self.compile_backend_choice, self.device.type) if self.compile else None
+        return StaticDecoderEngine(self.model, self.device, max_len=max(max_tokens, 2),
+                                   graph_capture=self.graph_capture, compile=self.compile, compile_backend=backend)
 
     def close(self) -> None:
         self.wrapper = None
 
 
-class TorchEngine:
-    """Greedy decoding with the KV cache, mask and tokens on the device (no host round trip)."""
+class TorchCacheBackend:
+    """The kv_cache graph's cache as one tensor on the device; tokens stay there too (no host sync per step)."""
+
+    fixed_capacity = None
+    seq_gears = None
 
     def __init__(self, runtime: TorchRuntime) -> None:
-        runtime.layout.require_generative()
         self.runtime = runtime
-        self.layout = runtime.layout
-        self._tokens: list = []
+        self.traffic = Traffic()
+        self.batch = self.capacity = 0
+        self._pads = None
+        self._logits = None
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
-        feeds = self.layout.forward_feeds(input_ids, attention_mask)
-        args = self.runtime._to_device(feeds)
-        self._ids, self._mask = args[0], args[1]
-        self._tokens = []
-        self._advance(args)
-
-    def step(self) -> None:
+    def allocate(self, batch: int, capacity: int) -> None:
         import torch
 
-        last = self._tokens[-1].unsqueeze(1)
-        self._mask = torch.cat([self._mask, torch.ones_like(last)], dim=1)
-        if self.layout.graph == "kv_cache":
-            args = [last, self._mask, *self._past]
+        contract = self.runtime.contract
+        self.cache = torch.zeros(contract.cache_shape(capacity, batch), dtype=self.runtime.model.dtype,
+                                 device=self.runtime.device)
+        self.batch, self.capacity = batch, capacity
+
+    def execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
+        import torch
+
+        device = self.runtime.device
+        if isinstance(input_ids, np.ndarray):
+            ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(device)
         else:
-            self._ids = torch.cat([self._ids, last], dim=1)
-            args = [self._ids, self._mask]
-        self._advance(args)
+            ids = input_ids
+        if ids.ndim == 1:
+            ids = ids.unsqueeze(1)
+        if pad_lengths is not None:
+            self._pads = torch.from_numpy(np.ascontiguousarray(pad_lengths, dtype=np.int64)).to(device)
+        positions = torch.from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64)).to(device)
+        past = torch.tensor([past_length], dtype=torch.int64, device=device)
+        logits, token, present = self.runtime.call([ids, positions, past, self._pads, self.cache])
+        self.cache[past_length:past_length + present.shape[0]].copy_(present)
+        self._logits = logits
+        return token
 
-    def _advance(self, args: list) -> None:
-        outputs = self.runtime._call(args)
-        self._past = outputs[1:]
-        self._tokens.append(outputs[0][:, -1, :].argmax(dim=-1))
+    def to_host(self, tokens) -> np.ndarray:
+        return tokens.cpu().numpy().astype(np.int64)
 
-    def generated(self) -> np.ndarray:
-        import torch
-
-        return torch.stack(self._tokens, dim=1).cpu().numpy().astype(np.int64)
+    def last_logits(self) -> np.ndarray:
+        return _to_numpy(self._logits)
 
 
 def _to_numpy(tensor) -> np.ndarray:

@@ -11,22 +11,23 @@ from __future__ import annotations
 import logging
 import time
 
-from ascend_lab.bench.generation import fixed_past_len
 from ascend_lab.bench.scenarios import make_inputs, run_forward, run_generate
 from ascend_lab.bench.summary import Row, figure_text
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
+from ascend_lab.prepare import plan_runtime
 from ascend_lab.report import format_table
-from ascend_lab.runtimes.select import layout_for, open_runtime, plan_runtime, tokenizer_for
+from ascend_lab.runtimes.select import open_runtime, tokenizer_for
 
 log = logging.getLogger(__name__)
 
 # Figures shown on the console after a run (all of them are logged).
 SHOWN = ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "throughput_samples_s", "throughput_tokens_s",
          "ttft_ms_mean", "tpot_ms_mean", "tpot_ms_p99", "decode_tokens_s", "e2e_ms_mean", "npu_compute_ms_mean",
-         "h2d_ms_mean", "d2h_ms_mean", "npu_throughput_samples_s", "host_peak_rss_mb", "host_rss_growth_mb",
-         "device_peak_mb", "load_seconds", "iterations")
+         "h2d_ms_mean", "d2h_ms_mean", "npu_throughput_samples_s", "h2d_bytes_per_token", "d2h_bytes_per_token",
+         "d2d_bytes_per_token", "runtime_calls_per_token", "prefill_executions", "host_peak_rss_mb",
+         "host_rss_growth_mb", "device_peak_mb", "load_seconds", "iterations")
 
 
 def timer_for(runtime_name: str, device):
@@ -35,21 +36,11 @@ def timer_for(runtime_name: str, device):
     return device.timer if runtime_name == "torch" else device.host_timer
 
 
-def engine_for(runtime, layout, max_len: int, tracker=None):
-    """The runtime's own decode engine where it has one (torch: tensors stay on the device;
-    onnxruntime: I/O binding), else numpy feeds through ``run()`` (pyACL)."""
-    from ascend_lab.bench.generation import FeedsEngine
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
-
-    if isinstance(runtime, OnnxRuntime):
-        engine = runtime.engine(layout, max_len)
-    elif hasattr(runtime, "engine"):
-        engine = runtime.engine(max_len)
-    else:
-        engine = FeedsEngine(runtime, layout)
-    if tracker is not None:
-        notes = getattr(engine, "notes", None)
-        tracker.set_tags({"engine": type(engine).__name__, **({"engine.notes": "; ".join(notes)} if notes else {})})
+def engine_for(runtime, cfg: AppConfig, max_tokens: int, tracker):
+    """The runtime's generation engine, its kind and notes recorded as tags."""
+    engine = runtime.engine(max_tokens, tuple(cfg.export.prefill_chunks), cfg.export.kv_capacity)
+    tracker.set_tags({"engine": type(engine).__name__,
+                      **({"engine.notes": "; ".join(engine.notes)} if engine.notes else {})})
     return engine
 
 
@@ -62,20 +53,25 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
     log.info("runtime %s (%s)", plan.name, plan.reason)
     device = ctx.device
     started = time.perf_counter()
-    runtime = open_runtime(plan, cfg, ctx)
+    runtime = open_runtime(plan, cfg, device)
     load_seconds = time.perf_counter() - started
     with runtime:
-        layout = layout_for(plan, runtime)
         tokenizer = tokenizer_for(cfg, runtime) if bench.input_source == "prompt" else None
-        input_ids, attention_mask = make_inputs(bench, bench.batch_size, layout.vocab_size, cfg.seed, tokenizer)
+        input_ids, attention_mask = make_inputs(bench, bench.batch_size, runtime.contract.dims.vocab_size, cfg.seed,
+                                                tokenizer)
         timer = timer_for(plan.name, device)
-        if bench.scenario == "forward":
-            feeds = layout.forward_feeds(input_ids, attention_mask, fixed_past_len(runtime.inputs))
-            fn = runtime.bind(feeds) if hasattr(runtime, "bind") else (lambda: runtime.run(feeds))
-            result = run_forward(fn, bench.batch_size, input_ids.shape[1], bench, timer, runtime, device, plan.name)
-        else:
-            engine = engine_for(runtime, layout, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
+        prompt_len = input_ids.shape[1]
+        if bench.scenario == "generate":
+            engine = engine_for(runtime, cfg, prompt_len + bench.new_tokens, ctx.tracker)
             result = run_generate(engine, input_ids, attention_mask, bench, timer, runtime, device, plan.name)
+        elif runtime.contract.graph == "kv_cache":  # this graph's forward pass is the prompt's prefill
+            engine = engine_for(runtime, cfg, prompt_len + 1, ctx.tracker)
+            engine.prepare(bench.batch_size, prompt_len, 1)
+            result = run_forward(lambda: engine.prefill(input_ids, attention_mask), bench.batch_size, prompt_len,
+                                 bench, timer, runtime, device, plan.name)
+        else:
+            fn = runtime.bind({"input_ids": input_ids, "attention_mask": attention_mask})
+            result = run_forward(fn, bench.batch_size, prompt_len, bench, timer, runtime, device, plan.name)
     metrics = {**result.metrics, "load_seconds": load_seconds, "prepare_seconds": plan.prepare_seconds,
                "seq_len": float(input_ids.shape[1])}
     ctx.tracker.log_metrics(metrics)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ascend_lab.atc import ensure_compiled, plan_compile
+from ascend_lab.compile import ensure_compiled, plan_compile
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.report import format_table
@@ -12,15 +12,15 @@ from ascend_lab.report import format_table
 def run(cfg: AppConfig, ctx: JobContext) -> dict:
     from ascend_lab.export import ensure_exported
 
-    exported = ensure_exported(cfg, ctx)
+    exported = ensure_exported(cfg, ctx, dtype=cfg.atc.export_dtype)
     # Without atc this raises the clear "CANN is not installed" error instead of skipping.
-    plan = plan_compile(cfg, ctx, exported)
+    plan = plan_compile(cfg, ctx.path(cfg.atc.output_dir), exported)
     compiled = ensure_compiled(cfg, ctx, exported, required=True, plan=plan)
     shapes = plan.shapes
     gears = shapes.batch_gears or (";".join(",".join(map(str, g)) for g in shapes.dims_gears)
                                    if shapes.dims_gears else None)
     rows = [
-        ("graph", exported.graph),
+        ("graph", f"{exported.graph} ({exported.dtype})"),
         ("onnx", exported.onnx_path),
         ("onnx sha256", exported.sha256[:16]),
         ("soc_version", cfg.atc.soc_version),

@@ -17,8 +17,10 @@ from ascend_lab.bench.stats import per_second, summarize
 from ascend_lab.config import AppConfig, check_sequence_fits
 from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
-from ascend_lab.runtimes.select import layout_for, open_runtime, plan_runtime, tokenizer_for
+from ascend_lab.prepare import plan_runtime
+from ascend_lab.runtimes.select import open_runtime, tokenizer_for
 from ascend_lab.tasks.bench import engine_for, timer_for
+from ascend_lab.text import display_text, weights_note
 
 
 def run(cfg: AppConfig, ctx: JobContext) -> str:
@@ -26,10 +28,9 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
     plan = plan_runtime(cfg, ctx)
     ctx.tracker.set_tags({**plan.tags(), "model": cfg.model.name})
     started = time.perf_counter()
-    runtime = open_runtime(plan, cfg, ctx)
+    runtime = open_runtime(plan, cfg, ctx.device)
     load_seconds = time.perf_counter() - started
     with runtime:
-        layout = layout_for(plan, runtime)
         tokenizer = tokenizer_for(cfg, runtime)
         ids = tokenizer(bench.prompt)["input_ids"]
         if not ids:
@@ -37,10 +38,12 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
         check_sequence_fits(cfg.model, len(ids) + bench.new_tokens, "benchmark.new_tokens", bench.new_tokens,
                             f"the prompt's {len(ids)} tokens + benchmark.new_tokens")
         input_ids = np.asarray([ids], dtype=np.int64)
-        engine = engine_for(runtime, layout, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
+        engine = engine_for(runtime, cfg, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
+        engine.prepare(1, input_ids.shape[1], bench.new_tokens)
         result = greedy_generate(engine, input_ids, np.ones_like(input_ids), bench.new_tokens,
                                  timer_for(plan.name, ctx.device))
-    text = tokenizer.decode(result.tokens[0].tolist(), skip_special_tokens=False)
+    text = display_text(tokenizer, result.tokens[0].tolist())
+    note = weights_note(cfg.model.weights)
     metrics = {"load_seconds": load_seconds, "ttft_ms": result.ttft_ms, "prompt_tokens": len(ids),
                "new_tokens": bench.new_tokens}
     if result.step_ms:
@@ -50,6 +53,8 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
     ctx.tracker.log_text(f"prompt: {bench.prompt}\ngenerated: {text}\n", "generated_text.txt")
     ctx.tracker.log_dict({"prompt_ids": ids, "generated_ids": result.tokens[0].tolist()}, "generated_ids.json")
     print(f"runtime: {plan.name} ({plan.reason})")
+    if note:
+        print(note)
     print(f"prompt:    {bench.prompt}")
     print(f"generated: {text}")
     print(f"ttft {result.ttft_ms:.2f} ms"

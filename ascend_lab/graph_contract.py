@@ -1,0 +1,201 @@
+"""The graph contract: what an exported graph takes and gives, shared by export, every runtime and the
+benchmark (none of them reaches sideways or up for it).
+
+Three graphs (``export.graph``):
+
+- ``hidden_states`` (the walkthrough's wrapper): ``input_ids``, ``attention_mask`` [batch, seq] →
+  ``hidden_states`` [batch, seq, hidden]. No cache.
+- ``logits``: the same inputs → ``logits`` [batch, seq, vocab]. No cache: generation re-reads the whole
+  sequence every token.
+- ``kv_cache``, the generation graph, shaped for ATC (static shapes but one gear dim, positions passed in,
+  one cache tensor of fixed capacity, only ops and dtypes ATC's ONNX pages list) and run the same way by
+  torch, onnxruntime and pyACL:
+
+  ============================ ============================================ ==========================
+  name                         shape                                        meaning
+  ============================ ============================================ ==========================
+  in ``input_ids``             [batch, seq] int64                           the new tokens
+  in ``position_ids``          [batch, seq] int64                           their rotary positions
+  in ``past_length``           [1] int64                                    slots written before them
+  in ``pad_lengths``           [batch] int64                                each row's leading pad slots
+  in ``past_key_values``       [capacity, batch, 2·layers, kv_heads, dim]   the cache (keys, values)
+  out ``logits``               [batch, vocab]                               last position only
+  out ``next_token``           [batch] int64                                its greedy pick (ArgMax)
+  out ``present_key_values``   [seq, batch, 2·layers, kv_heads, dim]        the new tokens' K/V
+  ============================ ============================================ ==========================
+
+  The new tokens occupy cache slots ``[past_length, past_length + seq)``; the graph attends over the
+  cache's written slots of each row (``pad_lengths[b] <= slot < past_length``) and causally over the new
+  tokens, and the caller writes ``present_key_values`` into exactly those slots afterwards. The cache is
+  *slot-major*: one slot of the whole batch (all layers, keys and values) is one contiguous block, so
+  that write is one device-to-device copy per execution whatever the batch and depth, and the traffic
+  between host and device per token is a few integers in and one token id out, independent of the
+  context. Masked scores are replaced by :data:`MASK_VALUE`, finite in float16, so no row turns NaN.
+  ``seq`` is the only dynamic dim ATC needs (gears ``1`` for a decode step and ``export.prefill_chunks``
+  for the prompt): two ``-1`` per gear. ``capacity`` is symbolic in the ONNX file and fixed by ATC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GRAPHS = ("hidden_states", "logits", "kv_cache")
+GENERATIVE_GRAPHS = ("logits", "kv_cache")
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+PAST_LENGTH = "past_length"
+PAD_LENGTHS = "pad_lengths"
+PAST_KEY_VALUES = "past_key_values"
+HIDDEN_STATES = "hidden_states"
+LOGITS = "logits"
+NEXT_TOKEN = "next_token"
+PRESENT_KEY_VALUES = "present_key_values"
+
+# Replaces masked attention scores: finite in float16 (whose largest magnitude is 65504) and far below
+# any real score, so exp() of it underflows to exactly 0 in float16 and float32 alike. ATC's default
+# force_fp16 would turn a finfo(float32).min mask into -inf and a fully masked (padding) row into NaN.
+MASK_VALUE = -1.0e4
+
+# numpy has no bfloat16: such tensors travel as float32 through numpy feeds.
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The figures of a decoder that shape its graphs."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+
+    @classmethod
+    def of(cls, config) -> ModelDims:
+        """From a transformers config (Qwen2Config or a checkpoint's own)."""
+        heads = config.num_attention_heads
+        return cls(num_layers=config.num_hidden_layers, num_heads=heads,
+                   num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                   head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+                   hidden_size=config.hidden_size, vocab_size=config.vocab_size)
+
+
+@dataclass(frozen=True)
+class GraphContract:
+    """One graph's I/O: names, dims and dtypes (``dtype``: the float dtype it computes in)."""
+
+    graph: str
+    dims: ModelDims
+    dtype: str
+
+    @property
+    def generative(self) -> bool:
+        return self.graph in GENERATIVE_GRAPHS
+
+    @property
+    def numpy_dtype(self) -> type:
+        return NUMPY_DTYPES[self.dtype]
+
+    def input_names(self) -> list[str]:
+        if self.graph == "kv_cache":
+            return [INPUT_IDS, POSITION_IDS, PAST_LENGTH, PAD_LENGTHS, PAST_KEY_VALUES]
+        return [INPUT_IDS, ATTENTION_MASK]
+
+    def output_names(self) -> list[str]:
+        return {"hidden_states": [HIDDEN_STATES], "logits": [LOGITS],
+                "kv_cache": [LOGITS, NEXT_TOKEN, PRESENT_KEY_VALUES]}[self.graph]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Named symbolic dims of every input and output (what ATC's shapes are derived from)."""
+        if self.graph != "kv_cache":
+            axes = {INPUT_IDS: {0: "batch", 1: "seq"}, ATTENTION_MASK: {0: "batch", 1: "seq"}}
+            axes[self.output_names()[0]] = {0: "batch", 1: "seq"}
+            return axes
+        return {
+            INPUT_IDS: {0: "batch", 1: "seq"}, POSITION_IDS: {0: "batch", 1: "seq"},
+            PAD_LENGTHS: {0: "batch"}, PAST_KEY_VALUES: {0: "capacity", 1: "batch"},
+            LOGITS: {0: "batch"}, NEXT_TOKEN: {0: "batch"}, PRESENT_KEY_VALUES: {0: "seq", 1: "batch"},
+        }
+
+    # -- the kv_cache graph's cache --------------------------------------------------------------
+
+    def cache_shape(self, capacity: int, batch: int) -> tuple[int, ...]:
+        d = self.dims
+        return (capacity, batch, 2 * d.num_layers, d.num_kv_heads, d.head_dim)
+
+    def slot_elements(self, batch: int) -> int:
+        """Elements of one cache slot of the whole batch (one contiguous block of the cache)."""
+        d = self.dims
+        return batch * 2 * d.num_layers * d.num_kv_heads * d.head_dim
+
+    def require_generative(self) -> None:
+        if not self.generative:
+            from ascend_lab.errors import ConfigError
+
+            raise ConfigError("export.graph", self.graph,
+                              "the hidden_states graph has no logits to pick tokens from; generation needs "
+                              "export.graph=kv_cache (or logits)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Host-side arithmetic of a generation over the kv_cache graph (pure: every runtime uses it alike)
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """How a left-padded prompt batch is fed: ``extra_pad`` more pad slots in front (so the prompt fills
+    whole chunks), then ``chunks`` executions of those sizes."""
+
+    prompt_len: int
+    extra_pad: int
+    chunks: tuple[int, ...]
+
+    @property
+    def padded_len(self) -> int:
+        return self.prompt_len + self.extra_pad
+
+
+def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...]) -> PrefillPlan:
+    """Left-pad to a multiple of the smallest chunk, then feed the largest chunks that fit first.
+
+    A 512-token prompt with chunks (16, 128) is 4 executions of 128; a 14-token one, 1 of 16.
+    """
+    if prompt_len < 1:
+        raise ValueError("a prompt needs at least one token")
+    sizes = sorted(set(chunk_sizes), reverse=True)
+    smallest = sizes[-1]
+    padded = -(-prompt_len // smallest) * smallest
+    chunks, left = [], padded
+    for size in sizes:
+        while left >= size:
+            chunks.append(size)
+            left -= size
+    return PrefillPlan(prompt_len, padded - prompt_len, tuple(chunks))
+
+
+def left_pad_lengths(attention_mask: np.ndarray) -> np.ndarray:
+    """Leading zeros of each row of a left-padded [batch, seq] mask (int64 [batch]).
+
+    Raises ValueError for a row with a hole or right padding: the cache graph masks a row's pads by
+    their count, so they must all lead.
+    """
+    mask = np.asarray(attention_mask) != 0
+    pads = np.argmax(mask, axis=1)
+    pads[~mask.any(axis=1)] = mask.shape[1]
+    real = mask.sum(axis=1)
+    if np.any(pads + real != mask.shape[1]) or np.any(real == 0):
+        raise ValueError("the kv_cache graph needs left-padded prompts (each row: zeros, then ones, at least one "
+                         "real token)")
+    return pads.astype(np.int64)
+
+
+def positions(start_slot: int, length: int, pad_lengths: np.ndarray) -> np.ndarray:
+    """Rotary positions [batch, length] of the tokens in slots ``start_slot…``: slot − the row's pads,
+    0 for pad slots (their outputs are never read)."""
+    slots = np.arange(start_slot, start_slot + length, dtype=np.int64)[None, :]
+    return np.maximum(slots - pad_lengths[:, None], 0)
