@@ -2,18 +2,33 @@
 
 Versions (torch, torch_npu, CANN), the resolved device with count, index and name, a matmul timed
 on the device and on the CPU (warm-up, repeats, synchronised), device memory, and the Ascend
-toolchain (npu-smi, atc, pyACL, toolkit version).
+toolchain (npu-smi, atc, pyACL, toolkit version). Then:
+
+- the torch ↔ torch_npu ↔ CANN pairing against Ascend's published table (a warning naming the versions
+  that match when it is off; :mod:`ascend_lab.telemetry.pairing`);
+- where npu-smi exists, its board table: per chip health, power, temperature and HBM in use;
+- with ``doctor.compare_to=<run id or environment.json>``, what differs between this host's environment and
+  that one, by group, the fields known to change results marked, logged as ``environment_diff.json`` /
+  ``.txt`` (:mod:`ascend_lab.telemetry.environment`). The reference is read before any work, so a wrong one
+  fails at once.
 """
 
 from __future__ import annotations
 
+import logging
+
 from ascend_lab import cann
 from ascend_lab.bench.stats import summarize
+from ascend_lab.bench.summary import figure_text
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.device import HostTimer, measure
 from ascend_lab.provenance import installed_version
 from ascend_lab.report import format_table
+from ascend_lab.telemetry import environment
+from ascend_lab.telemetry.pairing import check_pairing
+
+log = logging.getLogger(__name__)
 
 
 def time_matmul(device, size: int, dtype_name: str, warmup: int, repeats: int, on_cpu: bool) -> float:
@@ -30,9 +45,53 @@ def time_matmul(device, size: int, dtype_name: str, warmup: int, repeats: int, o
     return summarize(samples).p50
 
 
+def board_table(overview: cann.NpuSmiOverview) -> str | None:
+    """npu-smi's chips as a table (None without npu-smi): health, power, temperature, HBM (else memory) in use."""
+    if overview.path is None:
+        return None
+    if overview.error:
+        return f"npu-smi board: {overview.error}"
+
+    def used(a, b) -> str:
+        return "-" if a is None else f"{a:,.0f} / {b:,.0f}" if b else f"{a:,.0f}"
+
+    rows = [(f"{c.npu_id}/{c.chip_id}", c.name, c.health, figure_text(c.power_w), figure_text(c.temp_c),
+             used(c.hbm_used_mb, c.hbm_total_mb) if c.hbm_used_mb is not None else used(c.memory_used_mb,
+                                                                                        c.memory_total_mb))
+            for c in overview.chips]
+    title = f"npu-smi board (driver {overview.driver_version or 'unknown'})"
+    return format_table(["npu/chip", "name", "health", "power (W)", "temp (C)", "HBM in use (MB)"], rows, title=title)
+
+
+def _reference(cfg: AppConfig, ctx: JobContext) -> tuple[dict, str] | None:
+    """The environment doctor.compare_to names (read first: a wrong one fails before any work)."""
+    if cfg.doctor.compare_to is None:
+        return None
+    from ascend_lab.tracking import resolve_uri
+
+    uri = ctx.store.uri if ctx.store is not None else resolve_uri(cfg.tracking.uri, ctx.launch_dir)
+    return environment.load_reference(str(cfg.doctor.compare_to), ctx.launch_dir, uri)
+
+
+def compare_environment(cfg: AppConfig, ctx: JobContext, reference: tuple[dict, str]) -> list:
+    """Print and log what differs between this host's environment and ``reference``."""
+    snapshot, described = reference
+    here = environment.environment_snapshot(ctx.launch_dir, cfg.atc.toolkit_home)
+    differences = environment.diff_snapshots(here, snapshot)
+    text = environment.diff_text(differences, described)
+    print(text, end="")
+    record = environment.diff_record(differences, described)
+    ctx.tracker.log_dict(record, environment.DIFF_ARTIFACTS[0])
+    ctx.tracker.log_text(text, environment.DIFF_ARTIFACTS[1])
+    ctx.tracker.set_tags({"doctor.compare_to": described, "doctor.environment_differences": len(differences),
+                          "doctor.result_changing_differences": sum(d.changes_results for d in differences)})
+    return differences
+
+
 def run(cfg: AppConfig, ctx: JobContext) -> dict:
     import torch
 
+    reference = _reference(cfg, ctx)
     device = ctx.device
     doc = cfg.doctor
     smi = cann.query_npu_smi()
@@ -73,10 +132,19 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
         "set_env.sh": str(set_env) if set_env else "not found",
         "pyACL (import acl)": "ok" if acl_ok else acl_why,
     }
+    pairing = check_pairing(torch.__version__, facts["torch_npu"], cann.toolkit_version(cfg.atc.toolkit_home))
+    facts["torch ↔ torch_npu ↔ CANN"] = f"{pairing.status}: {pairing.message}"
     table = format_table(["check", "result"], list(facts.items()), title="ascend_lab doctor")
+    board = board_table(cann.npu_smi_overview())
+    if board:
+        table += "\n" + board
     print(table)
+    if not pairing.ok:
+        log.warning("torch ↔ torch_npu ↔ CANN pairing: %s", pairing.message)
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.set_tags({"doctor.atc": facts["atc"], "doctor.acl": facts["pyACL (import acl)"],
-                          "doctor.npu_smi": facts["npu-smi"]})
+                          "doctor.npu_smi": facts["npu-smi"], "doctor.pairing": pairing.status})
     ctx.tracker.log_text(table + "\n", "doctor.txt")
+    if reference is not None:
+        compare_environment(cfg, ctx, reference)
     return metrics
