@@ -1,36 +1,47 @@
 #!/usr/bin/env python
-"""Decode speed of ascend_lab's onnxruntime paths against Hugging Face ``generate``, beside the
-memory-bandwidth roofline, plus the runner's own overhead; one run, one model, one set of prompts.
+"""Decode speed of the CLI's own onnxruntime path (``task=bench``) against Hugging Face ``generate``,
+beside the memory-bandwidth roofline measured in the same run, plus the runner's own overhead; one run,
+one model, one set of prompts.
 
     python benchmarks/decode_vs_hf.py                      # CPU: Qwen2.5-0.5B shapes, random weights, fp32
     python benchmarks/decode_vs_hf.py --quick              # batch 1 only, fewer tokens
-    python benchmarks/decode_vs_hf.py --tiny --no-track    # smoke test on tiny_qwen (seconds)
+    python benchmarks/decode_vs_hf.py --tiny --no-track    # smoke test on tiny_qwen (about a minute)
     python benchmarks/decode_vs_hf.py --device cuda        # Qwen1.5-1.8B shapes, bf16 (onnxruntime-gpu rows)
 
-Rows (``--rows``): ``hf`` Hugging Face ``generate`` (eager attention, default dynamic cache, greedy,
-``min_new_tokens = max_new_tokens``); ``ort_feeds`` the plain numpy-feeds loop over the exported
-graph (:class:`~ascend_lab.bench.generation.FeedsEngine`); ``ort`` the I/O-binding engine
-(:class:`~ascend_lab.runtimes.ort_engine.OrtEngine`, KV cache kept as OrtValues, intra-op threads =
-physical cores); ``ort_opt`` the same on the transformer-optimised graph; ``ort_int8_<method>`` the
-same on the int8 graph (:mod:`ascend_lab.export.quantize`). The float graph comes from the export
-cache (``ensure_exported``); the optimised and int8 graphs are derived from it and cached beside it
-(``export.quantize=int8`` runs the same quantiser on the same export).
+Rows (``--rows``):
 
-Method: the same seeded random prompts (``--prompt-len`` tokens) for every row; warm-up generations,
-then ``--reps`` timed ones, median reported. TTFT = prefill + first token; per-token latency = the
-median gap between later tokens; decode tokens/s = batch × (new − 1) / decode time (the new − 1
-steps after the first token). HF's times come from a streamer stamping each token as ``generate``
-hands it out (it syncs the device for it). Roofline: every decode step reads every weight once
-(KV-cache reads, a few MB here, are left out), so roofline tokens/s = batch × read bandwidth /
-weight bytes per step, with the read bandwidth measured in this run by summing a ≥ 1 GB float32
-array (bytes read / time; best of one thread and one thread per physical core, median of repeats).
-Weight bytes per step count every constant except tables read only by ``Gather`` (the embedding
-lookup reads one row per token; a tied LM head still reads the whole table).
+- ``ort`` is the CLI itself: for each batch, the config of ``python -m ascend_lab.run task=bench
+  model=qwen2_5_0_5b_instruct model.weights=random runtime=onnxruntime benchmark.scenario=generate``
+  (plus the batch, prompt length, new tokens, warm-up and repetitions below) is composed with Hydra's
+  compose API and :func:`ascend_lab.tasks.bench.run` runs in this process; its figures are the returned
+  row's metrics, exactly what that command logs to MLflow.
+- ``torch``: the same for ``runtime=torch`` (the CLI's PyTorch path over the same graph contract).
+- ``hf``: Hugging Face ``model.generate`` of the same seeded model in PyTorch (eager attention, default
+  dynamic cache, plain greedy of exactly ``max_new_tokens``: ``eos_token_id=None``, so no EOS stop and no
+  EOS masking, as the engines decode), timed by a streamer that stamps each token.
+- ``ort_opt``: the transformer-optimised graph (:func:`ascend_lab.export.optimize.optimized_graph`);
+  ``ort_int8_<method>``: the int8 graph (:func:`ascend_lab.export.optimize.int8_graph`). Both derived
+  from the CLI's export and opened exactly as the CLI opens its export (``open_runtime`` over a plan naming
+  the derived file: :class:`~ascend_lab.runtimes.onnxruntime_runtime.OnnxRuntime`, whose session comes
+  from ``open_session``, the one session factory), then timed by the CLI's own generate scenario
+  (``task=bench``'s ``engine_for`` → ``Runtime.engine`` → ``CacheEngine``, ``run_generate``).
+
+Method: every row decodes the same seeded random prompts (``benchmark.input_source=random``, the seed of
+the config, ``--prompt-len`` tokens) for exactly ``--new-tokens`` tokens; ``--warmup`` untimed
+generations, then ``--reps`` timed ones (``benchmark.warmup`` / ``benchmark.iterations``,
+``benchmark.min_duration_s=0``). Figures have task=bench's definitions for every row: TTFT = prefill +
+first token (median); ms/token = median gap between later tokens; decode tokens/s = batch × (new − 1) /
+mean decode time (the new − 1 steps after the first token).
+
+Roofline (:mod:`ascend_lab.bench.roofline`): a decode step reads every weight once, so roofline tokens/s
+= batch × read bandwidth / weight bytes per step, with the read bandwidth measured at the start of this
+run (reductions over a ≥ 1 GB float32 array) and the weight bytes counted from the graph each row runs
+(HF: its parameters). The KV cache (under 1 % of the weights here) is left out; the report prints its size.
 
 Runner overhead: a 3-point sweep ``python -m ascend_lab.run -m task=bench benchmark.batch_size=1,4,8
 ...`` (generate scenario, same model, tracked as usual) against the same work done by a plain Python
-loop in a fresh interpreter (load the session, same engine, same scenario function, per batch);
-and ``python -m ascend_lab.run --help`` wall time.
+loop in a fresh interpreter (open the export with ``OnnxRuntime``, ``Runtime.engine``, ``run_generate``,
+per batch); and ``python -m ascend_lab.run --help`` wall time.
 
 Results are printed and logged to MLflow (experiment ``ascend_lab_benchmarks``, store
 ``sqlite:///outputs/mlflow.db`` under ``--launch-dir``) unless ``--no-track``.
@@ -39,8 +50,10 @@ Results are printed and logged to MLflow (experiment ``ascend_lab_benchmarks``, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
+import io
 import itertools
 import json
 import logging
@@ -50,8 +63,8 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,14 +73,25 @@ sys.path.insert(0, str(REPO))  # a plain checkout works too
 
 log = logging.getLogger("decode_vs_hf")
 
-CPU_MODEL = ["model=qwen2_5_0_5b_instruct", "model.weights=random", "model.dtype=float32"]
+# The model of the issue's command (the preset's dtype is float32); the GPU run uses larger shapes in bf16.
+CPU_MODEL = ["model=qwen2_5_0_5b_instruct", "model.weights=random"]
 GPU_MODEL = ["model=qwen1_5_1_8b_chat", "model.weights=random", "model.dtype=bfloat16"]
 TINY_MODEL = ["model=tiny_qwen"]
-DEFAULT_ROWS = "hf,ort_feeds,ort,ort_opt,ort_int8"
+ROWS = ("hf", "ort", "torch", "ort_opt", "ort_int8")
 INT8_METHODS = ("matmul_nbits", "dynamic")
-# Targets of the issue this script answers (CPU, batch 1 unless said).
-TARGETS = {"ort_roofline_fraction": 0.85, "ort_vs_hf": 2.0, "ort_b8_vs_b1": 5.0, "int8_vs_hf": 3.0,
-           "int8_agreement": 0.90, "runner_overhead": 1.15, "help_seconds": 2.0}
+# Ratio → (comparison, target). Issue 11: fp32 decode at batch 1 reaches 90 % of the roofline measured in
+# the same run, and the ratio to HF eager is reported (no target: HF itself reaches about 70 % of the
+# roofline, so ort ≤ 100 % caps the ratio near 1.4×). The others are the earlier performance issue's.
+TARGETS: dict[str, tuple[str, float]] = {
+    "ort_roofline_fraction": ("≥", 0.90),
+    "ort_b8_vs_b1": ("≥", 5.0),
+    "int8_vs_hf": ("≥", 3.0),
+    "int8_agreement": ("≥", 0.90),
+    "runner_overhead": ("≤", 1.15),
+    "help_seconds": ("<", 2.0),
+}
+# Ratios printed first, in this order.
+HEADLINE = ("ort_roofline_fraction", "ort_vs_hf", "hf_roofline_fraction", "ort_b8_vs_b1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,8 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=None, help="default 64 on cpu, 128 on cuda")
     p.add_argument("--warmup", type=int, default=1, help="untimed generations per row and batch")
-    p.add_argument("--reps", type=int, default=3, help="timed generations per row and batch (median)")
-    p.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated subset of {DEFAULT_ROWS}")
+    p.add_argument("--reps", type=int, default=3, help="timed generations per row and batch")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     p.add_argument("--int8-methods", default=",".join(INT8_METHODS), help="for the ort_int8 row(s)")
     p.add_argument("--agreement-prompts", type=int, default=8)
     p.add_argument("--agreement-tokens", type=int, default=32)
@@ -102,9 +126,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db")
     p.add_argument("--experiment", default="ascend_lab_benchmarks")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the config's seed (weights and prompts)")
     p.add_argument("--plain-loop", default=None, help=argparse.SUPPRESS)  # internal: the overhead baseline
     args = p.parse_args(argv)
+    if args.plain_loop:
+        return args
+    from ascend_lab.bench.roofline import MIN_ROOFLINE_ARRAY_GB
+
     if args.overrides is None:
         args.overrides = TINY_MODEL if args.tiny else GPU_MODEL if args.device == "cuda" else CPU_MODEL
     default_batches = "1" if args.quick else "1,4" if args.tiny else "1,4,8"
@@ -115,17 +143,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.reps, args.skip_overhead = 1, True
     args.rows = [r for r in args.rows.split(",") if r]
     args.int8_methods = [m for m in args.int8_methods.split(",") if m]
-    unknown = set(args.rows) - set(DEFAULT_ROWS.split(",")) | set(args.int8_methods) - set(INT8_METHODS)
+    unknown = set(args.rows) - set(ROWS) | set(args.int8_methods) - set(INT8_METHODS)
     if unknown:
         p.error(f"unknown rows or int8 methods: {sorted(unknown)}")
     if args.new_tokens < 2:
         p.error("--new-tokens must be ≥ 2 (decode is timed over new_tokens - 1 steps)")
+    if args.bandwidth_gb < MIN_ROOFLINE_ARRAY_GB:
+        p.error(f"--bandwidth-gb must be ≥ {MIN_ROOFLINE_ARRAY_GB} (a smaller array measures the caches)")
+    if args.reps < 1 or args.warmup < 0:
+        p.error("--reps must be ≥ 1 and --warmup ≥ 0")
     args.launch_dir = Path(args.launch_dir or os.getcwd()).resolve()
     return args
 
 
-def compose(launch_dir: Path, overrides: list[str], device: str):
-    """The validated AppConfig and a JobContext (no tracking: this script logs its own run)."""
+def bench_overrides(args, runtime: str, batch: int) -> list[str]:
+    """The command-line overrides of the ``task=bench`` job a CLI row runs (tracking aside)."""
+    return ["task=bench", *args.overrides, f"runtime={runtime}", "benchmark.scenario=generate",
+            f"device={args.device}", f"seed={args.seed}", f"benchmark.batch_size={batch}",
+            f"benchmark.seq_len={args.prompt_len}", f"benchmark.new_tokens={args.new_tokens}",
+            f"benchmark.warmup={args.warmup}", f"benchmark.iterations={args.reps}", "benchmark.min_duration_s=0"]
+
+
+def cli_command(overrides: list[str]) -> str:
+    return " ".join(["python -m ascend_lab.run", *overrides])
+
+
+def compose(launch_dir: Path, overrides: list[str], tracker=None):
+    """The validated AppConfig of ``overrides`` (with ``tracking=off``: this script logs its own run) and
+    a JobContext over ``tracker`` (default: the no-op Tracker)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -140,93 +185,150 @@ def compose(launch_dir: Path, overrides: list[str], device: str):
         conf_dir = Path(packaged.__file__).parent
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = validate(hydra_compose(config_name="config",
-                                     overrides=["tracking=off", f"device={device}", "runtime=onnxruntime",
-                                                "export.graph=kv_cache", *overrides]))
-    return cfg, JobContext(cfg, Tracker(), launch_dir, launch_dir)
+        cfg = validate(hydra_compose(config_name="config", overrides=[*overrides, "tracking=off"]))
+    return cfg, JobContext(cfg, tracker if tracker is not None else Tracker(), launch_dir, launch_dir)
 
 
 # ---------------------------------------------------------------------------------------------
-# Measurements
+# Rows
+
+
+def _tracker_class():
+    from ascend_lab.tracking import Tracker
+
+    class RecordingTracker(Tracker):
+        """Keeps the tags and metrics a task gives it (the base Tracker records nothing)."""
+
+        def __init__(self) -> None:
+            self.tags: dict[str, Any] = {}
+            self.metrics: dict[str, float] = {}
+
+        def set_tags(self, tags) -> None:
+            self.tags.update({k: str(v) for k, v in tags.items()})
+
+        def log_metrics(self, metrics, step=None) -> None:
+            self.metrics.update(metrics)
+
+    return RecordingTracker
+
+
+@dataclasses.dataclass
+class CliRun:
+    """One in-process ``task=bench`` job: the row it returned, what it tagged, its command and console."""
+
+    command: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    output: str
+    batch: int
+    runtime: str
+
+
+def run_cli_bench(launch_dir: Path, overrides: list[str], quiet: bool = True) -> CliRun:
+    """What ``python -m ascend_lab.run <overrides> tracking=off`` does for a ``task=bench`` job:
+    :func:`ascend_lab.tasks.bench.run` on the composed config, in this process."""
+    from ascend_lab.tasks import bench
+
+    tracker = _tracker_class()()
+    cfg, ctx = compose(launch_dir, overrides, tracker)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
+        row = bench.run(cfg, ctx)
+    return CliRun(cli_command([*overrides, "tracking=off"]), dict(row.metrics), tracker.tags, out.getvalue(),
+                  row.batch_size, row.runtime)
+
+
+def open_graph(cfg, ctx, exported, onnx_path: Path):
+    """``onnx_path`` (a graph derived from ``exported``) opened exactly as the CLI opens its export:
+    ``open_runtime`` over a plan naming it (→ ``OnnxRuntime`` → ``open_session``, ``runtime.*`` settings)."""
+    from ascend_lab.prepare import RuntimePlan
+    from ascend_lab.runtimes.select import open_runtime
+
+    plan = RuntimePlan("onnxruntime", f"derived graph {Path(onnx_path).parent.name}",
+                       dataclasses.replace(exported, onnx_path=Path(onnx_path)))
+    return open_runtime(plan, cfg, ctx.device)
+
+
+def open_cli_runtime(cfg, ctx):
+    """The runtime ``task=bench`` / ``task=infer`` open for ``cfg`` (plan, then load)."""
+    from ascend_lab.prepare import plan_runtime
+    from ascend_lab.runtimes.select import open_runtime
+
+    return open_runtime(plan_runtime(cfg, ctx), cfg, ctx.device)
+
+
+def time_generate(runtime, cfg, ctx, batch: int) -> dict[str, float]:
+    """task=bench's generate scenario on an open runtime at ``batch``: the same inputs, engine, timer and
+    statistics as :func:`ascend_lab.tasks.bench.run`."""
+    from ascend_lab.bench.scenarios import make_inputs, run_generate
+    from ascend_lab.tasks.bench import engine_for, timer_for
+    from ascend_lab.tracking import Tracker
+
+    bench = dataclasses.replace(cfg.benchmark, batch_size=batch)
+    ids, mask = make_inputs(bench, batch, runtime.contract.dims.vocab_size, cfg.seed)
+    engine = engine_for(runtime, cfg, ids.shape[1] + bench.new_tokens, Tracker())
+    result = run_generate(engine, ids, mask, bench, timer_for(runtime.name, ctx.device), runtime, ctx.device,
+                          runtime.name)
+    return result.metrics
+
+
+def greedy_tokens(runtime, cfg, ids: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Greedy tokens [rows, new_tokens] of ``runtime``'s engine (task=bench's) on ``ids``."""
+    from ascend_lab.bench.generation import greedy_generate
+    from ascend_lab.device import HostTimer
+    from ascend_lab.tasks.bench import engine_for
+    from ascend_lab.tracking import Tracker
+
+    engine = engine_for(runtime, cfg, ids.shape[1] + new_tokens, Tracker())
+    return greedy_generate(engine, ids, np.ones_like(ids), new_tokens, HostTimer).tokens
+
+
+def last_prompt_logits(runtime, cfg, ids: np.ndarray) -> np.ndarray:
+    """Logits [rows, vocab] at the last prompt position (the prefill's last execution)."""
+    from ascend_lab.tasks.bench import engine_for
+    from ascend_lab.tracking import Tracker
+
+    engine = engine_for(runtime, cfg, ids.shape[1] + 1, Tracker())
+    engine.prefill(ids, np.ones_like(ids))
+    return engine.backend.last_logits()
 
 
 @dataclasses.dataclass
 class Figure:
     row: str
     batch: int
-    ttft_ms: float
-    tpot_ms: float
-    decode_tokens_s: float
+    ttft_ms: float  # median
+    tpot_ms: float  # median
+    decode_tokens_s: float  # batch × (new − 1) / mean decode time
     step_bytes: int
     reps: int
 
+    @classmethod
+    def of(cls, row: str, batch: int, metrics: dict, step_bytes: int) -> "Figure":
+        return cls(row, batch, ttft_ms=metrics["ttft_ms_p50"], tpot_ms=metrics["tpot_ms_p50"],
+                   decode_tokens_s=metrics["decode_tokens_s"], step_bytes=step_bytes,
+                   reps=int(metrics["iterations"]))
+
     def roofline_tokens_s(self, read_gb_s: float) -> float:
-        return self.batch * read_gb_s * 1e9 / self.step_bytes
+        from ascend_lab.bench.roofline import roofline_tokens_s
+
+        return roofline_tokens_s(self.batch, read_gb_s, self.step_bytes)
 
     def roofline_fraction(self, read_gb_s: float) -> float:
-        return self.decode_tokens_s / self.roofline_tokens_s(read_gb_s)
+        from ascend_lab.bench.roofline import roofline_fraction
+
+        return roofline_fraction(self.decode_tokens_s, self.batch, read_gb_s, self.step_bytes)
 
 
-def read_bandwidth(gb: float, repeats: int = 5) -> dict:
-    """Host memory bandwidth, GB/s: reads (a reduction over a ≥ 1 GB float32 array: bytes read /
-    time) and copies (bytes read + written / time).
+def generation_metrics(results, batch: int, new_tokens: int) -> dict[str, float]:
+    """The figures :func:`ascend_lab.bench.scenarios.run_generate` reports, from timed GenerationResults
+    (for the HF row, whose loop is not an Engine)."""
+    from ascend_lab.bench.stats import per_second, summarize
 
-    Two reductions (a sum is compute-bound on one core before it is memory-bound; a max is
-    cheaper per byte), each on one thread and on one thread per physical core; the read bandwidth
-    is the best of their medians: the roofline is the most this machine was seen to read.
-    """
-    from ascend_lab.runtimes.ort_engine import physical_cores
-
-    n = int(max(gb, 1.0) * 1e9) // 4
-    data = np.ones(n, dtype=np.float32)  # written once: every page is resident before timing
-    cores = physical_cores()
-    results = {"bandwidth_array_gb": n * 4 / 1e9, "physical_cores": cores}
-    with ThreadPoolExecutor(max_workers=cores) as pool:
-        for name, kernel in (("sum", np.add.reduce), ("max", np.maximum.reduce)):  # both release the GIL
-            for threads in sorted({1, cores}):
-                chunks = np.array_split(data, threads)
-                times = []
-                for _ in range(repeats + 1):
-                    started = time.perf_counter()
-                    list(pool.map(kernel, chunks))
-                    times.append(time.perf_counter() - started)
-                results[f"read_gb_s_{name}_{threads}t"] = n * 4 / statistics.median(times[1:]) / 1e9
-    target = np.empty_like(data)
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        np.copyto(target, data)
-        times.append(time.perf_counter() - started)
-    results["copy_rw_gb_s"] = 2 * n * 4 / statistics.median(times) / 1e9  # bytes read + written
-    results["read_gb_s"] = max(v for k, v in results.items() if k.startswith("read_gb_s_"))
-    del data, target
-    gc.collect()
-    return results
-
-
-def aggregate(row: str, batch: int, generations, step_bytes: int) -> Figure:
-    from ascend_lab.bench.stats import summarize
-
-    decode = summarize([g.decode_ms for g in generations])
-    steps = len(generations[0].step_ms)
-    return Figure(row, batch,
-                  ttft_ms=summarize([g.ttft_ms for g in generations]).p50,
-                  tpot_ms=summarize([statistics.median(g.step_ms) for g in generations]).p50,
-                  decode_tokens_s=batch * steps / (decode.p50 / 1e3),
-                  step_bytes=step_bytes, reps=len(generations))
-
-
-def time_engine(engine, inputs: dict, args) -> dict[int, list]:
-    """Per batch: the timed GenerationResults of ``engine`` (after warm-up)."""
-    from ascend_lab.bench.generation import greedy_generate
-    from ascend_lab.device import HostTimer
-
-    out = {}
-    for batch, (ids, mask) in inputs.items():
-        runs = [greedy_generate(engine, ids, mask, args.new_tokens, HostTimer)
-                for _ in range(args.warmup + args.reps)]
-        out[batch] = runs[args.warmup:]
-    return out
+    decode = summarize([r.decode_ms for r in results])
+    return {"ttft_ms_p50": summarize([r.ttft_ms for r in results]).p50,
+            "tpot_ms_p50": summarize([ms for r in results for ms in r.step_ms]).p50,
+            "decode_tokens_s": per_second(batch * (new_tokens - 1), decode.mean), "iterations": len(results)}
 
 
 class TokenClock:
@@ -245,22 +347,26 @@ class TokenClock:
     def end(self) -> None: ...
 
 
-def hf_generations(cfg, args, inputs: dict, agree_ids: np.ndarray,
-                   torch_device) -> tuple[dict[int, list], int, np.ndarray]:
-    """Hugging Face eager generate: per batch the timed results; the weight bytes; the greedy
-    tokens on the agreement prompts (the reference the exported graph must reproduce)."""
+def hf_row(cfg, args, agree_ids: np.ndarray, torch_device) -> tuple[dict[int, dict], int, np.ndarray]:
+    """Hugging Face eager generate: per batch its metrics; its weight bytes per step; its greedy tokens on
+    the agreement prompts (the reference the exported graph must reproduce)."""
     import torch
 
     from ascend_lab.bench.generation import GenerationResult
+    from ascend_lab.bench.roofline import parameter_bytes
+    from ascend_lab.bench.scenarios import make_inputs
     from ascend_lab.models import load_model
 
     loaded = load_model(cfg.model, cfg.seed, device=torch_device)
     model = loaded.model
-    # Every parameter once (a tied LM head is the embedding table, read whole by the LM head).
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    pad = loaded.tokenizer.pad_token_id
+    weight_bytes = parameter_bytes(model.parameters())
+    # Plain greedy of exactly max_new_tokens, as the engines decode: no EOS stop and no EOS masking
+    # (min_new_tokens would set EOS's logit to -inf, so HF's tokens would differ wherever EOS is the argmax).
+    greedy = {"do_sample": False, "num_beams": 1, "eos_token_id": None, "pad_token_id": loaded.tokenizer.pad_token_id}
     out = {}
-    for batch, (ids, mask) in inputs.items():
+    for batch in args.batches:
+        bench = dataclasses.replace(cfg.benchmark, batch_size=batch)
+        ids, mask = make_inputs(bench, batch, model.config.vocab_size, cfg.seed)  # task=bench's inputs
         ids_t = torch.from_numpy(ids).to(torch_device)
         mask_t = torch.from_numpy(mask).to(torch_device)
         runs = []
@@ -271,30 +377,19 @@ def hf_generations(cfg, args, inputs: dict, agree_ids: np.ndarray,
             started = time.perf_counter()
             with torch.inference_mode():
                 generated = model.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=args.new_tokens,
-                                           min_new_tokens=args.new_tokens, do_sample=False, num_beams=1,
-                                           streamer=clock, pad_token_id=pad)
+                                           streamer=clock, **greedy)
             stamps = [started, *clock.stamps]
             gaps = [(b - a) * 1e3 for a, b in itertools.pairwise(stamps[1:])]
             runs.append(GenerationResult(generated[:, ids.shape[1]:].cpu().numpy(), (stamps[1] - started) * 1e3, gaps))
-        out[batch] = runs[args.warmup:]
+        out[batch] = generation_metrics(runs[args.warmup:], batch, args.new_tokens)
     with torch.inference_mode():
         ids_t = torch.from_numpy(agree_ids).to(torch_device)
         generated = model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t),
-                                   max_new_tokens=args.agreement_tokens, min_new_tokens=args.agreement_tokens,
-                                   do_sample=False, num_beams=1, pad_token_id=pad)
+                                   max_new_tokens=args.agreement_tokens, **greedy)
     tokens = generated[:, agree_ids.shape[1]:].cpu().numpy()
     del model, loaded
     gc.collect()
     return out, weight_bytes, tokens
-
-
-def make_prompts(batches: list[int], prompt_len: int, vocab: int, seed: int) -> dict:
-    """The runner's own random inputs (``benchmark.input_source=random``) per batch size."""
-    from ascend_lab.bench.scenarios import make_inputs
-    from ascend_lab.config.benchmark import BenchmarkConfig
-
-    bench = BenchmarkConfig(scenario="generate", seq_len=prompt_len)
-    return {b: make_inputs(bench, b, vocab, seed) for b in batches}
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
@@ -305,27 +400,36 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
             "rows_identical": int(sum(p == same.shape[1] for p in prefix)), "rows": int(same.shape[0])}
 
 
+def logit_stats(reference: np.ndarray, quantised: np.ndarray) -> dict:
+    """How far int8 moves the last prompt position's logits, against the float top-1/top-2 margin."""
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    return {"fp32_top1_margin_median": float(np.median(top2[:, 1] - top2[:, 0])),
+            "fp32_logit_std": float(reference.std()),
+            "int8_logit_max_abs_diff": float(np.abs(reference - quantised).max()),
+            "int8_logit_mean_abs_diff": float(np.abs(reference - quantised).mean())}
+
+
 # ---------------------------------------------------------------------------------------------
 # Runner overhead
 
 
 def plain_loop(spec_json: str) -> None:
     """The overhead baseline: what a task=bench sweep does per batch, without the runner."""
-    from ascend_lab.bench.generation import GraphLayout
     from ascend_lab.bench.scenarios import make_inputs, run_generate
     from ascend_lab.config.benchmark import BenchmarkConfig
     from ascend_lab.device import HostTimer
+    from ascend_lab.graph_contract import GraphContract, ModelDims
     from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
-    from ascend_lab.tasks.bench import engine_for
 
     spec = json.loads(spec_json)
-    layout = GraphLayout(**spec["layout"])
+    contract = GraphContract(spec["graph"], ModelDims(**spec["dims"]), spec["dtype"])
     results = {}
     for batch in spec["batches"]:
         bench = BenchmarkConfig(**{**spec["benchmark"], "batch_size": batch})
-        with OnnxRuntime(spec["onnx_path"], spec["device"], 0, *spec["runtime"]) as runtime:
-            ids, mask = make_inputs(bench, batch, layout.vocab_size, spec["seed"])
-            engine = engine_for(runtime, layout, ids.shape[1] + bench.new_tokens)
+        with OnnxRuntime(spec["onnx_path"], contract, spec["device"], 0, *spec["runtime"]) as runtime:
+            ids, mask = make_inputs(bench, batch, contract.dims.vocab_size, spec["seed"])
+            engine = runtime.engine(ids.shape[1] + bench.new_tokens, tuple(spec["prefill_chunks"]),
+                                    spec["kv_capacity"])
             result = run_generate(engine, ids, mask, bench, HostTimer, runtime, None, "onnxruntime")
         results[batch] = result.metrics["decode_tokens_s"]
     print(json.dumps(results))
@@ -340,10 +444,9 @@ def runner_overhead(cfg, args, exported) -> dict:
              f"benchmark.batch_size={','.join(map(str, batches))}", f"device={args.device}", "runtime=onnxruntime",
              "tracking.experiment=ascend_lab_benchmarks_overhead", f"seed={cfg.seed}",
              *[f"benchmark.{k}={v}" for k, v in bench.items()], *args.overrides]
-    layout = {f.name: getattr(exported, f.name) for f in dataclasses.fields(exported)
-              if f.name in ("graph", "num_layers", "num_kv_heads", "head_dim", "vocab_size", "dtype")}
-    spec = {"layout": layout, "batches": batches, "benchmark": bench, "onnx_path": str(exported.onnx_path),
-            "device": args.device, "seed": cfg.seed,
+    spec = {"graph": exported.graph, "dims": dataclasses.asdict(exported.dims), "dtype": exported.dtype,
+            "batches": batches, "benchmark": bench, "onnx_path": str(exported.onnx_path), "device": args.device,
+            "seed": cfg.seed, "prefill_chunks": list(cfg.export.prefill_chunks), "kv_capacity": cfg.export.kv_capacity,
             "runtime": [cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization]}
     plain = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", json.dumps(spec)]
 
@@ -366,27 +469,69 @@ def runner_overhead(cfg, args, exported) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Report
+# Ratios and report
 
 
-def tables(figures: list[Figure], bw: dict, ratios: dict, agree: dict, overhead: dict | None, meta: dict) -> str:
+def compute_ratios(figures: list[Figure], read_gb_s: float, agree: dict | None = None) -> dict[str, float]:
+    """The ratios the report prints: headline ones (:data:`HEADLINE`) first, then per row."""
+    by = {(f.row, f.batch): f for f in figures}
+    hf1 = by.get(("hf", 1))
+    ratios: dict[str, float] = {}
+    for (row, batch), f in by.items():
+        if batch == 1:
+            key = {"ort": "ort_roofline_fraction", "hf": "hf_roofline_fraction"}.get(row, f"roofline_fraction.{row}")
+            ratios[key] = f.roofline_fraction(read_gb_s)
+            if hf1 is not None and row != "hf":
+                key = "ort_vs_hf" if row == "ort" else f"int8_vs_hf.{row}" if row.startswith("ort_int8") \
+                    else f"vs_hf.{row}"
+                ratios[key] = f.decode_tokens_s / hf1.decode_tokens_s
+        if batch == 8 and (row, 1) in by:
+            ratios["ort_b8_vs_b1" if row == "ort" else f"b8_vs_b1.{row}"] = \
+                f.decode_tokens_s / by[(row, 1)].decode_tokens_s
+    for name, values in (agree or {}).items():
+        row, _, reference = name.partition(" vs ")
+        if row.startswith("ort_int8") and reference == "ort fp32":
+            ratios[f"int8_agreement.{row}"] = values["agreement"]
+    first = {k: ratios[k] for k in HEADLINE if k in ratios}
+    return {**first, **{k: v for k, v in ratios.items() if k not in first}}
+
+
+def target_for(key: str) -> tuple[str, float] | None:
+    """The target of a ratio key (``int8_vs_hf.ort_int8_dynamic`` → ``int8_vs_hf``'s), or None."""
+    return TARGETS.get(key.split(".", 1)[0])
+
+
+def meets(value: float, target: tuple[str, float]) -> bool:
+    op, bound = target
+    return {"≥": value >= bound, "≤": value <= bound, "<": value < bound}[op]
+
+
+def _target_cells(key: str, value: float) -> tuple[str, str]:
+    target = target_for(key)
+    if target is None:
+        return "", ""
+    return f"{target[0]} {target[1]}", "yes" if meets(value, target) else "NO"
+
+
+def tables(figures: list[Figure], bw, ratios: dict, agree: dict, overhead: dict | None, meta: dict) -> str:
     from ascend_lab.report import format_table
 
-    read = bw["read_gb_s"]
+    read = bw.read_gb_s
     rows = [(f.row, f.batch, f"{f.decode_tokens_s:.2f}", f"{f.ttft_ms:.0f}", f"{f.tpot_ms:.1f}",
              f"{f.step_bytes / 1e9:.3f}", f"{f.roofline_tokens_s(read):.1f}", f"{100 * f.roofline_fraction(read):.1f}")
             for f in figures]
     parts = [format_table(["row", "batch", "decode tok/s", "TTFT ms", "ms/token", "weights GB/step",
                            "roofline tok/s", "% roofline"], rows,
                           title=f"decode: {meta['model']} ({meta['dtype']}) on {meta['device']}, prompt "
-                                f"{meta['prompt_len']}, {meta['new_tokens']} new tokens, median of {meta['reps']}")]
-    parts.append(f"read bandwidth {read:.1f} GB/s (best reduction over a {bw['bandwidth_array_gb']:.1f} GB float32 "
-                 "array; GB/s by kernel and threads: "
-                 + ", ".join(f"{k[len('read_gb_s_'):]} {v:.1f}" for k, v in bw.items() if k.startswith("read_gb_s_"))
-                 + f"); copy {bw['copy_rw_gb_s']:.1f} GB/s counting read + write; load {meta['load_before']} → "
-                 f"{meta['load_after']}")
-    parts.append(format_table(["ratio", "value", "target"],
-                              [(k, f"{v:.2f}", _target_text(k)) for k, v in ratios.items()], title="ratios"))
+                                f"{meta['prompt_len']}, {meta['new_tokens']} new tokens, {meta['reps']} timed "
+                                f"generation(s) after {meta['warmup']} warm-up (task=bench's figures)")]
+    parts.append(f"{bw.describe()}; load {meta['load_before']} → {meta['load_after']}")
+    if meta.get("kv_cache_note"):
+        parts.append(meta["kv_cache_note"])
+    if meta.get("ort_command"):
+        parts.append(f"ort row = {meta['ort_command']}")
+    parts.append(format_table(["ratio", "value", "target", "met"],
+                              [(k, f"{v:.2f}", *_target_cells(k, v)) for k, v in ratios.items()], title="ratios"))
     if agree:
         parts.append(format_table(["comparison", "agreement", "mean common prefix", "rows identical", "details"],
                                   [(k, f"{100 * v['agreement']:.1f} %", f"{v['mean_common_prefix']:.1f}",
@@ -395,38 +540,27 @@ def tables(figures: list[Figure], bw: dict, ratios: dict, agree: dict, overhead:
                                    for k, v in agree.items()],
                                   title=f"greedy agreement, first {meta['agreement_tokens']} tokens"))
     if overhead:
-        parts.append(format_table(["runner", "value", "target"], [
-            ("-m sweep 1,4,8 (s)", f"{overhead['sweep_seconds']:.1f}", ""),
-            ("plain loop (s)", f"{overhead['plain_loop_seconds']:.1f}", ""),
-            ("sweep / plain", f"{overhead['runner_overhead']:.3f}", _target_text("runner_overhead")),
-            ("--help (s)", f"{overhead['help_seconds']:.2f}", _target_text("help_seconds"))], title="runner overhead"))
+        parts.append(format_table(["runner", "value", "target", "met"], [
+            ("-m sweep 1,4,8 (s)", f"{overhead['sweep_seconds']:.1f}", "", ""),
+            ("plain loop (s)", f"{overhead['plain_loop_seconds']:.1f}", "", ""),
+            ("sweep / plain", f"{overhead['runner_overhead']:.3f}",
+             *_target_cells("runner_overhead", overhead["runner_overhead"])),
+            ("--help (s)", f"{overhead['help_seconds']:.2f}", *_target_cells("help_seconds", overhead["help_seconds"])),
+        ], title="runner overhead"))
     return "\n\n".join(parts)
 
 
-def _target_text(key: str) -> str:
-    for name, target in TARGETS.items():
-        if key.startswith(name) or key == name:
-            if name in ("runner_overhead", "help_seconds"):
-                return f"≤ {target}" if name == "runner_overhead" else f"< {target}"
-            return f"≥ {target}"
-    return ""
+def kv_cache_note(cfg, contract, batch: int, prompt_len: int, new_tokens: int, weight_bytes: int) -> str:
+    """How much KV cache the kv_cache graph reads per step at ``batch`` (left out of the roofline)."""
+    from ascend_lab.bench.roofline import kv_cache_bytes_per_step
+    from ascend_lab.graph_contract import plan_prefill
+    from ascend_lab.runtimes.engine import CAPACITY_ALIGN
 
-
-def compute_ratios(figures: list[Figure], read_gb_s: float) -> dict:
-    by = {(f.row, f.batch): f for f in figures}
-    ratios = {}
-    hf1 = by.get(("hf", 1))
-    for (row, batch), f in by.items():
-        if batch == 1 and row.startswith("ort"):
-            ratios[f"{'ort_roofline_fraction' if row == 'ort' else 'roofline_fraction'}.{row}"] = \
-                f.roofline_fraction(read_gb_s)
-            if hf1 is not None:
-                key = "int8_vs_hf" if row.startswith("ort_int8") else "ort_vs_hf" if row == "ort" else "vs_hf"
-                ratios[f"{key}.{row}"] = f.decode_tokens_s / hf1.decode_tokens_s
-        if batch == 8 and (row, 1) in by:
-            key = "ort_b8_vs_b1" if row == "ort" else "b8_vs_b1"
-            ratios[f"{key}.{row}"] = f.decode_tokens_s / by[(row, 1)].decode_tokens_s
-    return ratios
+    slots = plan_prefill(prompt_len, cfg.export.prefill_chunks).padded_len + new_tokens - 1
+    capacity = min(-(-slots // CAPACITY_ALIGN) * CAPACITY_ALIGN, cfg.export.kv_capacity)
+    kv = kv_cache_bytes_per_step(contract.slot_elements(batch), capacity, np.dtype(contract.numpy_dtype).itemsize)
+    return (f"KV cache read per step at batch {batch}: {kv / 1e6:.3g} MB ({capacity} slots; "
+            f"{100 * kv / weight_bytes:.2f} % of the weights), left out of the roofline")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,153 +575,129 @@ def main(argv=None) -> int:
     for noisy in ("onnxruntime", "root", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.chdir(args.launch_dir)
-    from ascend_lab.bench.generation import FeedsEngine, GraphLayout
+    from ascend_lab.bench.roofline import measure_read_bandwidth, step_weight_bytes
+    from ascend_lab.bench.scenarios import make_inputs
+    from ascend_lab.config.benchmark import BenchmarkConfig
     from ascend_lab.export import ensure_exported
-    from ascend_lab.export.optimize import (
-        int8_graph,
-        optimized_graph,
-        step_weight_bytes,
-    )
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
-    from ascend_lab.runtimes.ort_engine import OrtEngine
+    from ascend_lab.export.optimize import int8_graph, optimized_graph
 
     load_before = _load()
-    cfg, ctx = compose(args.launch_dir, args.overrides, args.device)
+    ort_overrides = {b: bench_overrides(args, "onnxruntime", b) for b in args.batches}
+    cfg, ctx = compose(args.launch_dir, ort_overrides[args.batches[0]])
     device = ctx.device
     print(f"model {cfg.model.name} ({cfg.model.dtype}), device {device.torch_device}, batches {args.batches}, "
-          f"prompt {args.prompt_len}, new tokens {args.new_tokens}, load {load_before}", flush=True)
-    bw = read_bandwidth(args.bandwidth_gb)
-    print(f"read bandwidth {bw['read_gb_s']:.1f} GB/s, copy {bw['copy_rw_gb_s']:.1f} GB/s (r+w)", flush=True)
-    exported = ensure_exported(cfg, ctx)
-    layout = GraphLayout.from_exported(exported)
-    inputs = make_prompts(args.batches, args.prompt_len, layout.vocab_size, cfg.seed)
+          f"prompt {args.prompt_len}, new tokens {args.new_tokens}, rows {','.join(args.rows)}, load {load_before}",
+          flush=True)
+    bw = measure_read_bandwidth(args.bandwidth_gb)
+    print(bw.describe(), flush=True)
+    exported = ensure_exported(cfg, ctx)  # the CLI rows find it in the export cache
+    contract = exported.contract
+    fp_bytes = step_weight_bytes(exported.onnx_path)
     # Other prompts than the timed ones: the agreement is over seeded prompts, not one batch's.
-    agree_ids = make_prompts([args.agreement_prompts], args.prompt_len, layout.vocab_size,
-                             cfg.seed + 1)[args.agreement_prompts][0]
-    runtime_args = (cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization)
+    agree_ids = make_inputs(BenchmarkConfig(seq_len=args.prompt_len), args.agreement_prompts,
+                            contract.dims.vocab_size, cfg.seed + 1)[0]
 
     figures: list[Figure] = []
     agree: dict[str, dict] = {}
     tokens: dict[str, np.ndarray] = {}
-    hf_tokens = None
+    cli_runs: dict[str, list[dict]] = {}
+    want_hf_agreement = "hf" in args.rows
 
-    def record(row: str, generations: dict, step_bytes: int) -> None:
-        for batch, runs in generations.items():
-            figure = aggregate(row, batch, runs, step_bytes)
-            figures.append(figure)
-            print(f"  {row:>20} batch {batch}: {figure.decode_tokens_s:8.2f} tok/s, TTFT {figure.ttft_ms:7.0f} ms, "
-                  f"{figure.tpot_ms:7.1f} ms/token, {100 * figure.roofline_fraction(bw['read_gb_s']):5.1f} % roofline",
-                  flush=True)
+    def record(row: str, batch: int, metrics: dict, step_bytes: int) -> None:
+        figure = Figure.of(row, batch, metrics, step_bytes)
+        figures.append(figure)
+        print(f"  {row:>22} batch {batch}: {figure.decode_tokens_s:8.2f} tok/s, TTFT {figure.ttft_ms:7.0f} ms, "
+              f"{figure.tpot_ms:7.1f} ms/token, {100 * figure.roofline_fraction(bw.read_gb_s):5.1f} % roofline",
+              flush=True)
 
-    def engine_rows(row: str, path: Path, feeds: bool = False):
-        if feeds:
-            runtime = OnnxRuntime(path, device.kind, device.index, *runtime_args)
-            engine = FeedsEngine(runtime, layout)
-        else:
-            engine = OrtEngine.open(path, layout, device.kind, device.index, *runtime_args)
-        record(row, time_engine(engine, inputs, args), step_weight_bytes(path))
-        from ascend_lab.bench.generation import greedy_generate
-        from ascend_lab.device import HostTimer
-
-        tokens[row] = greedy_generate(engine, agree_ids, np.ones_like(agree_ids), args.agreement_tokens,
-                                      HostTimer).tokens
-        return engine
+    def cli_rows(row: str, runtime: str) -> None:
+        for batch in args.batches:
+            run = run_cli_bench(args.launch_dir, bench_overrides(args, runtime, batch))
+            cli_runs.setdefault(row, []).append(dataclasses.asdict(run))
+            record(row, batch, run.metrics, fp_bytes)
 
     if "hf" in args.rows:
         print("hf generate …", flush=True)
-        generations, weight_bytes, hf_tokens = hf_generations(cfg, args, inputs, agree_ids, device.torch_device)
-        record("hf", generations, weight_bytes)
-    if "ort_feeds" in args.rows:
-        print("onnxruntime, numpy feeds …", flush=True)
-        engine_rows("ort_feeds", exported.onnx_path, feeds=True)
+        hf_metrics, hf_bytes, tokens["hf"] = hf_row(cfg, args, agree_ids, device.torch_device)
+        for batch, metrics in hf_metrics.items():
+            record("hf", batch, metrics, hf_bytes)
+    int8_rows = "ort_int8" in args.rows and cfg.model.dtype == "float32"
+    fp_logits = None
+    if "ort" in args.rows:
+        print(f"ort: in-process {cli_command(ort_overrides[args.batches[0]])} (and the other batches) …",
+              flush=True)
+        cli_rows("ort", "onnxruntime")
+    if ("ort" in args.rows and want_hf_agreement) or int8_rows:
+        with open_cli_runtime(cfg, ctx) as runtime:  # the session the ort row's jobs opened, for its tokens
+            tokens["ort"] = greedy_tokens(runtime, cfg, agree_ids, args.agreement_tokens)
+            if int8_rows:
+                fp_logits = last_prompt_logits(runtime, cfg, agree_ids)
         gc.collect()
-    fp_engine = None
-    if "ort" in args.rows or "ort_int8" in args.rows:
-        print("onnxruntime, I/O binding …", flush=True)
-        fp_engine = engine_rows("ort", exported.onnx_path) if "ort" in args.rows else \
-            OrtEngine.open(exported.onnx_path, layout, device.kind, device.index, *runtime_args)
+    if "torch" in args.rows:
+        print("torch: in-process task=bench runtime=torch …", flush=True)
+        cli_rows("torch", "torch")
+        if want_hf_agreement:
+            torch_cfg, torch_ctx = compose(args.launch_dir, bench_overrides(args, "torch", args.batches[0]))
+            with open_cli_runtime(torch_cfg, torch_ctx) as runtime:
+                tokens["torch"] = greedy_tokens(runtime, torch_cfg, agree_ids, args.agreement_tokens)
+            gc.collect()
     if "ort_opt" in args.rows:
         print("onnxruntime, transformer-optimised graph …", flush=True)
-        config = _hf_config(cfg)
-        path = optimized_graph(exported, config.num_attention_heads, config.hidden_size)
-        engine_rows("ort_opt", path)
+        path = optimized_graph(exported, contract.dims.num_heads, contract.dims.hidden_size)
+        with open_graph(cfg, ctx, exported, path) as runtime:
+            for batch in args.batches:
+                record("ort_opt", batch, time_generate(runtime, cfg, ctx, batch), step_weight_bytes(path))
+            if want_hf_agreement:
+                tokens["ort_opt"] = greedy_tokens(runtime, cfg, agree_ids, args.agreement_tokens)
         gc.collect()
     if "ort_int8" in args.rows:
-        if cfg.model.dtype != "float32":
+        if not int8_rows:
             print(f"int8 rows skipped: they quantise float32 weights (model.dtype={cfg.model.dtype})")
         else:
             for method in args.int8_methods:
                 row = f"ort_int8_{method}"
                 print(f"onnxruntime, int8 ({method}) …", flush=True)
                 path = int8_graph(exported, method)
-                q_engine = engine_rows(row, path)
-                if "ort" not in tokens:
-                    tokens["ort"] = _tokens(fp_engine, agree_ids, args.agreement_tokens)
-                agree[f"{row} vs ort fp32"] = {**agreement(tokens["ort"], tokens[row]),
-                                               **_logit_stats(fp_engine, q_engine, agree_ids)}
-                del q_engine
+                with open_graph(cfg, ctx, exported, path) as runtime:
+                    for batch in args.batches:
+                        record(row, batch, time_generate(runtime, cfg, ctx, batch), step_weight_bytes(path))
+                    tokens[row] = greedy_tokens(runtime, cfg, agree_ids, args.agreement_tokens)
+                    q_logits = last_prompt_logits(runtime, cfg, agree_ids)
+                    agree[f"{row} vs ort fp32"] = {**agreement(tokens["ort"], tokens[row]),
+                                                   **logit_stats(fp_logits, q_logits)}
                 gc.collect()
-    if hf_tokens is not None:
-        for row in ("ort", "ort_feeds", "ort_opt"):
+    if "hf" in tokens:
+        for row in ("ort", "torch", "ort_opt"):
             if row in tokens:
-                agree[f"{row} vs hf"] = agreement(hf_tokens, tokens[row])
-    del fp_engine
-    gc.collect()
+                agree[f"{row} vs hf"] = agreement(tokens["hf"], tokens[row])
 
     overhead = None
     if not args.skip_overhead:
         overhead = runner_overhead(cfg, args, exported)
-    ratios = compute_ratios(figures, bw["read_gb_s"])
+    ratios = compute_ratios(figures, bw.read_gb_s, agree)
     if overhead:
         ratios["runner_overhead"] = overhead["runner_overhead"]
         ratios["help_seconds"] = overhead["help_seconds"]
     meta = {"model": cfg.model.name, "dtype": cfg.model.dtype, "device": str(device.torch_device),
-            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps,
+            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps, "warmup": args.warmup,
             "agreement_tokens": args.agreement_tokens, "load_before": load_before, "load_after": _load(),
-            "host": platform.node(), "cpu": platform.processor() or platform.machine()}
+            "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "ort_command": (cli_command([*ort_overrides[args.batches[0]], "tracking=off"]) if "ort" in args.rows
+                            else None),
+            "kv_cache_note": kv_cache_note(cfg, contract, max(args.batches), args.prompt_len, args.new_tokens,
+                                           fp_bytes)}
     text = tables(figures, bw, ratios, agree, overhead, meta)
     print("\n" + text)
     results = {"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "bandwidth": bw, "figures": [dataclasses.asdict(f) for f in figures], "ratios": ratios,
-               "agreement": agree, "overhead": overhead, "onnx_sha256": exported.sha256}
+               "bandwidth": bw.as_dict(), "figures": [dataclasses.asdict(f) for f in figures], "ratios": ratios,
+               "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "agreement": agree,
+               "overhead": overhead, "cli_runs": cli_runs, "onnx_sha256": exported.sha256,
+               "onnx_path": str(exported.onnx_path)}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
     if not args.no_track:
         _track(args, results, text, figures, bw)
     return 0
-
-
-def _tokens(engine, ids: np.ndarray, new_tokens: int) -> np.ndarray:
-    from ascend_lab.bench.generation import greedy_generate
-    from ascend_lab.device import HostTimer
-
-    return greedy_generate(engine, ids, np.ones_like(ids), new_tokens, HostTimer).tokens
-
-
-def _logit_stats(fp_engine, q_engine, ids: np.ndarray) -> dict:
-    """How far int8 moves the last prompt position's logits, against the float top-1/top-2 margin."""
-    mask = np.ones_like(ids)
-    fp_engine.prefill(ids, mask)
-    ref = fp_engine.last_logits
-    q_engine.prefill(ids, mask)
-    quant = q_engine.last_logits
-    top2 = np.sort(ref, axis=-1)[:, -2:]
-    return {"fp32_top1_margin_median": float(np.median(top2[:, 1] - top2[:, 0])),
-            "fp32_logit_std": float(ref.std()),
-            "int8_logit_max_abs_diff": float(np.abs(ref - quant).max()),
-            "int8_logit_mean_abs_diff": float(np.abs(ref - quant).mean())}
-
-
-def _hf_config(cfg):
-    from ascend_lab.models import qwen2_config
-
-    if cfg.model.weights == "random":
-        return qwen2_config(cfg.model)
-    from transformers import AutoConfig
-
-    from ascend_lab.models import resolve_pretrained_folder
-
-    return AutoConfig.from_pretrained(str(resolve_pretrained_folder(cfg.model)))
 
 
 def _load() -> str:
@@ -597,7 +707,7 @@ def _load() -> str:
         return "n/a"
 
 
-def _track(args, results: dict, text: str, figures: list[Figure], bw: dict) -> None:
+def _track(args, results: dict, text: str, figures: list[Figure], bw) -> None:
     from ascend_lab.config.tracking import TrackingConfig
     from ascend_lab.tracking import ending, environment_tags, open_run, prepare_store
 
@@ -611,12 +721,12 @@ def _track(args, results: dict, text: str, figures: list[Figure], bw: dict) -> N
                             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps,
                             "warmup": args.warmup, "rows": ",".join(args.rows), "seed": args.seed,
                             "load_before": meta["load_before"]})
-        metrics = {k: v for k, v in bw.items() if isinstance(v, (int, float))}
+        metrics = dict(bw.as_dict())
         for f in figures:
             prefix = f"{f.row}.b{f.batch}"
             metrics.update({f"{prefix}.decode_tokens_s": f.decode_tokens_s, f"{prefix}.ttft_ms": f.ttft_ms,
                             f"{prefix}.tpot_ms": f.tpot_ms,
-                            f"{prefix}.roofline_fraction": f.roofline_fraction(bw["read_gb_s"])})
+                            f"{prefix}.roofline_fraction": f.roofline_fraction(bw.read_gb_s)})
         metrics.update({f"ratio.{k}": v for k, v in results["ratios"].items()})
         for name, values in results["agreement"].items():
             key = name.replace(" ", "_")

@@ -1,0 +1,337 @@
+"""The benchmark scripts and the roofline they share with task=bench.
+
+- :mod:`ascend_lab.bench.roofline`: the bytes-per-step rule on a hand-built graph, the roofline arithmetic,
+  a bandwidth measurement on a small array, and that it imports nothing heavy.
+- ``benchmarks/decode_vs_hf.py``: its ratio arithmetic; a ``--tiny`` smoke run where every row runs and
+  the roofline and ratios come out; the runner-overhead part; and — asserted, not assumed — that the
+  CLI's ``task=bench`` and the script's rows build their onnxruntime sessions through the one factory
+  (``open_session``) with the same settings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ascend_lab.bench import roofline
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "decode_vs_hf.py"
+
+
+def load_script():
+    """benchmarks/decode_vs_hf.py as a module (it is a script, not a package member)."""
+    name = "decode_vs_hf_under_test"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------------
+# roofline.py
+
+
+def _tiny_graph(path: Path, external: bool) -> dict[str, int]:
+    """A graph with one initializer of each kind the rule tells apart; returns their byte sizes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {
+        "w": rng.standard_normal((4, 8)).astype(np.float32),  # MatMul weight: read in full
+        "embed": rng.standard_normal((10, 4)).astype(np.float32),  # only Gather's table: one row per token
+        "tied": rng.standard_normal((10, 4)).astype(np.float32),  # Gather table and (transposed) LM head
+        "q8": rng.integers(-128, 127, (8, 8)).astype(np.int8),  # int8 weight: read in full
+        "idx": np.array([1, 3], dtype=np.int64),  # Gather's indices, not its table: read in full
+        "unused": np.zeros((100, 100), dtype=np.float32),  # no node reads it
+    }
+    nodes = [
+        helper.make_node("Gather", ["embed", "ids"], ["e"]),
+        helper.make_node("Gather", ["tied", "ids"], ["t"]),
+        helper.make_node("Add", ["e", "t"], ["h"]),  # [n, 4]
+        helper.make_node("MatMul", ["h", "w"], ["h8"]),  # [n, 8]
+        helper.make_node("Cast", ["q8"], ["q8f"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["h8", "q8f"], ["h8b"]),
+        helper.make_node("Gather", ["h8b", "idx"], ["picked"], axis=1),  # [n, 2]
+        helper.make_node("Transpose", ["tied"], ["tied_t"]),
+        helper.make_node("MatMul", ["h", "tied_t"], ["logits"]),  # [n, 10]
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10]),
+         helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["n", 2])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return {k: v.nbytes for k, v in inits.items()}
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_step_weight_bytes_counts_what_a_step_reads_in_full(tmp_path, external):
+    path = tmp_path / "model.onnx"
+    sizes = _tiny_graph(path, external)
+    expected = sizes["w"] + sizes["tied"] + sizes["q8"] + sizes["idx"]
+    assert expected == 4 * 8 * 4 + 10 * 4 * 4 + 8 * 8 + 2 * 8
+    assert roofline.step_weight_bytes(path) == expected
+    if external:  # the sizes come from the graph, the external data is never read
+        (tmp_path / "model.onnx.data").write_bytes(b"")
+        assert roofline.step_weight_bytes(path) == expected
+
+
+def test_weight_bytes_rule():
+    sizes = {"w": 100, "table": 1000, "tied": 1000, "unused": 5, "indices": 16}
+    uses = {"w": {("MatMul", 1)}, "table": {("Gather", 0)}, "tied": {("Gather", 0), ("Transpose", 0)},
+            "indices": {("Gather", 1)}}
+    assert roofline.weight_bytes_per_step(sizes, uses) == 100 + 1000 + 16
+    assert roofline.weight_bytes_per_step({}, {}) == 0
+
+
+def test_roofline_arithmetic():
+    # The quiet-machine figures of benchmarks/README.md: 32.5 GB/s over 1.976 GB per step.
+    assert roofline.roofline_tokens_s(1, 32.5, 1_976_000_000) == pytest.approx(16.447, rel=1e-4)
+    assert roofline.roofline_tokens_s(8, 32.5, 1_976_000_000) == pytest.approx(8 * 16.447, rel=1e-4)
+    assert roofline.roofline_fraction(15.63, 1, 32.5, 1_976_000_000) == pytest.approx(0.9503, rel=1e-3)
+    with pytest.raises(ValueError):
+        roofline.roofline_tokens_s(1, 32.5, 0)
+    # Qwen2.5-0.5B's cache: 24 layers, 2 KV heads of 64; 32 + 63 slots aligned to 96, float32.
+    from ascend_lab.graph_contract import GraphContract, ModelDims
+
+    contract = GraphContract("kv_cache", ModelDims(24, 14, 2, 64, 896, 151936), "float32")
+    assert roofline.kv_cache_bytes_per_step(contract.slot_elements(1), 96, 4) == 96 * 2 * 24 * 2 * 64 * 4
+
+
+def test_bandwidth_of_a_small_array_is_a_positive_figure():
+    bw = roofline.measure_read_bandwidth(gb=0.004, repeats=2, threads=2)
+    assert bw.read_gb_s > 0 and bw.copy_rw_gb_s > 0
+    assert set(bw.by_kernel) == {"sum_1t", "sum_2t", "max_1t", "max_2t"}
+    assert bw.read_gb_s == max(bw.by_kernel.values())
+    assert bw.array_gb == pytest.approx(0.004, rel=1e-6) and bw.threads == 2 and bw.repeats == 2
+    assert not bw.fits_roofline  # a few MB measure the caches, not memory
+    flat = bw.as_dict()
+    assert flat["read_gb_s"] == bw.read_gb_s and flat["read_gb_s_max_2t"] == bw.by_kernel["max_2t"]
+    assert "GB/s" in bw.describe()
+    with pytest.raises(ValueError):
+        roofline.measure_read_bandwidth(gb=0)
+
+
+def test_roofline_imports_nothing_heavy():
+    code = ("import sys, ascend_lab.bench.roofline; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'transformers', 'mlflow', 'hydra', 'psutil') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------
+# decode_vs_hf.py: arithmetic
+
+
+def test_script_ratios_and_targets():
+    script = load_script()
+
+    def fig(row, batch, tok_s, step_bytes=1_976_000_000):
+        return script.Figure(row, batch, ttft_ms=1.0, tpot_ms=1.0, decode_tokens_s=tok_s, step_bytes=step_bytes,
+                             reps=3)
+
+    figures = [fig("hf", 1, 11.5), fig("hf", 8, 50.0), fig("ort", 1, 15.0), fig("ort", 8, 80.0),
+               fig("ort_int8_dynamic", 1, 33.0, 496_000_000)]
+    agree = {"ort_int8_dynamic vs ort fp32": {"agreement": 0.5}, "ort vs hf": {"agreement": 1.0}}
+    ratios = script.compute_ratios(figures, 32.5, agree)
+    assert list(ratios)[:4] == ["ort_roofline_fraction", "ort_vs_hf", "hf_roofline_fraction", "ort_b8_vs_b1"]
+    assert ratios["ort_roofline_fraction"] == pytest.approx(15.0 / (32.5e9 / 1.976e9))
+    assert ratios["hf_roofline_fraction"] == pytest.approx(11.5 / (32.5e9 / 1.976e9))
+    assert ratios["ort_vs_hf"] == pytest.approx(15.0 / 11.5)
+    assert ratios["ort_b8_vs_b1"] == pytest.approx(80.0 / 15.0)
+    assert ratios["b8_vs_b1.hf"] == pytest.approx(50.0 / 11.5)
+    assert ratios["int8_vs_hf.ort_int8_dynamic"] == pytest.approx(33.0 / 11.5)
+    assert ratios["int8_agreement.ort_int8_dynamic"] == 0.5
+    assert script.TARGETS["ort_roofline_fraction"] == ("≥", 0.90)
+    assert script.target_for("int8_vs_hf.ort_int8_dynamic") == ("≥", 3.0)
+    assert script.target_for("ort_vs_hf") is None  # reported, no target (HF is near the roofline itself)
+    assert script.meets(0.91, ("≥", 0.9)) and not script.meets(0.89, ("≥", 0.9))
+    assert script.meets(1.0, ("≤", 1.15)) and not script.meets(2.0, ("<", 2.0))
+
+
+def test_script_ort_row_is_the_issue_command(tmp_path):
+    script = load_script()
+    args = script.parse_args(["--launch-dir", str(tmp_path), "--batches", "8"])
+    words = script.bench_overrides(args, "onnxruntime", 8)
+    for word in ("task=bench", "model=qwen2_5_0_5b_instruct", "model.weights=random", "runtime=onnxruntime",
+                 "benchmark.scenario=generate", "benchmark.batch_size=8"):
+        assert word in words
+    with pytest.raises(SystemExit):
+        script.parse_args(["--bandwidth-gb", "0.5"])  # a roofline needs an array larger than the caches
+    with pytest.raises(SystemExit):
+        script.parse_args(["--rows", "ort_feeds"])  # the numpy-feeds row is gone
+
+
+# ------------------------------------------------------------------------------------------------
+# decode_vs_hf.py: end to end on tiny_qwen
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory) -> Path:
+    """One launch folder (export cache) for the end-to-end tests here."""
+    return tmp_path_factory.mktemp("decode_vs_hf")
+
+
+def _run_script(launch: Path, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--no-track", "--launch-dir", str(launch),
+                           "--bandwidth-gb", "1", *argv],
+                          capture_output=True, text=True, timeout=timeout, check=False, cwd=launch)
+
+
+@pytest.mark.slow
+def test_decode_vs_hf_smoke(launch):
+    """--tiny --quick: every row runs, and the roofline, ratios and agreement come out."""
+    out = launch / "smoke.json"
+    done = _run_script(launch, "--quick", "--batches", "1,8", "--agreement-prompts", "3", "--agreement-tokens", "6",
+                       "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    rows = {(f["row"], f["batch"]) for f in results["figures"]}
+    names = ["hf", "ort", "torch", "ort_opt", "ort_int8_matmul_nbits", "ort_int8_dynamic"]
+    assert rows == {(r, b) for r in names for b in (1, 8)}
+    assert all(f["decode_tokens_s"] > 0 and f["step_bytes"] > 0 and f["tpot_ms"] > 0 for f in results["figures"])
+    assert results["bandwidth"]["read_gb_s"] > 0 and results["bandwidth"]["bandwidth_array_gb"] >= 1
+    ratios = results["ratios"]
+    for key in ("ort_roofline_fraction", "ort_vs_hf", "hf_roofline_fraction", "ort_b8_vs_b1",
+                "int8_vs_hf.ort_int8_dynamic", "int8_agreement.ort_int8_matmul_nbits"):
+        assert key in ratios and ratios[key] > 0, key
+    # The ort row is the CLI's task=bench job: its figures are that job's metrics.
+    ort_runs = results["cli_runs"]["ort"]
+    assert [r["batch"] for r in ort_runs] == [1, 8]
+    for run in ort_runs:
+        assert run["command"].startswith("python -m ascend_lab.run task=bench ")
+        assert run["tags"]["runtime"] == "onnxruntime" and run["tags"]["engine"] == "CacheEngine"
+        assert run["tags"]["onnx_sha256"] == results["onnx_sha256"]
+        figure = next(f for f in results["figures"] if f["row"] == "ort" and f["batch"] == run["batch"])
+        assert figure["decode_tokens_s"] == run["metrics"]["decode_tokens_s"]
+    assert results["cli_runs"]["torch"][0]["tags"]["runtime"] == "torch"
+    agree = results["agreement"]
+    assert {"ort vs hf", "torch vs hf", "ort_opt vs hf", "ort_int8_dynamic vs ort fp32"} <= set(agree)
+    assert agree["ort_int8_dynamic vs ort fp32"]["rows"] == 3
+    assert all(0 <= v["agreement"] <= 1 for v in agree.values())
+    # The exported graph (on onnxruntime and torch) decodes HF's greedy tokens exactly.
+    assert agree["ort vs hf"]["agreement"] == 1.0 and agree["torch vs hf"]["agreement"] == 1.0
+    assert results["overhead"] is None  # --quick skips it
+    for text in ("% roofline", "read bandwidth", "ort_roofline_fraction", "ort row = python -m ascend_lab.run"):
+        assert text in done.stdout, text
+
+
+@pytest.mark.slow
+def test_decode_vs_hf_runner_overhead(launch):
+    """The runner-overhead part: the -m sweep, the plain loop and --help are timed."""
+    out = launch / "overhead.json"
+    done = _run_script(launch, "--rows", "ort", "--batches", "1", "--reps", "1", "--overhead-new-tokens", "2",
+                       "--overhead-iterations", "1", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    overhead = results["overhead"]
+    assert overhead["sweep_seconds"] > 0 and len(overhead["plain_loop_runs"]) == 2
+    assert overhead["help_seconds"] > 0 and "task=bench" in overhead["sweep_command"]
+    assert results["ratios"]["runner_overhead"] == overhead["runner_overhead"]
+    assert "runner overhead" in done.stdout
+
+
+@pytest.mark.slow
+def test_cli_bench_and_benchmark_script_build_sessions_through_the_same_function(launch, monkeypatch, compose):
+    """The CLI bench and the benchmark script build their sessions through the same function, with the same
+    settings: every ``InferenceSession`` either makes comes from ``open_session``, whose ``session_options``
+    are identical for both (threads, execution mode, spinning, optimisation level)."""
+    import onnxruntime as ort
+
+    import ascend_lab.runtimes.onnxruntime_runtime as ortrt
+    from ascend_lab.export import ensure_exported
+    from ascend_lab.export.optimize import int8_graph
+    from ascend_lab.run import run_job
+
+    script = load_script()
+    monkeypatch.chdir(launch)
+    args = script.parse_args(["--tiny", "--quick", "--no-track", "--launch-dir", str(launch)])
+    overrides = script.bench_overrides(args, "onnxruntime", 1)
+    # Export and derive outside the spies: the export's parity check opens its own single-thread session.
+    cfg, ctx = script.compose(launch, overrides)
+    exported = ensure_exported(cfg, ctx)
+    derived = int8_graph(exported, "dynamic")
+
+    real_open, real_options, real_session = ortrt.open_session, ortrt.session_options, ort.InferenceSession
+    state = {"route": None, "inside": False}
+    calls: list[dict] = []
+    stray: list[tuple] = []
+
+    def spy_open(*a, **k):
+        calls.append({"route": state["route"], "args": a, "kwargs": k, "options": [], "sessions": 0})
+        state["inside"] = True
+        try:
+            return real_open(*a, **k)
+        finally:
+            state["inside"] = False
+
+    def spy_options(*a, **k):
+        options = real_options(*a, **k)
+        calls[-1]["options"].append({
+            "intra_op_threads": options.intra_op_num_threads, "inter_op_threads": options.inter_op_num_threads,
+            "execution_mode": str(options.execution_mode),
+            "graph_optimization_level": str(options.graph_optimization_level),
+            "spinning": options.get_session_config_entry("session.intra_op.allow_spinning")})
+        return options
+
+    def spy_session(*a, **k):
+        if state["inside"]:
+            calls[-1]["sessions"] += 1
+        else:
+            stray.append((state["route"], a[:1]))
+        return real_session(*a, **k)
+
+    monkeypatch.setattr(ortrt, "open_session", spy_open)
+    monkeypatch.setattr(ortrt, "session_options", spy_options)
+    monkeypatch.setattr(ort, "InferenceSession", spy_session)
+
+    # 1. The CLI: `python -m ascend_lab.run <overrides> tracking=off`, run_job as its Hydra main calls it.
+    state["route"] = "cli task=bench"
+    assert run_job(compose(*overrides, "tracking=off")).metrics["decode_tokens_s"] > 0
+    # 2. The script's ort row (one batch of it).
+    state["route"] = "script ort row"
+    assert script.run_cli_bench(launch, overrides).metrics["decode_tokens_s"] > 0
+    # 3. The script's derived-graph rows (ort_opt, ort_int8_*), and its agreement runtime.
+    state["route"] = "script derived-graph row"
+    cfg, ctx = script.compose(launch, overrides)
+    with script.open_graph(cfg, ctx, exported, derived) as runtime:
+        assert script.time_generate(runtime, cfg, ctx, 1)["decode_tokens_s"] > 0
+    state["route"] = "script agreement runtime"
+    with script.open_cli_runtime(cfg, ctx) as runtime:
+        assert script.greedy_tokens(runtime, cfg, np.ones((1, 4), dtype=np.int64), 2).shape == (1, 2)
+
+    assert not stray, f"sessions made without open_session: {stray}"
+    routes = ["cli task=bench", "script ort row", "script derived-graph row", "script agreement runtime"]
+    assert sorted({c["route"] for c in calls}) == sorted(routes)
+    for call in calls:
+        assert call["sessions"] == 1 and len(call["options"]) == 1, call
+    settings = {(c["route"], json.dumps(c["options"][0], sort_keys=True)) for c in calls}
+    assert len({s for _, s in settings}) == 1, f"the routes' session options differ: {sorted(settings)}"
+    # open_session's own arguments (device, threads, optimisation level) are the same too; only the file differs.
+    arguments = {(c["args"][1:6], tuple(sorted((k, v) for k, v in c["kwargs"].items() if k != "notes")))
+                 for c in calls}
+    assert len(arguments) == 1, arguments
+    # …and they are the factory's documented defaults.
+    options = calls[0]["options"][0]
+    assert options["intra_op_threads"] == ortrt.physical_cores() and options["inter_op_threads"] == 1
+    assert options["execution_mode"].endswith("ORT_SEQUENTIAL") and options["spinning"] == "1"
+    assert options["graph_optimization_level"].endswith("ORT_ENABLE_ALL")
+    assert {str(c["args"][0]) for c in calls} == {str(exported.onnx_path), str(derived)}
