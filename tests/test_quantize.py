@@ -76,7 +76,8 @@ def test_fold_weight_transposes_is_exact_and_keeps_shared_tables():
 
 @pytest.mark.parametrize("method, quant_op", [("matmul_nbits", "MatMulNBits"), ("dynamic", "MatMulInteger")])
 def test_int8_graph_quantises_every_weight_and_generates(exported, method, quant_op):
-    from ascend_lab.export.optimize import derived_meta, int8_graph, step_weight_bytes
+    from ascend_lab.bench.roofline import step_weight_bytes
+    from ascend_lab.export.optimize import derived_meta, int8_graph
 
     path = int8_graph(exported, method)
     assert path.parent.name == f"{exported.onnx_path.parent.name}~int8-{method}"
@@ -97,14 +98,17 @@ def test_int8_graph_quantises_every_weight_and_generates(exported, method, quant
     assert quantised.shape == (8, 32)
     agreement = float((reference == quantised).mean())
     print(f"int8 {method}: greedy agreement with float32 over 8 prompts × 32 tokens: {agreement:.1%}")
-    # Random weights give flat logits (near-ties flip under any rounding), so the token agreement is
-    # only bounded loosely; the logits themselves must stay close to the float ones.
-    assert agreement >= 0.5
+    # Random weights give flat logits: near-ties flip under any rounding and the continuation diverges
+    # after the first flip, so token agreement is only printed. What int8 must keep is the logits.
     float_engine.prefill(ids, mask)
     int8_engine.prefill(ids, mask)
     float_logits, int8_logits = float_engine.logits[-1], int8_engine.logits[-1]
     diff = np.abs(float_logits - int8_logits)
     assert diff.mean() < 0.05 * float_logits.std()
+    cosine = (float_logits * int8_logits).sum(-1) / (
+        np.linalg.norm(float_logits, axis=-1) * np.linalg.norm(int8_logits, axis=-1))
+    print(f"int8 {method}: cosine of the prefill logits per prompt: {np.round(cosine, 5)}")
+    assert cosine.min() > 0.998  # per-channel weight scales along K (the bug that was) give ≈ 0.995
 
 
 def test_derived_graphs_are_built_once(exported, monkeypatch):
