@@ -7,6 +7,10 @@ need none, like ``compile``, never import torch), and ends the run with the job'
 At start it also ends the runs that processes killed on this host left RUNNING
 (:func:`ascend_lab.tracking.reap_dead_runs`).
 
+Every run logs ``environment.json`` (:mod:`ascend_lab.telemetry.environment`); a job whose task uses a device
+samples system metrics into its run from the run's opening to just before its end
+(:func:`ascend_lab.telemetry.job_telemetry`, ``telemetry`` group).
+
 Params record what runs: with ``model.weights=pretrained model.path=<folder>`` the architecture
 figures and ``model.model_id`` logged are the folder's (its config.json), not the preset's. They are
 known before any work, and must be: MLflow params cannot be changed once logged.
@@ -29,6 +33,8 @@ from omegaconf import DictConfig
 
 from ascend_lab.config import TASK_GROUPS, AppConfig, Task
 from ascend_lab.models import LocalCheckpoint, local_checkpoint, with_launch_paths
+from ascend_lab.telemetry import job_telemetry
+from ascend_lab.telemetry.environment import log_environment
 from ascend_lab.tracking import CONFIG_HASH_TAG, Store, Tracker, browse_hint, config_params, ending, \
     environment_tags, find_finished_run, identity_hash, open_run, prepare_store, read_sweep_file, reap_dead_runs, \
     record_skipped_job, task_params
@@ -169,10 +175,14 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
             hydra_dir = output_dir / ".hydra"
             if hydra_dir.is_dir():
                 tracker.log_artifact(hydra_dir, "hydra")
-            try:
-                yield JobContext(cfg, tracker, launch_dir, output_dir, store=store, checkpoint=checkpoint)
-            finally:
-                _log_job_log(tracker, output_dir, job_name)
+            log_environment(tracker, launch_dir, cfg.atc.toolkit_home)
+            # Sampling runs from here to just before the run ends, and stops on every way out of the job.
+            sampled_run = tracker.run_id if "device" in TASK_GROUPS[cfg.task] else None
+            with job_telemetry(cfg.telemetry, sampled_run, store.uri):
+                try:
+                    yield JobContext(cfg, tracker, launch_dir, output_dir, store=store, checkpoint=checkpoint)
+                finally:
+                    _log_job_log(tracker, output_dir, job_name)
     finally:
         if parent_run_id is not None:
             _refresh_closed_parent(store, parent_run_id)

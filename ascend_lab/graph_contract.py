@@ -22,6 +22,7 @@ Three graphs (``export.graph``):
   out ``logits``               [batch, vocab]                               last position only
   out ``next_token``           [batch] int64                                its greedy pick (ArgMax)
   out ``present_key_values``   [seq, batch, 2·layers, kv_heads, dim]        the new tokens' K/V
+  out ``layer_hidden_states``  [layers, batch, hidden]                      debug variant only (below)
   ============================ ============================================ ==========================
 
   The new tokens occupy cache slots ``[past_length, past_length + seq)``; the graph attends over the
@@ -33,6 +34,12 @@ Three graphs (``export.graph``):
   context. Masked scores are replaced by :data:`MASK_VALUE`, finite in float16, so no row turns NaN.
   ``seq`` is the only dynamic dim ATC needs (gears ``1`` for a decode step and ``export.prefill_chunks``
   for the prompt): two ``-1`` per gear. ``capacity`` is symbolic in the ONNX file and fixed by ATC.
+
+  The *debug variant* (``layer_outputs``, ``export.layer_outputs``) is the same graph with one more output:
+  each decoder layer's hidden state (the residual stream after the layer) at the last position, so that
+  ``task=accuracy`` can say which layer a drift starts in. It computes exactly what the plain graph
+  computes, through the same ops, and is exported, op-checked and compiled the same way (its own cache
+  entry); nothing but the accuracy task's layer report asks for it.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ HIDDEN_STATES = "hidden_states"
 LOGITS = "logits"
 NEXT_TOKEN = "next_token"
 PRESENT_KEY_VALUES = "present_key_values"
+LAYER_HIDDEN_STATES = "layer_hidden_states"
 
 # Replaces masked attention scores: finite in float16 (whose largest magnitude is 65504) and far below
 # any real score, so exp() of it underflows to exactly 0 in float16 and float32 alike. ATC's default
@@ -87,11 +95,20 @@ class ModelDims:
 
 @dataclass(frozen=True)
 class GraphContract:
-    """One graph's I/O: names, dims and dtypes (``dtype``: the float dtype it computes in)."""
+    """One graph's I/O: names, dims and dtypes (``dtype``: the float dtype it computes in).
+
+    ``layer_outputs``: the kv_cache graph's debug variant, which also outputs every decoder layer's hidden
+    state at the last position (:data:`LAYER_HIDDEN_STATES`).
+    """
 
     graph: str
     dims: ModelDims
     dtype: str
+    layer_outputs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layer_outputs and self.graph != "kv_cache":
+            raise ValueError(f"layer outputs are a variant of the kv_cache graph, not of {self.graph!r}")
 
     @property
     def generative(self) -> bool:
@@ -107,8 +124,9 @@ class GraphContract:
         return [INPUT_IDS, ATTENTION_MASK]
 
     def output_names(self) -> list[str]:
-        return {"hidden_states": [HIDDEN_STATES], "logits": [LOGITS],
-                "kv_cache": [LOGITS, NEXT_TOKEN, PRESENT_KEY_VALUES]}[self.graph]
+        names = {"hidden_states": [HIDDEN_STATES], "logits": [LOGITS],
+                 "kv_cache": [LOGITS, NEXT_TOKEN, PRESENT_KEY_VALUES]}[self.graph]
+        return names + [LAYER_HIDDEN_STATES] if self.layer_outputs else names
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """Named symbolic dims of every input and output (what ATC's shapes are derived from)."""
@@ -116,17 +134,24 @@ class GraphContract:
             axes = {INPUT_IDS: {0: "batch", 1: "seq"}, ATTENTION_MASK: {0: "batch", 1: "seq"}}
             axes[self.output_names()[0]] = {0: "batch", 1: "seq"}
             return axes
-        return {
+        axes = {
             INPUT_IDS: {0: "batch", 1: "seq"}, POSITION_IDS: {0: "batch", 1: "seq"},
             PAD_LENGTHS: {0: "batch"}, PAST_KEY_VALUES: {0: "capacity", 1: "batch"},
             LOGITS: {0: "batch"}, NEXT_TOKEN: {0: "batch"}, PRESENT_KEY_VALUES: {0: "seq", 1: "batch"},
         }
+        if self.layer_outputs:
+            axes[LAYER_HIDDEN_STATES] = {1: "batch"}
+        return axes
 
     # -- the kv_cache graph's cache --------------------------------------------------------------
 
     def cache_shape(self, capacity: int, batch: int) -> tuple[int, ...]:
         d = self.dims
         return (capacity, batch, 2 * d.num_layers, d.num_kv_heads, d.head_dim)
+
+    def layer_hidden_shape(self, batch: int) -> tuple[int, int, int]:
+        """The debug variant's :data:`LAYER_HIDDEN_STATES` output: [layers, batch, hidden]."""
+        return (self.dims.num_layers, batch, self.dims.hidden_size)
 
     def slot_elements(self, batch: int) -> int:
         """Elements of one cache slot of the whole batch (one contiguous block of the cache)."""

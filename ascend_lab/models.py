@@ -51,7 +51,7 @@ def build_byte_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=_unicode_to_byte().__getitem__)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=byte_level_decoder().__getitem__)
     vocab = {symbol: i for i, symbol in enumerate(alphabet)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -67,7 +67,7 @@ def build_byte_tokenizer():
 
 
 @functools.lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
+def byte_level_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet (what ByteLevel pre-tokenizes to): symbol → the byte it stands for."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     symbols = {b: chr(b) for b in printable}

@@ -147,13 +147,40 @@ class CacheGraphDecoder(nn.Module):
     every MatMul in the model dtype; masked scores are replaced (``Where``), never added to, so nothing
     overflows in float16. Attention runs over the cache and the new tokens as two score blocks joined
     before the softmax, so the cache is never concatenated with the new keys.
+
+    ``layer_outputs=True`` is the graph's debug variant: a fourth output, ``layer_hidden_states``
+    [layers, b, hidden], each layer's residual stream at the last position (what ``task=accuracy``
+    compares layer by layer to find where a drift starts). It only reads values the plain graph computes
+    anyway, so logits and tokens are the plain graph's.
+
+    ``fuse_projections=True`` computes q|k|v and gate|up each as one MatMul over concatenated weights
+    (registered as persistent buffers, so an export holds the fused matrices as initializers, not the
+    separate ones nor Constant nodes): at batch 1 a decode step is a chain of matrix-vector products, and fewer, larger ones spend
+    less time between kernels. It holds a copy of those weights, so the torch runtime leaves it off.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, layer_outputs: bool = False, fuse_projections: bool = False) -> None:
         super().__init__()
         self.model = model
         self.spec = read_qwen2(model)
         self.num_layers = len(self.spec["layers"])
+        self.layer_outputs = layer_outputs
+        self.fused_names: list[dict[str, str]] = []
+        for i, layer in enumerate(self.spec["layers"] if fuse_projections else ()):
+            fused = LayerWeights.of(layer, fuse=True)
+            names = {}
+            for field in ("qkv_weight", "qkv_bias", "gate_up"):
+                if getattr(fused, field) is not None:
+                    names[field] = f"layer{i}_{field}"
+                    self.register_buffer(names[field], getattr(fused, field))
+            self.fused_names.append(names)
+
+    def layer_weights(self, i: int, layer) -> LayerWeights:
+        """Layer ``i``'s weights; the fused ones read from the buffers (``.to()`` replaces buffer tensors)."""
+        w = LayerWeights.of(layer)
+        if not self.fused_names:
+            return w
+        return w._replace(**{field: getattr(self, name) for field, name in self.fused_names[i].items()})
 
     def forward(self, input_ids, position_ids, past_length, pad_lengths, past_key_values):
         spec = self.spec
@@ -166,9 +193,9 @@ class CacheGraphDecoder(nn.Module):
         cos, sin = rotary(position_ids, spec["inv_freq"], spec["rope_scaling"], h.dtype)
         allowed_past, allowed_new = _allowed(past_length, pad_lengths, past_key_values.shape[0], seq)
         blocked = torch.tensor(MASK_VALUE, dtype=h.dtype)
-        presents = []
+        presents, layer_last = [], []
         for i, layer in enumerate(spec["layers"]):
-            w = LayerWeights.of(layer)
+            w = self.layer_weights(i, layer)
             x = rms_norm(h, w.input_norm, spec["eps"])
             q, k, v = project(x, w, heads, kv_heads, dim)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -190,11 +217,15 @@ class CacheGraphDecoder(nn.Module):
             out = out.reshape(batch, heads, seq, dim).transpose(1, 2).reshape(batch, seq, heads * dim)
             h = h + F.linear(out, w.o_weight)
             h = mlp_block(h, w, spec["eps"])
+            if self.layer_outputs:
+                layer_last.append(h[:, -1:, :])  # a Slice, as for `last` below (no negative Gather index)
         last = rms_norm(h[:, -1:, :], base.norm.weight, spec["norm_eps"])
         lm_head = self.model.lm_head
         logits = F.linear(last, lm_head.weight, getattr(lm_head, "bias", None)).reshape(batch, -1)
         next_token = torch.argmax(logits, dim=-1)
         present = torch.stack(presents, dim=2)  # [s, b, 2·layers, kv_heads, dim]
+        if self.layer_outputs:  # [b, layers, hidden] → [layers, b, hidden]
+            return logits, next_token, present, torch.cat(layer_last, dim=1).transpose(0, 1)
         return logits, next_token, present
 
 

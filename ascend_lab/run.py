@@ -38,7 +38,7 @@ register_configs()
 log = logging.getLogger("ascend_lab.run")  # not __main__ under python -m
 # Groups that say how a job runs or is recorded, never what it computes, and the root keys every task
 # reads: an override of them is never out of place.
-_READ_BY_EVERY_TASK = ("task", "seed", "tracking", "hydra")
+_READ_BY_EVERY_TASK = ("task", "seed", "tracking", "telemetry", "profile", "search", "hydra")
 _warned: set[str] = set()
 
 
@@ -87,7 +87,10 @@ def run_job(cfg: DictConfig) -> object:
         if ctx.skipped_run_id is not None:  # resume: this config already finished
             return None
         task_module = importlib.import_module(TASK_MODULES[app_cfg.task])
-        return task_module.run(app_cfg, ctx)
+        result = task_module.run(app_cfg, ctx)
+        from ascend_lab.tuning.objective import job_value
+
+        return job_value(app_cfg, result, ctx.tracker)  # an automatic search's trials return one number
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")

@@ -90,9 +90,9 @@ def _byte_decoder(tokenizer: Any) -> dict[str, int] | None:
     decoder = getattr(backend, "decoder", None)
     if decoder is None or not _is_byte_level(decoder):
         return None
-    from ascend_lab.models import _unicode_to_byte
+    from ascend_lab.models import byte_level_decoder
 
-    return _unicode_to_byte()
+    return byte_level_decoder()
 
 
 def _is_byte_level(decoder: Any) -> bool:

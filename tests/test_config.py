@@ -13,7 +13,8 @@ from tests.conftest import CONF_DIR
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    for group in ("device", "model", "export", "atc", "runtime", "benchmark", "tracking", "mnist", "doctor")
+    for group in ("device", "model", "export", "atc", "runtime", "benchmark", "tracking", "mnist", "doctor", "profile",
+                  "search")
 }
 
 
@@ -43,7 +44,8 @@ def test_every_schema_field_is_documented():
 
     for field in dataclasses.fields(AppConfig):
         assert field.metadata.get("help") or dataclasses.is_dataclass(field.type) or field.name in (
-            "device", "model", "export", "atc", "runtime", "benchmark", "tracking", "mnist", "doctor"), field.name
+            "device", "model", "export", "atc", "runtime", "benchmark", "tracking", "mnist", "doctor", "profile",
+            "search", "telemetry", "accuracy"), field.name
         if field.name in GROUP_OPTIONS:
             schema = type(getattr(AppConfig(), field.name))
             for sub in dataclasses.fields(schema):

@@ -20,7 +20,7 @@ from ascend_lab.context import JobContext
 from ascend_lab.errors import AscendLabError
 from ascend_lab import graph_contract as gc
 from ascend_lab.export import ensure_exported, keys
-from ascend_lab.export.wrappers import cache_graph_decoder, wrapper_for
+from ascend_lab.graphs import cache_graph_decoder, wrapper_for
 from ascend_lab.models import load_model
 from ascend_lab.provenance import sha256_files
 from ascend_lab.tracking import Tracker
@@ -237,6 +237,45 @@ def test_external_data_and_int8(tmp_path):
     # file shrinks less than the bytes read per step (tests/test_quantize.py bounds those at < 40 %).
     assert quantized.extra["onnx_size_mb"] < 0.6 * exported.extra["onnx_size_mb"]
     assert 0 < tracker.metrics["parity_max_abs_diff"] < 1.0
+
+
+def test_fused_projections_export_fewer_matmuls_same_logits_and_pass_the_op_check(exports, tmp_path):
+    """export.fuse_projections: one q|k|v and one gate|up MatMul per layer (three fewer), the separate
+    weights gone from the file, the same logits as the plain graph, and ATC's op check still passes."""
+    from ascend_lab.compile.opcheck import check_graph
+
+    plain, _ = exports["kv_cache"]
+    fused, tracker = export(tmp_path, graph="kv_cache", fuse_projections=True)
+    assert fused.cache_key != plain.cache_key and tracker.metrics["parity_max_abs_diff"] < 1e-4
+
+    def graph_facts(exported):
+        model = onnx.load(str(exported.onnx_path))
+        ops = [node.op_type for node in model.graph.node]
+        return ops.count("MatMul"), ops.count("Split"), {i.name for i in model.graph.initializer}
+
+    layers = plain.contract.dims.num_layers
+    (plain_mm, plain_split, plain_inits), (fused_mm, fused_split, fused_inits) = graph_facts(plain), graph_facts(fused)
+    assert fused_mm == plain_mm - 3 * layers and fused_split == plain_split + layers
+    assert not any("q_proj" in name or "gate_proj" in name for name in fused_inits)
+    assert any("q_proj" in name for name in plain_inits)
+    # The fused matrices are initializers holding the same bytes (not Constant nodes, which tools that
+    # read initializers, like the roofline's bytes per step, would miss).
+    from ascend_lab.bench.roofline import step_weight_bytes
+
+    extra = step_weight_bytes(fused.onnx_path) - step_weight_bytes(plain.onnx_path)
+    assert 0 <= extra < 1024  # the Splits' int64 sizes
+
+    ids = np.random.default_rng(3).integers(0, 384, (2, 7))
+    pads = np.array([0, 3], np.int64)
+    cache = np.zeros(plain.contract.cache_shape(16, 2), np.float32)
+    want = session(plain).run(None, kv_feeds(plain, ids, 0, pads, cache))
+    got = session(fused).run(None, kv_feeds(fused, ids, 0, pads, cache))
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], atol=1e-5)
+
+    fp16, _ = export(tmp_path, model=ModelConfig(dtype="float16"), graph="kv_cache", fuse_projections=True)
+    assert check_graph(fp16.onnx_path, "must_keep_origin_dtype").ok
 
 
 def test_pretrained_local_folder_exports(tmp_path):

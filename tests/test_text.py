@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ascend_lab.models import _unicode_to_byte, build_byte_tokenizer
+from ascend_lab.models import byte_level_decoder, build_byte_tokenizer
 from ascend_lab.text import RANDOM_WEIGHTS_NOTE, display_text, escape_bytes, weights_note
 
 NI = list("你".encode())  # e4 bd a0
-BYTE_SYMBOL = {b: symbol for symbol, b in _unicode_to_byte().items()}
+BYTE_SYMBOL = {b: symbol for symbol, b in byte_level_decoder().items()}
 
 
 def symbols(data: bytes) -> str:
@@ -87,7 +87,7 @@ def test_tokenizers_without_bytes_fall_back_to_decode():
 class SlowByteTokenizer:
     """A slow (Python) GPT-2-style tokenizer: it carries its own byte_decoder."""
 
-    byte_decoder = _unicode_to_byte()
+    byte_decoder = byte_level_decoder()
     all_special_ids = [256]
     added_tokens_decoder = {256: "<|endoftext|>"}
 

@@ -5,7 +5,8 @@ prompt's prefill into an empty cache). ``generate``: prefill then exactly ``new_
 with the host↔device traffic per decoded token where the runtime counts it (pyACL).
 Both warm up untimed, then time through :func:`ascend_lab.device.measure` until both
 ``iterations`` and ``min_duration_s`` are reached, while the host RSS is sampled; every figure
-comes from :func:`ascend_lab.bench.stats.summarize`.
+comes from :func:`ascend_lab.bench.stats.summarize`. The timed part is the job's telemetry window
+(:func:`ascend_lab.telemetry.timed_window`: its energy figures cover exactly that part).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ascend_lab.bench.stats import per_second, summarize
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.device import measure
 from ascend_lab.errors import ConfigError
+from ascend_lab.telemetry import timed_window
 
 LATENCY_STATS = ("mean", "p50", "p90", "p95", "p99", "std", "min", "max")
 # pyACL's per-run split, reported in ais_bench's terms (NPU_compute_time excludes H2D and D2H).
@@ -60,7 +62,8 @@ def _timed(fn: Callable[[], object], timer, bench: BenchmarkConfig, runtime, dev
         measure(fn, timer, warmup=bench.warmup, iterations=0)
         rss_after_warmup = rss_mb()
         offsets = {k: len(v) for k, v in (runtime.timings if runtime is not None else {}).items()}
-        samples = measure(fn, timer, warmup=0, iterations=bench.iterations, min_duration_s=bench.min_duration_s)
+        with timed_window():  # telemetry: energy counters and a sample at each end, nothing per iteration
+            samples = measure(fn, timer, warmup=0, iterations=bench.iterations, min_duration_s=bench.min_duration_s)
         rss_end = rss_mb()
     memory = {"host_peak_rss_mb": sampler.peak_mb, "host_rss_growth_mb": rss_end - rss_after_warmup}
     peak = device_peak_mb(device, runtime_name) if device is not None else None

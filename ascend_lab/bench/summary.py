@@ -1,5 +1,6 @@
 """Sweep summary: one row per benchmark run → console table, ``summary.csv``, ``summary.md`` and
-``summary.png`` (throughput and latency against batch size, one line per group).
+``summary.png`` (throughput and latency against batch size, one line per group; tokens/s against J/token,
+one point per job, where a power source exists).
 
 Rows come either from MLflow runs (:func:`summarize_sweep`, called by
 ``ascend_lab.tracking.close_parent`` for every ``-m`` sweep) or from in-memory results
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ascend_lab.accuracy.gate import GATE_METRIC
 from ascend_lab.report import format_table
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,30 @@ COLUMNS = (
     ("TTFT (ms)", "ttft_ms"),
     ("TPOT (ms)", "tpot_ms"),
     ("decode (tokens/s)", "decode_tokens_s"),
+    ("roofline fraction", "roofline_fraction"),  # decode tokens/s over what the memory bandwidth allows (telemetry)
     ("NPU compute (ms)", "npu_compute_ms"),
     ("H2D bytes/token", "h2d_bytes_per_token"),
     ("D2H bytes/token", "d2h_bytes_per_token"),
+    # telemetry: energy of the timed window per token (where a power source exists) and peak memory.
+    ("J/token", "joules_per_token"),
+    ("peak memory (MB)", "peak_memory_mb"),
+    # task=accuracy (teacher-forced against the reference; see ascend_lab.accuracy): shown next to speed so
+    # that a fast but wrong configuration is visible as such.
+    ("top-1 agreement", "accuracy_top1"),
+    ("1 − min logits cosine", "accuracy_cosine_gap"),
+    ("mean KL", "accuracy_kl"),
+    ("common prefix (tokens)", "accuracy_common_prefix"),
+    ("accuracy gate passed", "accuracy_gate_passed"),
+    # search.accuracy (a tuning sweep's bench jobs): the largest logit difference, and the gate's verdict in words.
+    ("max |Δ| logits", "accuracy_max_abs_diff"),
+    ("accuracy ok", "accuracy_ok"),
+    # profile=on (ascend_lab.profiling): where each job's device time went, comparable across runtimes.
+    ("top op share", "profile_top_op_share"),
+    ("copy share", "profile_copy_share"),
+    ("host idle share", "profile_idle_share"),
 )
+# A run carries accuracy figures when it has this metric (task=accuracy logs it).
+ACCURACY_METRIC = GATE_METRIC
 
 
 @dataclass
@@ -71,15 +93,29 @@ class Row:
             "npu_compute_ms": m.get("npu_compute_ms_mean"),
             "h2d_bytes_per_token": m.get("h2d_bytes_per_token"),
             "d2h_bytes_per_token": m.get("d2h_bytes_per_token"),
+            "roofline_fraction": m.get("roofline_fraction"),
+            "joules_per_token": m.get("joules_per_token"),
+            "peak_memory_mb": m.get("peak_memory_mb"),
+            "accuracy_top1": m.get("tf_top1_agreement_mean"),
+            "accuracy_cosine_gap": None if "tf_cosine_min" not in m else 1.0 - m["tf_cosine_min"],
+            "accuracy_kl": m.get("tf_kl_mean"),
+            "accuracy_common_prefix": m.get("fr_common_prefix_mean"),
+            "accuracy_gate_passed": m.get(ACCURACY_METRIC),
+            "accuracy_max_abs_diff": m.get("tf_max_abs_diff_max"),
+            "accuracy_ok": None if ACCURACY_METRIC not in m else ("yes" if m[ACCURACY_METRIC] == 1.0 else "NO"),
+            "profile_top_op_share": m.get("profile_top_op_share"),
+            "profile_copy_share": m.get("profile_copy_share"),
+            "profile_idle_share": m.get("profile_idle_share"),
         }[name]
 
 
 def is_benchmark(metrics: Mapping[str, float]) -> bool:
-    return "latency_ms_mean" in metrics or "e2e_ms_mean" in metrics
+    """Whether a run measured something the summary shows (speed, or accuracy)."""
+    return "latency_ms_mean" in metrics or "e2e_ms_mean" in metrics or ACCURACY_METRIC in metrics
 
 
 def row_from_run(run) -> Row | None:
-    """A row from an MLflow Run of task=bench; None for runs that measured nothing."""
+    """A row from an MLflow Run of task=bench or task=accuracy; None for runs that measured nothing."""
     metrics, tags, params = dict(run.data.metrics), dict(run.data.tags), dict(run.data.params)
     if not is_benchmark(metrics):
         return None
@@ -117,6 +153,13 @@ def _short(key: str) -> str:
 
 
 def sort_rows(rows: Iterable[Row]) -> list[Row]:
+    rows = list(rows)
+    if any(ACCURACY_METRIC in r.metrics for r in rows):
+        # Rows with accuracy figures (a tuning sweep) are a ranking: fastest first, and a setting that fails its
+        # accuracy gate last whatever its speed, so a fast but wrong setting is never read as the winner.
+        return sorted(rows, key=lambda r: (r.metrics.get(ACCURACY_METRIC) != 1.0,
+                                           -(r.figure("decode_tokens_s") or r.figure("tokens_s") or 0.0),
+                                           r.label, r.batch_size))
     return sorted(rows, key=lambda r: (r.label, r.batch_size))
 
 
@@ -190,8 +233,58 @@ def plot(rows: Sequence[Row]):
     batch_sizes = sorted({r.batch_size for r in rows})
     for ax in (ax_tp, ax_lat):
         ax.set_xticks(batch_sizes)
+    add_energy_axis(fig, rows)
+    add_accuracy_axis(fig, rows)
     fig.tight_layout()
     return fig
+
+
+def add_accuracy_axis(fig, rows: Sequence[Row]) -> None:
+    """A further panel where rows carry accuracy figures and a speed (a tuning sweep's bench jobs): tokens/s against
+    greedy agreement with the reference, one point per job; settings that fail their accuracy gate are red crosses
+    (up and to the right is better)."""
+    points = [r for r in rows if r.figure("accuracy_top1") is not None
+              and (r.figure("decode_tokens_s") or r.figure("tokens_s")) is not None]
+    if not points:
+        return
+    grid = fig.add_gridspec(1, len(fig.axes) + 1)
+    for ax, spec in zip(fig.axes, grid):
+        ax.set_subplotspec(spec)
+    fig.set_size_inches(5 * (len(fig.axes) + 1), 4)
+    ax = fig.add_subplot(grid[len(fig.axes)])
+    for passed, style in ((True, {"marker": "o"}), (False, {"marker": "x", "color": "tab:red"})):
+        chosen = [r for r in points if (r.metrics.get(ACCURACY_METRIC) == 1.0) == passed]
+        ax.scatter([r.figure("accuracy_top1") for r in chosen],
+                   [r.figure("decode_tokens_s") or r.figure("tokens_s") for r in chosen],
+                   label="accuracy gate passed" if passed else "accuracy gate FAILED", **style)
+        for r in chosen:
+            ax.annotate(r.label, (r.figure("accuracy_top1"), r.figure("decode_tokens_s") or r.figure("tokens_s")),
+                        fontsize="xx-small", textcoords="offset points", xytext=(3, 3))
+    ax.set(xlabel="greedy agreement with the reference", ylabel="tokens/s", title="speed against accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def add_energy_axis(fig, rows: Sequence[Row]) -> None:
+    """A third panel where any row has J/token: tokens/s against J/token, one point per job, labelled with
+    its batch size (up and to the left is better). Rows without a power source are left out."""
+    points = [r for r in rows if r.figure("joules_per_token") is not None and r.figure("tokens_s") is not None]
+    if not points:
+        return
+    grid = fig.add_gridspec(1, 3)
+    for ax, spec in zip(fig.axes, grid):
+        ax.set_subplotspec(spec)
+    fig.set_size_inches(15, 4)
+    ax = fig.add_subplot(grid[2])
+    for label in dict.fromkeys(r.label for r in points):
+        series = [r for r in points if r.label == label]
+        ax.scatter([r.figure("joules_per_token") for r in series], [r.figure("tokens_s") for r in series], label=label)
+        for r in series:
+            ax.annotate(f"b{r.batch_size}", (r.figure("joules_per_token"), r.figure("tokens_s")), fontsize="small",
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set(xlabel="J/token (timed window)", ylabel="tokens/s", title="throughput against energy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
 
 
 def write_files(rows: Sequence[Row], group_keys: Sequence[str], out_dir: Path, title: str) -> tuple[str, list[Path]]:
@@ -226,8 +319,10 @@ def publish(tracker, rows: Sequence[Row], out_dir: Path | None = None, title: st
 
 
 def summarize_sweep(tracker, child_runs: Sequence[Any]) -> str | None:
-    """The sweep parent's summary from its children (MLflow Run objects); non-benchmark runs skipped."""
-    rows = [row for row in (row_from_run(run) for run in child_runs if run.info.status == "FINISHED") if row]
+    """The sweep parent's summary from its children (MLflow Run objects); non-benchmark runs skipped. A run that
+    failed its accuracy gate is FAILED but measured everything: it is shown (gate column 0), not dropped."""
+    rows = [row for row in (row_from_run(run) for run in child_runs if run.info.status == "FINISHED"
+                            or ACCURACY_METRIC in run.data.metrics) if row]
     if not rows:
         log.info("sweep summary: no finished benchmark runs among %d children", len(child_runs))
         return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ascend_lab import artifact_cache, cann
-from ascend_lab.compile import opcheck
+from ascend_lab.compile import aoe, opcheck
+from ascend_lab.compile.aoe import aoe_command
 from ascend_lab.compile.command import build_atc_command, cache_key
 from ascend_lab.compile.runner import AtcError, check_result, run_atc
 from ascend_lab.compile.shapes import InputShapes, derive_input_shapes, read_graph_inputs
+from ascend_lab.compile.switches import switch_files
 from ascend_lab.errors import AscendLabError, ToolchainError
 
 if TYPE_CHECKING:
@@ -69,6 +72,7 @@ class CompilePlan:
     stem: str  # the .om name without suffix
     argv: list[str]  # the command as it names the cache entry
     key: str
+    switches: dict[str, Path] = field(default_factory=dict)  # --keep_dtype / --fusion_switch_file files
 
     @property
     def command_line(self) -> str:
@@ -81,11 +85,12 @@ def plan_compile(cfg: "AppConfig", output_root: Path, exported: "ExportedModel")
     graph_inputs = read_graph_inputs(exported.onnx_path, exported.dynamic_axes)
     shapes = derive_input_shapes(graph_inputs, atc_cfg, cfg.benchmark, cfg.export)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cfg.model.name}_{exported.graph}")
-    probe = build_atc_command(atc_cfg, exported.onnx_path, shapes, stem)
-    key = cache_key(exported.sha256, probe, cann.toolkit_version(atc_cfg.toolkit_home))
+    switches = switch_files(atc_cfg, output_root)  # atc.keep_dtype / atc.fusion_switch_off as the files ATC reads
+    probe = build_atc_command(atc_cfg, exported.onnx_path, shapes, stem, switches)
+    key = cache_key(exported.sha256, probe, cann.toolkit_version(atc_cfg.toolkit_home), atc_cfg.tuning)
     folder = output_root / f"{stem}_{atc_cfg.soc_version}_{key[:16]}"
-    argv = build_atc_command(atc_cfg, exported.onnx_path, shapes, folder / stem)
-    return CompilePlan(Path(exported.onnx_path), exported.sha256, shapes, folder, stem, argv, key)
+    argv = build_atc_command(atc_cfg, exported.onnx_path, shapes, folder / stem, switches)
+    return CompilePlan(Path(exported.onnx_path), exported.sha256, shapes, folder, stem, argv, key, switches)
 
 
 def check_ops(cfg: "AppConfig", tracker, onnx_path: Path) -> opcheck.OpCheck:
@@ -99,7 +104,7 @@ def check_ops(cfg: "AppConfig", tracker, onnx_path: Path) -> opcheck.OpCheck:
     writer.writeheader()
     writer.writerows(rows)
     tracker.log_text(out.getvalue(), HISTOGRAM_ARTIFACT)
-    tracker.log_metrics({"atc_op_check_offenders": len(result.offenders), "onnx_nodes": sum(result.histogram.values())})
+    tracker.log_metrics({"atc_op_check_offenders": result.refused_nodes, "onnx_nodes": sum(result.histogram.values())})
     if result.ok:
         return result
     foreign = any(o.problem == "domain" for o in result.offenders)
@@ -111,15 +116,15 @@ def check_ops(cfg: "AppConfig", tracker, onnx_path: Path) -> opcheck.OpCheck:
         if any(o.dtype == "float" for o in result.offenders) else None,
         "or, if you know this CANN takes them, atc.skip_op_check=true",
     ]
-    message = (f"The graph {onnx_path} has {len(result.offenders)} nodes ATC's ONNX parser does not take "
+    message = (f"The graph {onnx_path} has {result.refused_nodes} nodes ATC's ONNX parser does not take "
                f"(checked against ascend_lab/compile/{opcheck.TABLE_FILE.name}, under precision {result.precision}); "
                f"atc was not run.\n{result.summary()}\nWhat to do: " + "; ".join(a for a in advice if a) + ".\n"
                f"The op histogram is logged as {HISTOGRAM_ARTIFACT}.")
     if cfg.atc.skip_op_check:
         log.warning("atc.skip_op_check=true: compiling anyway. %s", message)
-        tracker.set_tags({"atc_op_check": f"skipped with {len(result.offenders)} offending nodes"})
+        tracker.set_tags({"atc_op_check": f"skipped with {result.refused_nodes} offending nodes"})
         return result
-    tracker.set_tags({"atc_op_check": f"failed: {len(result.offenders)} offending nodes"})
+    tracker.set_tags({"atc_op_check": f"failed: {result.refused_nodes} offending nodes"})
     raise OpCheckError(message)
 
 
@@ -132,11 +137,15 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     """
     atc_cfg, tracker = cfg.atc, ctx.tracker
     plan = plan or plan_compile(cfg, ctx.path(atc_cfg.output_dir), exported)
-    tracker.set_tags({"onnx_sha256": plan.onnx_sha256, "atc_command": plan.command_line, "atc.cache_key": plan.key})
+    tracker.set_tags({"onnx_sha256": plan.onnx_sha256, "atc_command": plan.command_line, "atc.cache_key": plan.key,
+                      "atc.tuning": atc_cfg.tuning})
 
     if atc_cfg.dry_run:
         check_ops(cfg, tracker, plan.onnx_path)
         text = f"{plan.command_line}\n\n{cann.locate('atc', atc_cfg.toolkit_home).describe(sourced=False)}\n"
+        if atc_cfg.tuning != "none":  # AOE runs first, in the cache entry (ascend_lab.compile.aoe)
+            text = (shlex.join(aoe_command("aoe", plan.argv, atc_cfg.tuning, plan.folder / aoe.WORK_FOLDER / plan.stem))
+                    + "\n" + text)
         print("ATC dry run (atc.dry_run=true), not executed:\n" + text)
         tracker.log_text(text, "atc_command.txt")
         tracker.set_tags({"compile_skipped": "dry run (atc.dry_run=true)"})
@@ -156,15 +165,27 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
         tracker.set_tags({"compile_skipped": message})
         return None
 
+    aoe_environment = None
+    if atc_cfg.tuning != "none":
+        aoe_environment = cann.load_environment("aoe", atc_cfg.toolkit_home)
+        if aoe_environment.path is None:
+            raise ToolchainError(cann.missing_toolkit_message(
+                f"aoe (atc.tuning={atc_cfg.tuning}; or atc.tuning=none to compile untuned)", atc_cfg.toolkit_home))
+
     log_path = ctx.output_dir / "atc.log"
     ran: dict = {}
 
     def build(staging: Path) -> dict:
         argv = [str(environment.path),
-                *build_atc_command(atc_cfg, plan.onnx_path, plan.shapes, staging / plan.stem)[1:]]
+                *build_atc_command(atc_cfg, plan.onnx_path, plan.shapes, staging / plan.stem, plan.switches)[1:]]
+        env = environment.env
+        if aoe_environment is not None:  # AOE first; atc then reads the knowledge base it wrote (TUNE_BANK_PATH)
+            report = tune(cfg, ctx, aoe_environment, argv, staging, plan.stem)
+            ran["aoe"] = report.summary()
+            env = aoe.tuning_environment(environment.env or dict(os.environ), staging)
         tracker.log_text(f"{shlex.join(argv)}\n\n{environment.describe(sourced=True)}\n", "atc_command.txt")
         print(f"ATC: {shlex.join(argv)}", flush=True)
-        result = run_atc(argv, environment.env, atc_cfg.timeout_s, log_path)
+        result = run_atc(argv, env, atc_cfg.timeout_s, log_path)
         ran["result"] = result
         tracker.log_artifact(log_path)
         om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
@@ -174,7 +195,8 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
                 "soc_version": atc_cfg.soc_version, "dynamic_mode": plan.shapes.mode,
                 "input_shape": plan.shapes.input_shape, "batch_gears": plan.shapes.batch_gears,
                 "dims_gears": plan.shapes.dims_gears, "cache_key": plan.key, "atc": str(environment.path),
-                "set_env": str(environment.set_env) if environment.set_env else None}
+                "set_env": str(environment.set_env) if environment.set_env else None,
+                "tuning": atc_cfg.tuning, "aoe": ran.get("aoe")}
 
     entry = artifact_cache.ensure(plan.folder, build)
     if "result" not in ran:  # another job compiled it while this one waited on the lock
@@ -182,6 +204,31 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     compiled = _compiled(plan, entry.meta, hit=False)
     _record(tracker, compiled, atc_cfg)
     return compiled
+
+
+def tune(cfg: "AppConfig", ctx, environment: cann.CannEnvironment, atc_argv: list[str], staging: Path,
+         stem: str) -> aoe.AoeReport:
+    """Run AOE on the compile's model and options (``atc.tuning``), in the staging cache entry; log its report."""
+    atc_cfg, tracker = cfg.atc, ctx.tracker
+    argv = aoe_command(environment.path, atc_argv, atc_cfg.tuning, staging / aoe.WORK_FOLDER / stem)
+    print(f"AOE ({atc_cfg.tuning} tuning): {shlex.join(argv)}", flush=True)
+    log_path = ctx.output_dir / "aoe.log"
+    try:
+        report = aoe.run_aoe(argv, aoe.tuning_environment(environment.env or dict(os.environ), staging), staging,
+                             atc_cfg.tuning_timeout_s, log_path)
+    finally:
+        if log_path.is_file():
+            tracker.log_artifact(log_path)
+    for path in report.results:
+        tracker.log_artifact(path, "aoe")
+    tracker.log_dict(report.summary(), "aoe_report.json")
+    tracker.log_metrics({"aoe_seconds": report.seconds,
+                         **({"aoe_improvement_pct": report.improvement_pct} if report.improvement_pct is not None
+                            else {})})
+    print(f"AOE finished in {report.seconds:.1f} s"
+          + (f", performance improved by {report.improvement_pct:g} %" if report.improvement_pct is not None else "")
+          + f"; report: {', '.join(p.name for p in report.results) or 'no result file'}", flush=True)
+    return report
 
 
 def _cached(plan: CompilePlan, meta: dict, tracker, atc_cfg) -> CompiledModel:

@@ -74,6 +74,11 @@ class OpCheck:
     def ok(self) -> bool:
         return not self.offenders
 
+    @property
+    def refused_nodes(self) -> int:
+        """Nodes with at least one problem (a node may have several refused inputs)."""
+        return len({o.node for o in self.offenders})
+
     def summary(self, limit: int = 12) -> str:
         """The offenders, grouped by (op, problem, input, dtype) with example node names."""
         groups: dict[tuple, list[Offender]] = collections.defaultdict(list)
@@ -93,7 +98,7 @@ class OpCheck:
         rows = []
         for (domain, op), count in sorted(self.histogram.items(), key=lambda item: (-item[1], item[0])):
             row = table.get(op) if domain in ONNX_DOMAINS else None
-            bad = sum(1 for o in self.offenders if o.op == op and o.domain == domain)
+            bad = len({o.node for o in self.offenders if o.op == op and o.domain == domain})
             rows.append({"op": op, "domain": domain or "ai.onnx", "nodes": count,
                          "input_dtypes": ",".join(sorted(self.input_dtypes.get((domain, op), ()))),
                          "in_atc_table": row is not None, "refused_nodes": bad,

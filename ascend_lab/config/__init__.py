@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ascend_lab.config.accuracy import AccuracyConfig
 from ascend_lab.config.atc import AtcConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.device import DeviceConfig
@@ -24,7 +25,10 @@ from ascend_lab.config.doctor import DoctorConfig
 from ascend_lab.config.export import ExportConfig
 from ascend_lab.config.mnist import MnistConfig
 from ascend_lab.config.model import ModelConfig
+from ascend_lab.config.profile import ProfileConfig
 from ascend_lab.config.runtime import RuntimeConfig
+from ascend_lab.config.search import SearchConfig
+from ascend_lab.config.telemetry import TelemetryConfig
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.errors import AscendLabError, ConfigError, require
 
@@ -43,12 +47,14 @@ class Task(str, Enum):
     compile = "compile"
     infer = "infer"
     bench = "bench"
+    accuracy = "accuracy"
     pipeline = "pipeline"
 
 
 @dataclass
 class AppConfig:
-    task: Task = field(default=Task.pipeline, metadata={"help": "doctor, mnist, export, compile, infer, bench or pipeline."})
+    task: Task = field(default=Task.pipeline,
+                       metadata={"help": "doctor, mnist, export, compile, infer, bench, accuracy or pipeline."})
     seed: int = field(default=0, metadata={"help": "Seeds model weights, data splits, inputs and training."})
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -59,6 +65,13 @@ class AppConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     mnist: MnistConfig = field(default_factory=MnistConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    accuracy: AccuracyConfig = field(
+        default_factory=AccuracyConfig,
+        metadata={"help": "task=accuracy: the reference the candidate is compared with, the prompts, the gate's "
+                          "thresholds per precision and the layer report (ascend_lab/config/accuracy.py)."})
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 # The config groups each task reads: what decides its result. A job's identity (the resume hash) covers
@@ -71,6 +84,7 @@ TASK_GROUPS: dict[Task, tuple[str, ...]] = {
     Task.compile: ("model", "export", "atc", "benchmark"),
     Task.infer: ("device", "model", "export", "atc", "runtime", "benchmark"),
     Task.bench: ("device", "model", "export", "atc", "runtime", "benchmark"),
+    Task.accuracy: ("device", "model", "export", "atc", "runtime", "benchmark", "accuracy"),
     Task.pipeline: ("device", "doctor", "model", "export", "atc", "runtime", "benchmark"),
 }
 
@@ -96,6 +110,9 @@ def validate(cfg: DictConfig) -> AppConfig:
                              f"({key}=<value>) or make the ${{...}} interpolation name an existing key.") from None
     assert isinstance(app_cfg, AppConfig), type(app_cfg)
     require(0 <= app_cfg.seed <= MAX_SEED, "seed", app_cfg.seed, f"must be between 0 and {MAX_SEED}")
+    require(not (app_cfg.search.objective or app_cfg.search.accuracy) or app_cfg.task is Task.bench,
+            "search.objective" if app_cfg.search.objective else "search.accuracy", True,
+            f"only task=bench measures what a tuning sweep compares (task={app_cfg.task.value}); use task=bench")
     if app_cfg.task.value in SEQUENCE_TASKS:
         bench = app_cfg.benchmark
         generate = bench.scenario == "generate"
@@ -136,7 +153,7 @@ def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
 
 
 __all__ = [
-    "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
-    "MnistConfig", "ModelConfig", "RuntimeConfig", "TASK_GROUPS", "Task", "TrackingConfig", "check_sequence_fits", "register_configs",
+    "AccuracyConfig", "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
+    "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_configs",
     "validate",
 ]

@@ -1,8 +1,9 @@
 """`atc` group: CANN's ATC compiler, ONNX → offline .om model (task=compile).
 
-Flag names, values and exclusivity rules follow the CANN ATC reference (README, "Ascend
-interfaces"). Checks that need only this group run here; the ones that need the exported graph
-(input names, ranks, how many dims are dynamic) run in :func:`ascend_lab.atc.derive_input_shapes`.
+Flag names, values and exclusivity rules follow the CANN ATC reference (shared/reference/ascend.md §2).
+Checks that need only this group run here; the ones that need the exported graph (input names, ranks,
+how many dims are dynamic) run in :func:`ascend_lab.compile.shapes.derive_input_shapes`, and the graph's
+ops are checked by :mod:`ascend_lab.compile.opcheck`.
 """
 
 from __future__ import annotations
@@ -48,8 +49,16 @@ MAX_GEARS = 100
 MANAGED_FLAGS = (
     "mode", "framework", "model", "output", "soc_version", "input_format", "input_shape", "dynamic_batch_size",
     "dynamic_image_size", "dynamic_dims", "input_shape_range", "precision_mode", "precision_mode_v2",
-    "op_select_implmode", "log",
+    "op_select_implmode", "log", "keep_dtype", "fusion_switch_file", "job_type",
 )
+# atc.tuning: CANN's AOE before the compile, by its --job_type (aoe "--job_type": 1 subgraph tuning (SGAT),
+# 2 operator tuning (OPAT); shared/reference/ascend.md §7).
+AOE_JOB_TYPES = {"subgraph": 1, "operator": 2}
+TUNING_MODES = ("none", *AOE_JOB_TYPES)
+# --keep_dtype lines: an original op name, or OpType::<type> (--keep_dtype page, atlasatcparam_16_0074).
+_KEEP_DTYPE_ENTRY = re.compile(r"^(OpType::)?[A-Za-z0-9_./:-]+$")
+# --fusion_switch_file lines name a fusion pass: letters, digits, underscores (fusion rules reference).
+_FUSION_PASS = re.compile(r"^[A-Za-z0-9_]+$")
 _SHAPE_ENTRY = re.compile(r"^[^:;]+:(-1|\d+(~\d+)?)?(,(-1|\d+(~\d+)?))*$")
 
 
@@ -95,7 +104,8 @@ class AtcConfig:
     input_shape: Optional[str] = field(
         default=None,
         metadata={"help": "Explicit --input_shape (name:d,d;name:d,d) using the graph's input names; null: derived "
-                          "from the ONNX inputs, benchmark.batch_size / benchmark.seq_len and atc.past_seq_len."},
+                          "from the ONNX inputs: batch from benchmark.batch_size, seq from benchmark.seq_len (or "
+                          "the gears), capacity from export.kv_capacity."},
     )
     dynamic_mode: str = field(
         default="auto",
@@ -149,6 +159,27 @@ class AtcConfig:
     op_select_implmode: Optional[str] = field(
         default=None, metadata={"help": "--op_select_implmode; null: ATC's default high_performance."},
     )
+    keep_dtype: List[str] = field(
+        default_factory=list,
+        metadata={"help": "Ops that keep the graph's own dtype whatever the precision mode (--keep_dtype): original op "
+                          "names, or OpType::<type> for every op of a type (e.g. ['OpType::Softmax']); written to the "
+                          "file ATC reads. ATC ignores it under must_keep_origin_dtype / origin (everything keeps its "
+                          "dtype there)."},
+    )
+    fusion_switch_off: List[str] = field(
+        default_factory=list,
+        metadata={"help": "Graph / UB fusion passes to switch off (--fusion_switch_file, one '<pass>:off' line each; "
+                          "names from CANN's fusion rules reference, e.g. ['MatMulBiasAddFusionPass'])."},
+    )
+    tuning: str = field(
+        default="none",
+        metadata={"help": "Run CANN's AOE before the compile: none, subgraph (aoe --job_type=1) or operator "
+                          "(--job_type=2); its report is logged and the knowledge base it writes is what this "
+                          "compile uses. Part of the compile cache key. AOE takes minutes to hours."},
+    )
+    tuning_timeout_s: float = field(
+        default=86400.0, metadata={"help": "Kill AOE (its whole process group) after this many seconds."},
+    )
     log: str = field(default="error", metadata={"help": "--log level: debug, info, warning, error, null."})
     extra_args: List[str] = field(
         default_factory=list,
@@ -185,6 +216,19 @@ class AtcConfig:
         if self.op_select_implmode is not None:
             require_choice("atc.op_select_implmode", self.op_select_implmode, OP_SELECT_IMPLMODES)
         require_positive("atc.timeout_s", self.timeout_s)
+        require_choice("atc.tuning", self.tuning, TUNING_MODES)
+        require_positive("atc.tuning_timeout_s", self.tuning_timeout_s)
+        bad = [e for e in self.keep_dtype if not _KEEP_DTYPE_ENTRY.match(e)]
+        require(not bad, "atc.keep_dtype", self.keep_dtype,
+                f"{bad} are not op names or OpType::<type> entries (one op per entry, no spaces)")
+        bad = [e for e in self.fusion_switch_off if not _FUSION_PASS.match(e)]
+        require(not bad, "atc.fusion_switch_off", self.fusion_switch_off,
+                f"{bad} are not fusion pass names (letters, digits, underscores)")
+        if self.keep_dtype and (self.precision_mode == "must_keep_origin_dtype" or self.precision_mode_v2 == "origin"):
+            warnings.warn(f"atc.keep_dtype={self.keep_dtype} has no effect with precision mode "
+                          f"{self.precision_mode or self.precision_mode_v2}: every op keeps its dtype there (ATC "
+                          "ignores --keep_dtype); pick a precision mode that lowers ops to see it work",
+                          UserWarning, stacklevel=2)
         if self.max_seq_len is not None:
             require_positive("atc.max_seq_len", self.max_seq_len)
         require(bool(self.output_dir), "atc.output_dir", self.output_dir, "must name a folder")

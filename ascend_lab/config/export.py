@@ -56,6 +56,19 @@ class ExportConfig:
     parity_seq_len: int = field(default=8, metadata={"help": "Sequence length of the seeded parity inputs."})
     cache_dir: str = field(default="outputs/export_cache", metadata={"help": "Content-addressed export cache."})
     quantize: str = field(default="none", metadata={"help": "none or int8 (onnxruntime dynamic weight quantisation)."})
+    layer_outputs: bool = field(
+        default=False,
+        metadata={"help": "kv_cache graph: export its debug variant, which also outputs each decoder layer's hidden "
+                          "state at the last position (layer_hidden_states [layers, batch, hidden]); same weights, "
+                          "same ops, its own cache entry. task=accuracy's layer report sets it itself; on its own it "
+                          "only costs an extra output."},
+    )
+    fuse_projections: bool = field(
+        default=False,
+        metadata={"help": "kv_cache graph: store each layer's q|k|v and gate|up weights concatenated, so a decode "
+                          "step runs one MatMul (and a Split) where it ran three and two. Same arithmetic per "
+                          "output; fewer, larger kernels. The torch runtime keeps the separate weights."},
+    )
     artifact_max_mb: float = field(
         default=200.0,
         metadata={"help": "Log the .onnx to MLflow as an artifact up to this size (MB); above it only the path "
@@ -71,6 +84,8 @@ class ExportConfig:
         require(self.parity_tol is None or self.parity_tol > 0, "export.parity_tol", self.parity_tol, "must be > 0")
         require(self.parity_batch_size > 0, "export.parity_batch_size", self.parity_batch_size, "must be > 0")
         require(self.parity_seq_len > 0, "export.parity_seq_len", self.parity_seq_len, "must be > 0")
+        require(not self.layer_outputs or self.graph == "kv_cache", "export.layer_outputs", self.layer_outputs,
+                f"is a variant of the kv_cache graph; export.graph={self.graph} has no decoder-layer outputs")
         require(self.artifact_max_mb >= 0, "export.artifact_max_mb", self.artifact_max_mb, "must be ≥ 0")
         require(self.kv_capacity >= 2, "export.kv_capacity", self.kv_capacity,
                 "must be ≥ 2 (a prompt token and a generated one)")

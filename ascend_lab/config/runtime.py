@@ -23,9 +23,13 @@ class RuntimeConfig:
                           "onnxruntime or acl."},
     )
     intra_op_threads: int = field(
-        default=0, metadata={"help": "onnxruntime intra-op threads / torch.set_num_threads; 0: the library default "
-                                     "(all cores)."})
-    inter_op_threads: int = field(default=0, metadata={"help": "onnxruntime inter-op threads; 0: default."})
+        default=0,
+        metadata={"help": "onnxruntime intra-op threads / torch.set_num_threads; 0: onnxruntime uses one per "
+                          "physical core (a second thread per SMT sibling only competes for the same core's load "
+                          "ports, and decode is memory-bound), torch keeps its default. onnxruntime sessions also "
+                          "run sequentially with spinning workers (runtimes/onnxruntime_runtime.session_options)."})
+    inter_op_threads: int = field(
+        default=0, metadata={"help": "onnxruntime inter-op threads; 0: 1 (the decoder graph is a chain)."})
     graph_optimization: str = field(
         default="all", metadata={"help": "onnxruntime graph optimisation level: disable, basic, extended, all."},
     )

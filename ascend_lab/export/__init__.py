@@ -45,10 +45,11 @@ class ExportedModel:
     cache_key: str
     cache_hit: bool
     extra: dict = field(default_factory=dict, repr=False)  # meta.json: parity figures, size, opset
+    layer_outputs: bool = False  # the kv_cache graph's debug variant (export.layer_outputs)
 
     @property
     def contract(self) -> GraphContract:
-        return GraphContract(self.graph, self.dims, self.dtype)
+        return GraphContract(self.graph, self.dims, self.dtype, self.layer_outputs)
 
 
 def parity_tolerance(cfg) -> tuple[float, str]:
@@ -100,7 +101,7 @@ def ensure_exported(cfg, ctx, dtype: str | None = None) -> ExportedModel:
 def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     """Export, check and parity-test into the staging folder; returns the meta.json content."""
     from ascend_lab.export import onnx_export, parity
-    from ascend_lab.export.wrappers import wrapper_for
+    from ascend_lab.graphs import wrapper_for
     from ascend_lab.models import load_model, torch_dtype
 
     ecfg = cfg.export
@@ -110,8 +111,9 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     loaded = load_model(cfg.model, cfg.seed)
     stages["load_model"] = lap()
     model, config = loaded.model, loaded.config
-    wrapper = wrapper_for(ecfg.graph, model)
-    contract = GraphContract(ecfg.graph, ModelDims.of(config), cfg.model.dtype)
+    wrapper = wrapper_for(ecfg.graph, model, layer_outputs=ecfg.layer_outputs,
+                          fuse_projections=ecfg.fuse_projections)
+    contract = GraphContract(ecfg.graph, ModelDims.of(config), cfg.model.dtype, ecfg.layer_outputs)
     input_names, output_names = contract.input_names(), contract.output_names()
     axes = contract.dynamic_axes()
     dtype = torch_dtype(cfg.model.dtype)
@@ -149,6 +151,7 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
         "onnx_file": MODEL_FILE,
         "files": [f.name for f in files],
         "graph": ecfg.graph,
+        "layer_outputs": ecfg.layer_outputs,
         "input_names": input_names,
         "output_names": output_names,
         "dynamic_axes": axes if ecfg.dynamic_axes else {},
@@ -162,6 +165,8 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
         "stage_seconds": stages,
         "parity_max_abs_diff": result.max_abs_diff,
         "parity_rel_l2": result.rel_l2,
+        "parity_cosine": result.cosine,
+        "parity_kl": result.kl,
         "parity_cases": result.per_case,
         "parity_token_mismatches": result.token_mismatches,
         "parity_inputs": {"batch": ecfg.parity_batch_size, "seq": ecfg.parity_seq_len, "seed": cfg.seed},
@@ -218,7 +223,7 @@ def _from_meta(entry: Path, meta: dict, hit: bool) -> ExportedModel:
         dtype=meta["dtype"], dims=ModelDims(**meta["dims"]),
         input_names=list(meta["input_names"]), output_names=list(meta["output_names"]),
         dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in meta["dynamic_axes"].items()},
-        cache_key=meta["cache_key"], cache_hit=hit, extra=meta,
+        cache_key=meta["cache_key"], cache_hit=hit, extra=meta, layer_outputs=meta.get("layer_outputs", False),
     )
 
 
@@ -231,6 +236,7 @@ def _log_run(tracker, exported: ExportedModel, meta: dict, seconds: float, artif
         "onnx_size_mb": size_mb,
         "parity_max_abs_diff": meta["parity_max_abs_diff"],
         "parity_rel_l2": meta["parity_rel_l2"],
+        **{key: meta[key] for key in ("parity_cosine", "parity_kl") if meta.get(key) is not None},
         **{f"parity_max_abs_diff_{case}": v for case, v in meta.get("parity_cases", {}).items()},
         **({"parity_token_mismatches": meta["parity_token_mismatches"]} if "parity_token_mismatches" in meta else {}),
     })

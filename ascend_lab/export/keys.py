@@ -21,7 +21,8 @@ from ascend_lab.provenance import installed_versions
 CACHE_FORMAT = 3  # 3: the kv_cache graph of ascend_lab.graph_contract (fixed-capacity cache, positions in)
 # Export fields that change the graph; parity_*, cache_dir, artifact limits, kv_capacity and prefill_chunks
 # (the cache dim is symbolic in the file; chunks are gears of the compile) do not.
-GRAPH_FIELDS = ("graph", "opset", "do_constant_folding", "exporter", "dynamic_axes", "external_data", "quantize")
+GRAPH_FIELDS = ("graph", "opset", "do_constant_folding", "exporter", "dynamic_axes", "external_data", "quantize",
+                "layer_outputs", "fuse_projections")
 KEY_PACKAGES = ("torch", "transformers", "onnx")
 
 

@@ -97,25 +97,3 @@ def int8_graph(exported, method: str | None = None) -> Path:
         quantize_int8(out, (out.parent / DATA_FILE).exists(), method)
 
     return derived_graph(exported.onnx_path, f"int8-{method}", build, exported.sha256)
-
-
-def step_weight_bytes(onnx_path: Path) -> int:
-    """Bytes of the initializers a decode step reads in full: every constant except tables read
-    only by ``Gather`` (an embedding lookup reads one row per token)."""
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    users: dict[str, set[str]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, set()).add(node.op_type)
-    total = 0
-    for init in model.graph.initializer:
-        if users.get(init.name, set()) == {"Gather"}:
-            continue
-        count = 1
-        for dim in init.dims:
-            count *= dim
-        total += count * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-    return total

@@ -8,6 +8,11 @@ Tolerance (``export.parity_tol``, on the max absolute difference over all output
 the per-dtype default below. float32 graphs agree to ~1e-6 on random-weight models; 1e-3 leaves
 room for the larger logits of real checkpoints. float16/bfloat16 round every op's output
 (ONNX Runtime and PyTorch order and fuse ops differently), so a bounded drift is expected.
+
+Besides the gated max |Δ|, the check reports the relative L2 over every compared value, the smallest
+cosine similarity of a logits row (hidden-state row for the hidden_states graph) and the largest
+KL(torch ‖ onnxruntime) of a logits row, with the project's one definition of each
+(:mod:`ascend_lab.accuracy.metrics`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ascend_lab import graph_contract as gc
+from ascend_lab.accuracy import metrics
 from ascend_lab.errors import AscendLabError
 
 DEFAULT_TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}
@@ -42,6 +48,8 @@ class ParityResult:
     rel_l2: float
     per_case: dict[str, float]  # case name → max abs diff
     token_mismatches: int = 0  # kv_cache: next_token entries that differ
+    cosine: float = 1.0  # the smallest cosine similarity of a logits (hidden-state) row
+    kl: float | None = None  # the largest KL(torch ‖ onnxruntime) of a logits row; None without logits
 
 
 def build_cases(wrapper, contract: gc.GraphContract, batch: int, seq: int, dtype, seed: int) -> list[ParityCase]:
@@ -107,8 +115,9 @@ def compare(cases: list[ParityCase], onnx_path) -> ParityResult:
                 "and the parity check needs it: export with model.dtype=float32 or float16."
                 if "NOT_IMPLEMENTED" in str(exc) else "")
         raise AscendLabError(f"ONNX Runtime cannot load {onnx_path} for the parity check: {exc}{hint}") from exc
-    diff_sq = ref_sq = 0.0
+    compared_ref, compared_out = [], []  # every finite compared value, for the overall relative L2
     worst, mismatches = 0.0, 0
+    cosine, kl = 1.0, None
     per_case = {}
     output_names = [o.name for o in session.get_outputs()]
     for case in cases:
@@ -130,18 +139,25 @@ def compare(cases: list[ParityCase], onnx_path) -> ParityResult:
                 continue
             if name in case.real:
                 out, ref = out[case.real[name]], ref[case.real[name]]
-            delta = out - ref
-            if not np.all(np.isfinite(delta)):  # NaN/inf on either side: never within tolerance
+            if not np.all(np.isfinite(out - ref)):  # NaN/inf on either side: never within tolerance
                 case_worst = float("inf")
                 continue
-            case_worst = max(case_worst, float(np.max(np.abs(delta))) if delta.size else 0.0)
-            diff_sq += float(np.sum(delta * delta))
-            ref_sq += float(np.sum(ref * ref))
+            case_worst = max(case_worst, float(metrics.max_abs_diff(ref.ravel(), out.ravel())))
+            compared_ref.append(ref.ravel())
+            compared_out.append(out.ravel())
+            if name in (gc.LOGITS, gc.HIDDEN_STATES) and ref.size:
+                rows_ref, rows_out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
+                cosine = min(cosine, float(np.min(metrics.cosine_similarity(rows_ref, rows_out))))
+                if name == gc.LOGITS:
+                    kl = max(kl or 0.0, float(np.max(metrics.kl_divergence(rows_ref, rows_out))))
         per_case[case.name] = case_worst
         worst = max(worst, case_worst)
     del session
-    rel = (diff_sq ** 0.5) / (ref_sq ** 0.5) if ref_sq > 0 else diff_sq ** 0.5
-    return ParityResult(max_abs_diff=worst, rel_l2=rel, per_case=per_case, token_mismatches=mismatches)
+    rel = 0.0
+    if compared_ref:
+        rel = float(metrics.relative_l2(np.concatenate(compared_ref), np.concatenate(compared_out)))
+    return ParityResult(max_abs_diff=worst, rel_l2=rel, per_case=per_case, token_mismatches=mismatches,
+                        cosine=cosine, kl=kl)
 
 
 def _to_ort(tensor):

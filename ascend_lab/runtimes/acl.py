@@ -62,7 +62,7 @@ from ascend_lab import cann
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
 from ascend_lab.graph_contract import GraphContract
-from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic
+from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic, no_layer_outputs
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,15 @@ class AclRuntime(Runtime):
             raise AscendLabError(f"runtime=acl: {self.om_path.name} is not a compiled kv_cache graph; generation "
                                  "needs export.graph=kv_cache (compiled with atc.dynamic_mode=auto)")
         return AclCacheBackend(self)
+
+    @contextmanager
+    def profiled(self, out_dir, settings) -> Iterator:
+        """The pyACL profiling API around the pass's executions, one profiling session per phase
+        (:mod:`ascend_lab.profiling.acl_capture`); the pass runs on this runtime."""
+        from ascend_lab.profiling.acl_capture import AclProfiling
+
+        self._require_open()
+        yield AclProfiling(self, Path(out_dir), settings)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -778,3 +787,8 @@ class AclCacheBackend:
 
     def last_logits(self) -> np.ndarray:
         return self.runtime.read_output(gc.LOGITS, (self.batch, self.contract.dims.vocab_size))
+
+    def last_layer_hidden(self) -> np.ndarray:
+        if not self.contract.layer_outputs:
+            raise no_layer_outputs("acl")
+        return self.runtime.read_output(gc.LAYER_HIDDEN_STATES, self.contract.layer_hidden_shape(self.batch))

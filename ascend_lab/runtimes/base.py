@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from ascend_lab import graph_contract as gc
 from ascend_lab.graph_contract import GraphContract
 
 
@@ -96,6 +97,31 @@ class CacheBackend(Protocol):
     def last_logits(self) -> np.ndarray:
         """The last execution's logits [batch, vocab] on the host (a copy from the device)."""
 
+    def last_layer_hidden(self) -> np.ndarray:
+        """The last execution's ``layer_hidden_states`` [layers, batch, hidden] on the host: each decoder
+        layer's hidden state at the last position, an output of the graph's debug variant only
+        (``export.layer_outputs``; :func:`no_layer_outputs` otherwise)."""
+
+
+class ProfileSession(Protocol):
+    """What :meth:`Runtime.profiled` yields: the runtime the profiled pass runs on (the runtime itself, or one
+    the profiler needs of its own), a marker for the pass's phases, and, once the ``profiled`` block has exited,
+    the traces written (``ascend_lab.profiling.events.TraceFile``; :mod:`ascend_lab.profiling` parses them)."""
+
+    runtime: "Runtime"
+    traces: list
+
+    def phase(self, name: str) -> Any:
+        """A context manager around one phase of the pass (``prefill``, ``decode``, ``forward``)."""
+
+
+def no_layer_outputs(runtime: str) -> Exception:
+    """What :meth:`CacheBackend.last_layer_hidden` raises on a graph without the debug outputs."""
+    from ascend_lab.errors import AscendLabError
+
+    return AscendLabError(f"runtime={runtime}: this graph has no {gc.LAYER_HIDDEN_STATES} output; layer-by-layer "
+                          "figures need the kv_cache graph's debug variant (export.layer_outputs=true)")
+
 
 class Runtime(ABC):
     name: str = "runtime"
@@ -131,18 +157,37 @@ class Runtime(ABC):
     def cache_backend(self) -> CacheBackend:
         """The kv_cache graph's device-resident cache on this runtime."""
 
-    def engine(self, max_tokens: int, prefill_chunks: tuple[int, ...], capacity_limit: int) -> Engine:
+    def engine(self, max_tokens: int, prefill_chunks: tuple[int, ...], capacity_limit: int,
+               keep_logits: bool = False) -> Engine:
         """The greedy decode engine of this runtime's graph.
 
         ``max_tokens`` is the prompt + new tokens one generation needs; ``prefill_chunks`` and
-        ``capacity_limit`` are ``export.prefill_chunks`` and ``export.kv_capacity``.
+        ``capacity_limit`` are ``export.prefill_chunks`` and ``export.kv_capacity``. ``keep_logits`` (the
+        accuracy check): copy every execution's logits to the host (``engine.logits``); only the kv_cache
+        graph's :class:`~ascend_lab.runtimes.engine.CacheEngine` does that (and takes given tokens for
+        teacher forcing), so with it the engine is always one.
         """
+        from ascend_lab.errors import ConfigError
         from ascend_lab.runtimes.engine import CacheEngine, RecomputeEngine
 
         self.contract.require_generative()
         if self.contract.graph == "logits":
+            if keep_logits:
+                raise ConfigError("export.graph", self.contract.graph,
+                                  "comparing every step's logits (task=accuracy) needs export.graph=kv_cache")
             return RecomputeEngine(self)
-        return CacheEngine(self.cache_backend(), self.contract, prefill_chunks, capacity_limit, max_tokens)
+        return CacheEngine(self.cache_backend(), self.contract, prefill_chunks, capacity_limit, max_tokens,
+                           keep_logits=keep_logits)
+
+    def profiled(self, out_dir, settings) -> Any:
+        """A context manager yielding a :class:`ProfileSession`: the runtime's own profiler runs while the block
+        does, writing its traces under ``out_dir``; ``settings`` is the ``profile`` group
+        (:class:`ascend_lab.config.profile.ProfileConfig`). Every profiling resource is released however the
+        block ends. The one hook profiling needs from a runtime (:mod:`ascend_lab.profiling.profiled_pass`)."""
+        from ascend_lab.errors import ConfigError
+
+        raise ConfigError("profile.enabled", True, f"runtime={self.name} has no profiler hook; profile with "
+                                                   "runtime=torch, onnxruntime or acl")
 
     @abstractmethod
     def close(self) -> None:

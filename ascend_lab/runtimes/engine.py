@@ -98,19 +98,31 @@ class CacheEngine:
         self.prefill_executions = len(plan.chunks)
         self._tokens.append(token)
 
-    def step(self) -> None:
+    def step(self, tokens: np.ndarray | None = None) -> None:
+        """Feed the last picked tokens and pick the next (greedy decoding), or with ``tokens`` ([batch] int64)
+        feed those instead: teacher forcing, where both sides of an accuracy comparison are fed the
+        reference's tokens so that one early flip does not change every later input. ``generated()`` keeps
+        this engine's own picks either way."""
         if not self._tokens:
             raise RuntimeError("step() before prefill()")
         if self._written >= self.backend.capacity:
             raise AscendLabError(f"the KV cache is full ({self.backend.capacity} slots after the prompt and "
                                  f"{len(self._tokens) - 1} steps): size it for the whole generation with the "
                                  "engine's max_tokens or prepare(batch, prompt_len, new_tokens)")
-        token = self._execute(self._tokens[-1], self._written, None)
+        if tokens is not None:
+            tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+            if tokens.shape[0] != self.backend.batch:
+                raise ValueError(f"step(tokens): {tokens.shape[0]} tokens for a batch of {self.backend.batch}")
+        token = self._execute(self._tokens[-1] if tokens is None else tokens, self._written, None)
         self._written += 1
         self._tokens.append(token)
 
     def generated(self) -> np.ndarray:
         return np.stack([self.backend.to_host(t) for t in self._tokens], axis=1)
+
+    def last_layer_hidden(self) -> np.ndarray:
+        """The last execution's per-layer hidden states [layers, batch, hidden] (the graph's debug variant)."""
+        return self.backend.last_layer_hidden()
 
     def _execute(self, input_ids, past_length: int, pads: np.ndarray | None):
         """``input_ids``: [batch, seq] numpy, or the [batch] tokens the last execution returned."""

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
-from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic
+from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic, no_layer_outputs
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,12 @@ def choose_providers(device_kind: str, device_index: int, available: list[str]) 
 
 
 def open_session(onnx_path: str | Path, device_kind: str = "cpu", device_index: int = 0, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, graph_optimization: str = "all", notes: list[str] | None = None):
+                 inter_op_threads: int = 0, graph_optimization: str = "all", notes: list[str] | None = None,
+                 profile_prefix: str | Path | None = None):
     """An ``InferenceSession`` with :func:`session_options` and the device's provider (CPU last).
 
+    ``profile_prefix``: switch on onnxruntime's built-in profiler (``SessionOptions.enable_profiling``); its JSON
+    trace is written as ``<profile_prefix>_<date>.json`` when ``end_profiling()`` is called (profile=on).
     A file onnxruntime cannot load is an :class:`AscendLabError` saying what to do.
     """
     import onnxruntime as ort
@@ -94,6 +98,9 @@ def open_session(onnx_path: str | Path, device_kind: str = "cpu", device_index: 
     if notes is not None:
         notes.extend(lacking)
     options = session_options(intra_op_threads, inter_op_threads, graph_optimization)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     try:
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, NoSuchFile, Fail, ...)
@@ -110,11 +117,15 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, onnx_path: str | Path, contract: gc.GraphContract, device_kind: str = "cpu",
                  device_index: int = 0, intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 graph_optimization: str = "all") -> None:
+                 graph_optimization: str = "all", profile_prefix: str | Path | None = None) -> None:
         self.contract = contract
         self.notes: list[str] = []
+        # What a profiling session of the same graph is opened with (profiled()).
+        self._opened_with = dict(onnx_path=onnx_path, device_kind=device_kind, device_index=device_index,
+                                 intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                                 graph_optimization=graph_optimization)
         self._session = open_session(onnx_path, device_kind, device_index, intra_op_threads, inter_op_threads,
-                                     graph_optimization, self.notes)
+                                     graph_optimization, self.notes, profile_prefix=profile_prefix)
         self.providers: list[str] = self._session.get_providers()
         self._inputs = [_spec(i) for i in self._session.get_inputs()]
         self._outputs = [_spec(o) for o in self._session.get_outputs()]
@@ -150,6 +161,23 @@ class OnnxRuntime(Runtime):
     def cache_backend(self) -> OrtCacheBackend:
         return OrtCacheBackend(self.session, self.contract)
 
+    @contextmanager
+    def profiled(self, out_dir, settings) -> Iterator:
+        """onnxruntime's built-in profiler is a session option, so the profiled pass runs on a second session of
+        the same graph and settings (from :func:`open_session`), with phases on the host's wall clock; the trace
+        is the JSON ``end_profiling()`` writes. The profiling session is closed however the block ends."""
+        from ascend_lab.profiling.events import ONNXRUNTIME, TraceFile, WallClockSession
+
+        profiling = OnnxRuntime(contract=self.contract, **self._opened_with, profile_prefix=Path(out_dir) / "onnxruntime")
+        session = WallClockSession(profiling)
+        try:
+            yield session
+        finally:
+            origin = profiling.session.get_profiling_start_time_ns()
+            path = Path(profiling.session.end_profiling())
+            profiling.close()
+        session.traces.append(TraceFile(path, ONNXRUNTIME, marks=tuple(session.clock.marks), origin_ns=origin))
+
     def close(self) -> None:
         self._session = None
 
@@ -167,6 +195,7 @@ class OrtCacheBackend:
         self._binding = session.io_binding()
         self._pads: np.ndarray | None = None
         self._logits: np.ndarray | None = None
+        self._layer_hidden: np.ndarray | None = None
         on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
         self.notes = [] if on_cpu else [
             f"{session.get_providers()[0]}: the cache is bound from host memory, so onnxruntime copies it to the "
@@ -196,16 +225,23 @@ class OrtCacheBackend:
         for name in self.contract.output_names():
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        logits, token, present = (value.numpy() for value in binding.get_outputs())
+        outputs = dict(zip(self.contract.output_names(), (value.numpy() for value in binding.get_outputs())))
+        present = outputs[gc.PRESENT_KEY_VALUES]
         self.cache[past_length:past_length + present.shape[0]] = present
-        self._logits = logits
-        return token.astype(np.int64, copy=False)
+        self._logits = outputs[gc.LOGITS]
+        self._layer_hidden = outputs.get(gc.LAYER_HIDDEN_STATES)
+        return outputs[gc.NEXT_TOKEN].astype(np.int64, copy=False)
 
     def to_host(self, tokens) -> np.ndarray:
         return np.asarray(tokens, dtype=np.int64)
 
     def last_logits(self) -> np.ndarray:
         return np.array(self._logits, copy=True)
+
+    def last_layer_hidden(self) -> np.ndarray:
+        if self._layer_hidden is None:
+            raise no_layer_outputs("onnxruntime")
+        return np.array(self._layer_hidden, copy=True)
 
 
 class FeedError(AscendLabError):

@@ -1,6 +1,6 @@
 """The torch runtime: the model in PyTorch on the resolved device (npu, cuda or cpu).
 
-It runs the export's graph modules (:func:`ascend_lab.export.wrappers.wrapper_for`), so torch,
+It runs the export's graph modules (:func:`ascend_lab.graphs.wrapper_for`), so torch,
 onnxruntime and pyACL execute the same graph contract; its cache backend keeps the kv_cache graph's
 cache and the generated tokens on the device between steps. With ``runtime.graph_capture`` or
 ``runtime.compile`` the engine is instead the static-cache decoder whose decode step is compiled and
@@ -9,13 +9,14 @@ captured as one CUDA/NPU graph (:mod:`ascend_lab.runtimes.static_decoder`).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
 from ascend_lab import graph_contract as gc
-from ascend_lab.errors import ToolchainError
-from ascend_lab.runtimes.base import Engine, Runtime, TensorSpec, Traffic
+from ascend_lab.errors import ConfigError, ToolchainError
+from ascend_lab.runtimes.base import Engine, Runtime, TensorSpec, Traffic, no_layer_outputs
 
 
 def compile_backend(choice: str, device_kind: str):
@@ -44,7 +45,7 @@ class TorchRuntime(Runtime):
                  tokenizer=None) -> None:
         import torch
 
-        from ascend_lab.export.wrappers import wrapper_for
+        from ascend_lab.graphs import wrapper_for
 
         if intra_op_threads > 0:
             torch.set_num_threads(intra_op_threads)
@@ -54,7 +55,7 @@ class TorchRuntime(Runtime):
         self.tokenizer = tokenizer
         self.graph_capture, self.compile = graph_capture, compile
         self.compile_backend_choice = compile_backend_choice
-        self.wrapper = wrapper_for(contract.graph, model).eval()
+        self.wrapper = wrapper_for(contract.graph, model, layer_outputs=contract.layer_outputs).eval()
 
     @classmethod
     def load(cls, cfg, device) -> "TorchRuntime":
@@ -62,7 +63,8 @@ class TorchRuntime(Runtime):
         from ascend_lab.models import load_model
 
         loaded = load_model(cfg.model, cfg.seed, device=device.torch_device)
-        contract = gc.GraphContract(cfg.export.graph, gc.ModelDims.of(loaded.config), cfg.model.dtype)
+        contract = gc.GraphContract(cfg.export.graph, gc.ModelDims.of(loaded.config), cfg.model.dtype,
+                                    cfg.export.layer_outputs)
         runtime = cls(loaded.model, contract, device.torch_device, cfg.runtime.intra_op_threads,
                       graph_capture=cfg.runtime.graph_capture, compile=cfg.runtime.compile,
                       compile_backend_choice=cfg.runtime.compile_backend, tokenizer=loaded.tokenizer)
@@ -87,9 +89,12 @@ class TorchRuntime(Runtime):
         if self.contract.graph == "logits":
             return [TensorSpec(gc.LOGITS, ("batch", "seq", d.vocab_size), dtype)]
         present = ("seq", "batch", *self.contract.cache_shape(1, 1)[2:])
-        return [TensorSpec(gc.LOGITS, ("batch", d.vocab_size), dtype),
-                TensorSpec(gc.NEXT_TOKEN, ("batch",), np.dtype(np.int64)),
-                TensorSpec(gc.PRESENT_KEY_VALUES, present, dtype)]
+        specs = [TensorSpec(gc.LOGITS, ("batch", d.vocab_size), dtype),
+                 TensorSpec(gc.NEXT_TOKEN, ("batch",), np.dtype(np.int64)),
+                 TensorSpec(gc.PRESENT_KEY_VALUES, present, dtype)]
+        if self.contract.layer_outputs:
+            specs.append(TensorSpec(gc.LAYER_HIDDEN_STATES, (d.num_layers, "batch", d.hidden_size), dtype))
+        return specs
 
     def to_device(self, feeds: Mapping[str, np.ndarray]) -> list:
         """The graph's arguments on the device, in input order (floats in the model dtype)."""
@@ -119,17 +124,35 @@ class TorchRuntime(Runtime):
     def cache_backend(self) -> TorchCacheBackend:
         return TorchCacheBackend(self)
 
-    def engine(self, max_tokens: int, prefill_chunks: tuple[int, ...], capacity_limit: int) -> Engine:
+    def engine(self, max_tokens: int, prefill_chunks: tuple[int, ...], capacity_limit: int,
+               keep_logits: bool = False) -> Engine:
         """The generic engine over :class:`TorchCacheBackend`, or with ``runtime.graph_capture`` /
-        ``runtime.compile`` the static-cache engine whose decode step is compiled and captured."""
+        ``runtime.compile`` the static-cache engine whose decode step is compiled and captured. That one
+        keeps its logits on the device and feeds only its own tokens (so nothing leaves the captured step),
+        so ``keep_logits`` (task=accuracy: per-step logits, teacher forcing) is refused with it."""
         if not (self.graph_capture or self.compile):
-            return super().engine(max_tokens, prefill_chunks, capacity_limit)
+            return super().engine(max_tokens, prefill_chunks, capacity_limit, keep_logits)
+        if keep_logits:
+            key = "runtime.graph_capture" if self.graph_capture else "runtime.compile"
+            raise ConfigError(key, True, "the static-cache decoder it selects returns no per-step logits and cannot "
+                                         "be fed the reference's tokens (teacher forcing), which task=accuracy "
+                                         "needs; compare runtime=torch without runtime.graph_capture / "
+                                         "runtime.compile (the same graph, eager)")
         from ascend_lab.runtimes.static_decoder import StaticDecoderEngine
 
         self.contract.require_generative()
         backend = compile_backend(self.compile_backend_choice, self.device.type) if self.compile else None
         return StaticDecoderEngine(self.model, self.device, max_len=max(max_tokens, 2),
                                    graph_capture=self.graph_capture, compile=self.compile, compile_backend=backend)
+
+    @contextmanager
+    def profiled(self, out_dir, settings) -> Iterator:
+        """torch.profiler on the CPU/CUDA, torch_npu.profiler on an NPU (:mod:`ascend_lab.profiling.torch_capture`);
+        the pass runs on this runtime."""
+        from ascend_lab.profiling.torch_capture import TorchProfiling
+
+        with TorchProfiling(self, self.device.type, out_dir, settings).session() as session:
+            yield session
 
     def close(self) -> None:
         self.wrapper = None
@@ -147,6 +170,7 @@ class TorchCacheBackend:
         self.batch = self.capacity = 0
         self._pads = None
         self._logits = None
+        self._layer_hidden = None
 
     def allocate(self, batch: int, capacity: int) -> None:
         import torch
@@ -170,16 +194,24 @@ class TorchCacheBackend:
             self._pads = torch.from_numpy(np.ascontiguousarray(pad_lengths, dtype=np.int64)).to(device)
         positions = torch.from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64)).to(device)
         past = torch.tensor([past_length], dtype=torch.int64, device=device)
-        logits, token, present = self.runtime.call([ids, positions, past, self._pads, self.cache])
+        outputs = dict(zip(self.runtime.contract.output_names(),
+                           self.runtime.call([ids, positions, past, self._pads, self.cache])))
+        present = outputs[gc.PRESENT_KEY_VALUES]
         self.cache[past_length:past_length + present.shape[0]].copy_(present)
-        self._logits = logits
-        return token
+        self._logits = outputs[gc.LOGITS]
+        self._layer_hidden = outputs.get(gc.LAYER_HIDDEN_STATES)
+        return outputs[gc.NEXT_TOKEN]
 
     def to_host(self, tokens) -> np.ndarray:
         return tokens.cpu().numpy().astype(np.int64)
 
     def last_logits(self) -> np.ndarray:
         return _to_numpy(self._logits)
+
+    def last_layer_hidden(self) -> np.ndarray:
+        if self._layer_hidden is None:
+            raise no_layer_outputs("torch")
+        return _to_numpy(self._layer_hidden)
 
 
 def _to_numpy(tensor) -> np.ndarray:

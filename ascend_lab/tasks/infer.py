@@ -3,7 +3,7 @@
 The "it runs" check of the walkthrough's pyACL inference step: prints the prompt and the
 ``benchmark.new_tokens`` generated tokens (gibberish with random weights), logs the text and the
 time to first token and per-token figures of this one generation (no warm-up: first-call costs
-included).
+included). ``profile=on`` generates once more under the runtime's profiler (:mod:`ascend_lab.profiling`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
 from ascend_lab.prepare import plan_runtime
 from ascend_lab.runtimes.select import open_runtime, tokenizer_for
-from ascend_lab.tasks.bench import engine_for, timer_for
+from ascend_lab.tasks.bench import engine_for, profiled_pass, timer_for
 from ascend_lab.text import display_text, weights_note
 
 
@@ -40,8 +40,11 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
         input_ids = np.asarray([ids], dtype=np.int64)
         engine = engine_for(runtime, cfg, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
         engine.prepare(1, input_ids.shape[1], bench.new_tokens)
-        result = greedy_generate(engine, input_ids, np.ones_like(input_ids), bench.new_tokens,
-                                 timer_for(plan.name, ctx.device))
+        timer = timer_for(plan.name, ctx.device)
+        result = greedy_generate(engine, input_ids, np.ones_like(input_ids), bench.new_tokens, timer)
+        # profile=on: the same generation once more, under the runtime's profiler, after the measured one.
+        profile = profiled_pass(cfg, ctx, runtime, engine, input_ids, np.ones_like(input_ids), timer,
+                                scenario="generate") if cfg.profile.enabled else None
     text = display_text(tokenizer, result.tokens[0].tolist())
     note = weights_note(cfg.model.weights)
     metrics = {"load_seconds": load_seconds, "ttft_ms": result.ttft_ms, "prompt_tokens": len(ids),
@@ -60,4 +63,6 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
     print(f"ttft {result.ttft_ms:.2f} ms"
           + (f", {metrics['tpot_ms_mean']:.2f} ms/token, {metrics['decode_tokens_s']:.1f} tokens/s decode"
              if result.step_ms else ""))
+    if profile is not None:
+        print(profile.log(ctx.tracker, cfg.profile.top_n, f"profile: infer {cfg.model.name} on {plan.name}"))
     return text

@@ -22,6 +22,9 @@ Optional fields the fake ATC also writes (readers may ignore them):
   output_nodes        list, one {"op_name": str, "edge_index": int} per entry of ``outputs``: the ATC name
                       of the ONNX node producing that output (an unnamed node is ``<OpType>_<n>``, as
                       Ascend/parser onnx_parser.cc UpdateAllNodeName names it) and which of its outputs it is
+  external_data_from  str, only for graphs whose weights are ONNX external data (over protobuf's 2 GB): the
+                      source .onnx, whose data file the simulator reads in place (the stand-in does not copy
+                      gigabytes into its container; only must_keep_origin_dtype is emulated for these)
 
 How the pyACL simulator reads them:
   - framework 5 with output_nodes: ``get_output_name_by_index`` (and the "name" of get_output_dims /

@@ -6,7 +6,8 @@ Models are the stand-in ``.om`` files of ``tests/fakes/om_format.py``; ``mdl.exe
 with onnxruntime, in the precision the .om was compiled with (``_precision.py``). Output names of
 ONNX-built models read ``op_name:edge_index:output_name``, as pyACL documents. ``acl.util`` has the surface
 of the simulated CANN release (``util.py``). Test hooks live in ``acl._sim`` (reset, fail_next, leaks,
-configure, calls, traffic, reset_traffic).
+configure, calls, traffic, reset_traffic); ``acl.prof`` is the
+profiling API (``prof.py``: what it writes and the rules it enforces).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import _sim, mdl, rt, util
+from . import _sim, mdl, prof, rt, util
 from ._sim import ACL_ERROR_INVALID_FILE, ACL_ERROR_REPEAT_INITIALIZE, ACL_ERROR_UNINITIALIZE, AclFail, api, check
 
 # Constants as the pyACL samples define them (the real module exposes none of these; code should
@@ -67,4 +68,4 @@ def destroy_data_buffer(buffer: int) -> int:
     return 0
 
 
-__all__ = ["init", "finalize", "create_data_buffer", "destroy_data_buffer", "rt", "mdl", "util", "_sim"]
+__all__ = ["init", "finalize", "create_data_buffer", "destroy_data_buffer", "rt", "mdl", "prof", "util", "_sim"]

@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,7 @@ class Model:
     outputs: list[dict]
     max_output_dims: list[list[int]] | None = None
     cur_output_dims: list[list[int]] | None = None
+    source: Any = None  # the graph (bytes or path) the session was built from: prof.py opens a profiling session of it
 
 
 @dataclass
@@ -243,9 +245,15 @@ def fail_next(name: str, code: int, times: int = 1) -> None:
     state.failures.setdefault(name, []).extend([code] * times)
 
 
+# Other modules' leak reports (prof.py: profiling sessions and configs), called by leaks().
+LEAK_SOURCES: list[Callable[[], list[str]]] = []
+# Called as observer(name, start_ns, end_ns) after every API call (prof.py records ACL API data with them).
+API_OBSERVERS: list[Callable[[str, int, int], None]] = []
+
+
 def leaks() -> list[str]:
     """Everything acquired and not released, one line each; empty when all was cleaned up."""
-    out = []
+    out = [line for source in LEAK_SOURCES for line in source()]
     if state.initialized:
         out.append("acl.init without acl.finalize")
     out += [f"device {d} set {n}x without reset_device" for d, n in state.device_refs.items() if n > 0]
@@ -308,10 +316,14 @@ def api(name: str, shape: str) -> Callable:
             pending = state.failures.get(name)
             if pending:
                 return failed(pending.pop(0), args)
+            started = time.time_ns()
             try:
                 return fn(*args, **kwargs)
             except AclFail as fail:
                 return failed(fail.code, args)
+            finally:
+                for observer in API_OBSERVERS:
+                    observer(name, started, time.time_ns())
 
         return wrapper
 

@@ -52,15 +52,20 @@ def _prepared_mask(model: nn.Module, attention_mask: torch.Tensor):
 
 
 class HiddenStatesWrapper(nn.Module):
-    """The walkthrough's wrapper: the base model's last hidden state, cache disabled."""
+    """The walkthrough's wrapper: the base model's last hidden state, cache disabled. For Qwen2-class
+    models the mask and positions are built here as in :class:`LogitsWrapper` (transformers' own mask
+    code traces to a bool ``Flatten`` ATC's pages refuse)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        outputs = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                        use_cache=False, return_dict=True)
+        own_mask = _model_type(self.model) in KV_CACHE_MODEL_TYPES
+        outputs = self.model.base_model(
+            input_ids=input_ids, attention_mask=_prepared_mask(self.model, attention_mask),
+            position_ids=position_ids_from_mask(attention_mask) if own_mask else None,
+            use_cache=False, return_dict=True)
         return outputs.last_hidden_state
 
 
@@ -77,8 +82,10 @@ class LogitsWrapper(nn.Module):
         return outputs.logits
 
 
-def cache_graph_decoder(model: nn.Module) -> nn.Module:
-    """The kv_cache graph module, or a clear error for models the graph does not cover."""
+def cache_graph_decoder(model: nn.Module, layer_outputs: bool = False, fuse_projections: bool = False) -> nn.Module:
+    """The kv_cache graph module (``layer_outputs``: its debug variant; ``fuse_projections``: q|k|v and
+    gate|up as one MatMul each; see :class:`ascend_lab.qwen2.CacheGraphDecoder`), or a clear error for
+    models the graph does not cover."""
     from ascend_lab.qwen2 import CacheGraphDecoder
 
     model_type = _model_type(model)
@@ -88,12 +95,15 @@ def cache_graph_decoder(model: nn.Module) -> nn.Module:
             f"not model_type={model_type!r} (e.g. the original Qwen's remote code). Use export.graph=logits "
             "or hidden_states for it, or a Qwen1.5/Qwen2.5 checkpoint.")
     try:
-        return CacheGraphDecoder(model)
+        return CacheGraphDecoder(model, layer_outputs=layer_outputs, fuse_projections=fuse_projections)
     except ValueError as exc:
         raise AscendLabError(f"export.graph=kv_cache: the model {exc}") from None
 
 
-def wrapper_for(graph: str, model: nn.Module) -> nn.Module:
+def wrapper_for(graph: str, model: nn.Module, layer_outputs: bool = False,
+                fuse_projections: bool = False) -> nn.Module:
+    """The module whose forward is ``graph``; ``layer_outputs`` and ``fuse_projections`` (kv_cache only)
+    select its debug variant and its fused-weight layout."""
     if graph == "kv_cache":
-        return cache_graph_decoder(model)
+        return cache_graph_decoder(model, layer_outputs, fuse_projections)
     return {"hidden_states": HiddenStatesWrapper, "logits": LogitsWrapper}[graph](model)
