@@ -71,7 +71,7 @@ def per_token(runtime, sim, prompt_len: int, batch: int, new_tokens: int, cfg) -
     ids = np.random.default_rng(prompt_len).integers(0, min(1000, runtime.contract.dims.vocab_size), size=(batch, prompt_len))
     engine = runtime.engine(prompt_len + new_tokens, tuple(cfg.export.prefill_chunks), cfg.export.kv_capacity)
     engine.prepare(batch, prompt_len, new_tokens)
-    ours0, theirs0 = runtime.traffic.snapshot(), sim.traffic() if sim else None
+    ours0 = runtime.traffic.snapshot()
     engine.prefill(ids, np.ones_like(ids))
     ours1, theirs1 = runtime.traffic.snapshot(), sim.traffic() if sim else None
     for _ in range(new_tokens - 1):

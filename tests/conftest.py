@@ -75,3 +75,47 @@ def compose():
                                  return_hydra_config=return_hydra_config)
 
     return _compose
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    """The pyACL simulator (``tests/fakes/pyacl``) imported as ``acl`` for this test only, with fresh state;
+    after the test, no runtime may still hold ``acl.init`` (every path releases what it took)."""
+    from ascend_lab.runtimes import acl as acl_runtime
+
+    def forget_acl() -> None:
+        for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
+            del sys.modules[name]
+
+    monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
+    forget_acl()
+    import acl
+
+    acl._sim.reset()
+    yield acl
+    forget_acl()
+    users = acl_runtime._init_users
+    acl_runtime._init_users, acl_runtime._init_owned = 0, False  # keep later tests independent of a failure here
+    assert users == 0, "a runtime was left open"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium driven by selenium; the test is skipped, with the reason, where none exists."""
+    from browser_helpers import BROWSER_FLAGS, CHROMEDRIVER, CHROMIUM, browser_missing
+
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -6,7 +6,6 @@ numpy_to_ptr surface; every resource released, also when a step fails."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from ascend_lab.config import AppConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
-from ascend_lab.runtimes import acl as acl_runtime
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 CHUNKS, CAPACITY = (16, 128), 1024
@@ -53,22 +51,6 @@ def compiled(launch_dir):
     mp.undo()
     return out
 
-
-@pytest.fixture
-def sim(monkeypatch):
-    """The pyACL simulator imported as ``acl`` for this test only, fresh state, checked for leaks after."""
-    monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
-    for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-        del sys.modules[name]
-    import acl
-
-    acl._sim.reset()
-    yield acl
-    for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-        del sys.modules[name]
-    users = acl_runtime._init_users
-    acl_runtime._init_users, acl_runtime._init_owned = 0, False
-    assert users == 0, "a runtime was left open"
 
 
 def prompts(seed: int, batch: int, length: int, pads=()):

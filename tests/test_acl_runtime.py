@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from ascend_lab.errors import AscendLabError, ToolchainError
-from ascend_lab.runtimes import acl as acl_runtime
 from ascend_lab.runtimes.acl import AclError, AclInputError, AclRuntime
 from fakes.om_format import write_om  # tests/ is on sys.path (rootdir conftest)
 
@@ -76,22 +75,6 @@ def make_om(tmp_path, onnx_model):
 
     return _make
 
-
-@pytest.fixture
-def sim(monkeypatch):
-    """The pyACL simulator imported as ``acl`` for this test only, fresh state, checked for leaks after."""
-    monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
-    for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-        del sys.modules[name]
-    import acl
-
-    acl._sim.reset()
-    yield acl
-    for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-        del sys.modules[name]
-    users = acl_runtime._init_users
-    acl_runtime._init_users, acl_runtime._init_owned = 0, False  # keep later tests independent of a failure here
-    assert users == 0, "a runtime was left open"
 
 
 def feeds(batch: int, seq: int = SEQ, seed: int = 0) -> dict[str, np.ndarray]:

@@ -8,7 +8,6 @@ runs tab and ``workflowType=machine_learning`` (see :mod:`ascend_lab.tracking.ui
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,19 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from browser_helpers import UI_TIMEOUT_S, free_port, shots_folder, wait_for_text
 from conftest import all_runs, cli_env
 
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.tracking import browse_hint, prepare_store, runs_table_url
 from ascend_lab.tracking.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-# Screenshots go here when set (e.g. UI_SHOTS_DIR=/tmp/ui_shots), else into the test's tmp folder.
-SHOTS_ENV = "UI_SHOTS_DIR"
-BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1600,1000")
-UI_TIMEOUT_S = 60
 # The expand button of a parent run's name cell in MLflow 3.17's runs table.
 EXPAND_CHILD_RUNS = "button[data-component-id*='runnamecellrenderer']"
 HINT = re.compile(r"browse the runs: mlflow ui --backend-store-uri (\S+)  then open (\S+)")
@@ -104,33 +97,13 @@ def test_pipeline_stage_runs_carry_the_params_of_their_task(pipeline_store):
 # The real browser
 
 
-def _browser_missing() -> str | None:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not path.exists():
-            return (f"{path} not found: the MLflow UI check needs Debian's chromium and chromium-driver "
-                    "(apt-get install chromium chromium-driver)")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install selenium) for the MLflow UI check"
-    return None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_ui(pipeline_store):
     """The UI served as the hint says (`mlflow ui --backend-store-uri ...` in the launch directory) on a
     free port; yields the hint's link with that port."""
     launch, stdout = pipeline_store
     ((store_uri, link),) = HINT.findall(stdout)
-    port = _free_port()
+    port = free_port()
     log = (launch / "mlflow-ui.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri,
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -159,39 +132,6 @@ def mlflow_ui(pipeline_store):
         log.close()
 
 
-@pytest.fixture
-def browser(tmp_path):
-    missing = _browser_missing()
-    if missing:
-        pytest.skip(missing)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get(SHOTS_ENV) or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _wait_for_text(driver, text: str) -> str:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, UI_TIMEOUT_S).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
-    return driver.find_element(By.TAG_NAME, "body").text
-
-
 def _choose(driver, selector_id: str, option: str) -> None:
     """Pick ``option`` in one of the compare page's dropdowns (a listbox of role=option items)."""
     from selenium.webdriver.common.by import By
@@ -212,16 +152,16 @@ def test_the_printed_link_opens_the_runs_table_and_compare_plots_batch_size(brow
     from selenium.webdriver.support.ui import WebDriverWait
 
     launch, link, address = mlflow_ui
-    shots = _shots(tmp_path)
+    shots = shots_folder(tmp_path)
 
     browser.get(link)
-    body = _wait_for_text(browser, "pipeline")
+    body = wait_for_text(browser, "pipeline")
     assert "Run Name" in body and "matching runs" in body, body[:2000]
     assert "/runs" in browser.current_url and "workflowType=machine_learning" in browser.current_url
     assert "No data available for the selected time range" not in body  # not the GenAI overview
     # The pipeline run is the table's one top-level row; its expander shows the stage runs.
     browser.find_element(By.CSS_SELECTOR, EXPAND_CHILD_RUNS).click()
-    body = _wait_for_text(browser, "bench-batch8")
+    body = wait_for_text(browser, "bench-batch8")
     assert all(stage in body for stage in ("doctor", "export", "compile", "bench-batch1", "bench-batch4")), body
     browser.save_screenshot(str(shots / "runs_table.png"))
 
@@ -231,7 +171,7 @@ def test_the_printed_link_opens_the_runs_table_and_compare_plots_batch_size(brow
     ids = [r.info.run_id for r in bench]
     # The compare page MLflow opens for selected runs (its getCompareRunPageRoute).
     browser.get(f"{address}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([bench[0].info.experiment_id])}")
-    _wait_for_text(browser, "Scatter Plot")
+    wait_for_text(browser, "Scatter Plot")
     browser.find_element(By.XPATH, "//*[normalize-space(text())='Scatter Plot']").click()
     _choose(browser, "x-axis-selector", "benchmark.batch_size")
     _choose(browser, "y-axis-selector", "throughput_tokens_s")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -344,23 +343,6 @@ def compiled(tmp_path_factory):
     mp.undo()
     return exported, om
 
-
-@pytest.fixture
-def sim(monkeypatch):
-    from ascend_lab.runtimes import acl as acl_runtime
-
-    monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
-    for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-        del sys.modules[name]
-    import acl
-
-    acl._sim.reset()
-    yield acl
-    for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-        del sys.modules[name]
-    users = acl_runtime._init_users
-    acl_runtime._init_users, acl_runtime._init_owned = 0, False
-    assert users == 0, "a runtime was left open"
 
 
 def acl_generate(runtime, new_tokens=6):

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import FAKES, all_runs, cli_env
-from test_mlflow_ui import _free_port, _shots, _wait_for_text, browser  # noqa: F401  (the browser fixture)
+from browser_helpers import free_port, shots_folder, wait_for_text
 
 from ascend_lab import cann
 from ascend_lab.bench import roofline, summary
@@ -396,7 +396,7 @@ def test_with_the_npu_smi_stand_in_the_npu_monitor_logs_curves_and_joules_per_to
 def test_the_system_metrics_tab_shows_the_npu_and_cpu_curves_in_a_real_browser(npu_bench, browser, tmp_path):
     """`mlflow ui` on the job's store, the run's "System metrics" tab in Chromium (skipped without one)."""
     launch, _, run = npu_bench
-    port = _free_port()
+    port = free_port()
     with (tmp_path / "mlflow-ui.log").open("w") as log:
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                                    "sqlite:///outputs/mlflow.db", "--host", "127.0.0.1", "--port", str(port),
@@ -413,13 +413,13 @@ def test_the_system_metrics_tab_shows_the_npu_and_cpu_curves_in_a_real_browser(n
                 except OSError:
                     time.sleep(0.5)
             browser.get(f"{address}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/system-metrics")
-            assert "cpu_utilization_percentage" in _wait_for_text(browser, "cpu_utilization_percentage")
+            assert "cpu_utilization_percentage" in wait_for_text(browser, "cpu_utilization_percentage")
             # Charts below the fold are drawn when scrolled to; the tab's search shows the NPU's at the top.
             from selenium.webdriver.common.by import By
 
             browser.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']").send_keys("npu_0")
-            text = _wait_for_text(browser, "npu_0_power_usage_watts")
-            browser.save_screenshot(str(_shots(tmp_path) / "system_metrics_npu.png"))
+            text = wait_for_text(browser, "npu_0_power_usage_watts")
+            browser.save_screenshot(str(shots_folder(tmp_path) / "system_metrics_npu.png"))
         finally:
             server.terminate()
             server.wait(timeout=20)
