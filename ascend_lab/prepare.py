@@ -29,11 +29,20 @@ class RuntimePlan:
     exported: Any = None  # ExportedModel (onnxruntime, acl)
     compiled: Any = None  # CompiledModel (acl)
     prepare_seconds: float = 0.0
+    # onnxruntime with runtime.transformer_optimize: the derived graph it loads instead of the export
+    optimized_onnx: Any = None
+
+    @property
+    def onnx_path(self):
+        """The ONNX file onnxruntime loads."""
+        return self.optimized_onnx or self.exported.onnx_path
 
     def tags(self) -> dict[str, str]:
         tags = {"runtime": self.name, "runtime.reason": self.reason}
         if self.exported is not None:
             tags["onnx_sha256"] = self.exported.sha256
+        if self.optimized_onnx is not None:
+            tags["onnx_optimized_path"] = str(self.optimized_onnx)
         if self.compiled is not None:
             tags["om_sha256"] = self.compiled.sha256
         return tags
@@ -48,6 +57,13 @@ def plan_runtime(cfg, ctx) -> RuntimePlan:
     from ascend_lab.config.runtime import ignored_runtime_keys
 
     plan = _plan(cfg, ctx)
+    if plan.name == "onnxruntime" and cfg.runtime.transformer_optimize:
+        from ascend_lab.export.optimize import optimized_graph
+
+        started = time.perf_counter()
+        dims = plan.exported.contract.dims
+        plan.optimized_onnx = optimized_graph(plan.exported, dims.num_heads, dims.hidden_size)
+        plan.prepare_seconds += time.perf_counter() - started
     for key, message in ignored_runtime_keys(cfg.runtime, plan.name).items():
         if message not in _warned:
             _warned.add(message)

@@ -275,6 +275,29 @@ def test_onnxruntime_gives_the_torch_runtimes_tokens(launch_dir, torch_runtime):
         assert backend._cache_value.data_ptr() == backend.cache.ctypes.data
 
 
+def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(launch_dir, torch_runtime):
+    """runtime.transformer_optimize: the plan names the derived graph (fused RMSNorms, fewer nodes), the
+    runtime loads it, and its greedy tokens are the torch runtime's."""
+    import onnx
+
+    from ascend_lab.prepare import plan_runtime
+    from ascend_lab.runtimes.select import open_runtime
+
+    cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=true")
+    plan = plan_runtime(cfg, ctx)
+    assert plan.onnx_path != plan.exported.onnx_path and plan.onnx_path.parent.name.endswith("~ortopt")
+    assert plan.tags()["onnx_optimized_path"] == str(plan.onnx_path)
+    plain, fused = (onnx.load(str(p), load_external_data=False).graph.node
+                    for p in (plan.exported.onnx_path, plan.onnx_path))
+    assert "SimplifiedLayerNormalization" in {n.op_type for n in fused} and len(fused) < len(plain)
+    with open_runtime(plan, cfg, ctx.device) as ort_runtime:
+        assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path
+        ids, mask = prompts(14, 4, 9, (0, 3, 6, 1))
+        _, optimized = generate(ort_runtime, ids, mask, 20)
+        _, from_torch = generate(torch_runtime, ids, mask, 20)
+        np.testing.assert_array_equal(optimized.tokens, from_torch.tokens)
+
+
 def test_the_backend_writes_exactly_the_new_slots(launch_dir):
     from ascend_lab.prepare import plan_runtime
     from ascend_lab.runtimes.select import open_runtime

@@ -33,6 +33,14 @@ class RuntimeConfig:
     graph_optimization: str = field(
         default="all", metadata={"help": "onnxruntime graph optimisation level: disable, basic, extended, all."},
     )
+    transformer_optimize: bool = field(
+        default=False,
+        metadata={"help": "onnxruntime: load the export after onnxruntime's transformer optimizer (RMSNorms and "
+                          "residual adds fused into SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization; "
+                          "fewer nodes per step), built once and cached beside the export. Its fused ops are "
+                          "onnxruntime's own (com.microsoft), so it is never what ATC compiles; float32 logits "
+                          "differ from the plain graph's in the last bits."},
+    )
     graph_capture: bool = field(
         default=False,
         metadata={"help": "torch generate: static KV cache with the decode step captured as one graph "
@@ -65,7 +73,7 @@ class RuntimeConfig:
 # A field added to RuntimeConfig must be added here too (tests/test_config.py checks that every field is).
 RUNTIME_FIELDS: dict[str, tuple[str, ...]] = {
     "torch": ("intra_op_threads", "graph_capture", "compile", "compile_backend"),
-    "onnxruntime": ("intra_op_threads", "inter_op_threads", "graph_optimization"),
+    "onnxruntime": ("intra_op_threads", "inter_op_threads", "graph_optimization", "transformer_optimize"),
     "acl": (),
 }
 

@@ -15,7 +15,7 @@ def open_runtime(plan, cfg, device):
         from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
 
         rt = cfg.runtime
-        return OnnxRuntime(plan.exported.onnx_path, plan.exported.contract, device.kind, device.index,
+        return OnnxRuntime(plan.onnx_path, plan.exported.contract, device.kind, device.index,
                            rt.intra_op_threads, rt.inter_op_threads, rt.graph_optimization)
     from ascend_lab.runtimes.acl import AclRuntime
 

@@ -156,8 +156,8 @@ def _weights_read(plan, runtime) -> tuple[int, str]:
     from ascend_lab.bench import roofline
 
     if plan.exported is not None:  # onnxruntime and pyACL run this graph (pyACL: compiled from it)
-        return roofline.step_weight_bytes(plan.exported.onnx_path), \
-            f"initializers a step reads in {plan.exported.onnx_path.name}"
+        graph = plan.onnx_path
+        return roofline.step_weight_bytes(graph), f"initializers a step reads in {graph.parent.name}/{graph.name}"
     return roofline.parameter_bytes(runtime.model.parameters()), "parameters of the torch model"
 
 
