@@ -23,6 +23,18 @@ def cli_env(extra_path: list[Path] | None = None) -> dict[str, str]:
     return env
 
 
+def stand_in_env(leaks_file: Path | None = None, **extra: str) -> dict[str, str]:
+    """The CLI's environment with the CANN stand-ins: the fake ``atc``/``aoe``/``npu-smi`` on PATH and the
+    pyACL simulator importable as ``acl``; ``leaks_file``: where the simulator reports what a run left
+    unreleased; ``extra``: more variables (e.g. ``ASCEND_LAB_SIM_CHIP``)."""
+    env = cli_env([FAKES / "bin"])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKES / "pyacl"), env.get("PYTHONPATH")]))
+    if leaks_file is not None:
+        env["ASCEND_LAB_SIM_LEAKS_FILE"] = str(leaks_file)
+    env.update(extra)
+    return env
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """``run_cli(*overrides, cwd=tmp_path, timeout=...)`` → CompletedProcess of the real CLI."""

@@ -6,7 +6,6 @@ bad inputs, and the CLI end to end (single runs, a sweep with a failed gate, the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import Device
 from ascend_lab.errors import ConfigError
 
-from conftest import FAKES, cli_env
+from conftest import stand_in_env
 
 CHUNKS, CAPACITY = (16, 128), 1024
 CPU = Device("cpu", 0, "test")
@@ -350,20 +349,13 @@ def test_cli_sweep_with_a_failed_gate(run_cli, mlflow_runs, tmp_path):
         assert header in proc.stdout, header
 
 
-def acl_env(tmp_path):
-    env = cli_env([FAKES / "bin"])
-    env["PYTHONPATH"] = os.pathsep.join([str(FAKES / "pyacl"), env.get("PYTHONPATH", "")])
-    env["ASCEND_LAB_SIM_LEAKS_FILE"] = str(tmp_path / "leaks.json")
-    return env
-
-
 @pytest.mark.slow
 def test_cli_acl_candidate_end_to_end_with_the_layer_report(run_cli, tmp_path):
     """The .om (fake atc, pyACL simulator) against torch float32: float16 thresholds, and the layer report's
     debug graph goes the same way (export with the layer outputs → op check → compile → pyACL)."""
     proc = run_cli("task=accuracy", "runtime=acl", "tracking=off", "accuracy.new_tokens=4",
                    "accuracy.layer_report=always", "accuracy.gate.float16.min_top1_agreement=0.5",
-                   env=acl_env(tmp_path))
+                   env=stand_in_env(tmp_path / "leaks.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "candidate: acl float16" in proc.stdout and "accuracy gate passed (float16 thresholds)" in proc.stdout
     assert "layer report:" in proc.stdout and "| 1     |" in proc.stdout  # a row per layer of tiny_qwen

@@ -17,6 +17,7 @@ from ascend_lab.config import AppConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
+from conftest import stand_in_env
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 CHUNKS, CAPACITY = (16, 128), 1024
@@ -211,17 +212,6 @@ def test_a_batch_the_om_was_not_compiled_for_is_a_clear_error(sim, compiled):
 # The real CLI through the stand-ins (atc on PATH, the simulator importable as acl)
 
 
-def acl_env(tmp_path):
-    import os
-
-    from conftest import cli_env
-
-    env = cli_env([FAKES / "bin"])
-    env["PYTHONPATH"] = os.pathsep.join([str(FAKES / "pyacl"), env.get("PYTHONPATH", "")])
-    env["ASCEND_LAB_SIM_LEAKS_FILE"] = str(tmp_path / "leaks.json")
-    return env
-
-
 @pytest.mark.slow
 def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
     """task=infer runtime=acl generates through the compiled .om; its text is onnxruntime's on the same
@@ -233,7 +223,7 @@ def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return [line for line in proc.stdout.splitlines() if line.startswith("generated: ")][0]
 
-    on_npu = generated("runtime=acl", env=acl_env(tmp_path))
+    on_npu = generated("runtime=acl", env=stand_in_env(tmp_path / "leaks.json"))
     assert json.loads((tmp_path / "leaks.json").read_text())["leaks"] == []
     assert on_npu == generated("runtime=onnxruntime", "model.dtype=float16")
     assert on_npu == generated("runtime=onnxruntime")
@@ -245,7 +235,7 @@ def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_
 
     proc = run_cli("-m", "task=bench", "runtime=acl", "benchmark.scenario=generate", "benchmark.batch_size=1,4,8",
                    "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0",
-                   env=acl_env(tmp_path))
+                   env=stand_in_env(tmp_path / "leaks.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, runs = mlflow_runs(tmp_path)
     children = [r for r in runs if r.data.tags.get("sweep") != "parent"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAKES, all_runs, cli_env
+from conftest import all_runs, cli_env, stand_in_env
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
@@ -30,10 +30,7 @@ ACL = ("task=bench", "runtime=acl", *FAST)
 
 
 def acl_env() -> dict[str, str]:
-    env = cli_env([FAKES / "bin"])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKES / "pyacl"), env.get("PYTHONPATH")]))
-    env["ASCEND_LAB_SIM_CHIP"] = "Ascend910B3"
-    return env
+    return stand_in_env(ASCEND_LAB_SIM_CHIP="Ascend910B3")
 
 
 def cli(cwd: Path, *overrides: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

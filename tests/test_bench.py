@@ -215,14 +215,11 @@ def test_auto_picks_acl_where_atc_and_pyacl_exist(run_cli, mlflow_runs, tmp_path
     """With the stand-in atc on PATH and the pyACL simulator importable, runtime=auto compiles and
     measures the .om, reporting ais_bench's terms beside the end-to-end figures."""
     import json
-    import os
 
-    from conftest import FAKES, cli_env
+    from conftest import stand_in_env
 
     leaks = tmp_path / "leaks.json"
-    env = cli_env([FAKES / "bin"])
-    env["PYTHONPATH"] = os.pathsep.join([str(FAKES / "pyacl"), env.get("PYTHONPATH", "")])
-    env["ASCEND_LAB_SIM_LEAKS_FILE"] = str(leaks)
+    env = stand_in_env(leaks)
     proc = run_cli("task=bench", export_cache, *FAST, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, runs = mlflow_runs(tmp_path)

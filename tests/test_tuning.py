@@ -31,7 +31,7 @@ from ascend_lab.config.search import SearchConfig
 from ascend_lab.errors import ConfigError, ToolchainError
 from ascend_lab.tuning.objective import job_value
 
-from conftest import FAKES, cli_env
+from conftest import FAKES, stand_in_env
 from test_atc import RecordingTracker, toy_exported
 
 sys.path.insert(0, str(FAKES))
@@ -256,10 +256,8 @@ def test_atc_preset_runs_through_the_stand_in_with_accuracy_per_job(run_cli, mlf
 
     from sweep_helpers import split_runs
 
-    env = cli_env([FAKE_BIN])
-    env["PYTHONPATH"] = os.pathsep.join([str(FAKES / "pyacl"), env.get("PYTHONPATH", "")])
     leaks = tmp_path / "leaks.json"
-    env["ASCEND_LAB_SIM_LEAKS_FILE"] = str(leaks)
+    env = stand_in_env(leaks)
     proc = run_cli("-m", "+experiment=atc_tuning", "atc.precision_mode=must_keep_origin_dtype,force_fp16",
                    "atc.op_select_implmode=high_precision", "atc.keep_dtype=[]", "benchmark.new_tokens=6",
                    "accuracy.new_tokens=6", "accuracy.prompts=[hello,'你好']", *FAST, env=env, timeout=900)
