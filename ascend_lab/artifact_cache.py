@@ -4,8 +4,9 @@ An entry is a folder named by its key holding the artifact's files and a ``meta.
 their names and one sha256 over them. :func:`ensure` is the whole protocol, the same for every kind:
 
 1. **key** — the caller names the entry folder after everything that determines the artifact;
-2. **verify** — a complete entry whose files still hash to its record is a hit (an untouched multi-GB
-   file is not re-read: see :func:`ascend_lab.provenance.digest_mismatch`); a damaged one is rebuilt,
+2. **verify** — a complete entry whose files still hash to its record, and whose record has the values
+   the caller requires of it (the format its code writes now), is a hit (an untouched multi-GB file is
+   not re-read: see :func:`ascend_lab.provenance.digest_mismatch`); a damaged or stale one is rebuilt,
    with a warning and the reason handed back;
 3. **lock** — otherwise a per-key file lock is taken, so parallel sweep jobs asking for one key build it
    once (an ATC compile can take an hour): the others wait, then find the entry;
@@ -24,7 +25,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from ascend_lab.provenance import digest_mismatch, sha256_files
 
@@ -67,22 +68,37 @@ def damage(folder: Path, meta: dict) -> str | None:
     return digest_mismatch([folder / name for name in meta["files"]], folder / META_FILE, meta["sha256"])
 
 
-def ensure(folder: Path, build: Callable[[Path], dict]) -> Entry:
+def stale(meta: dict, required: Mapping[str, object]) -> str | None:
+    """Which required meta value an entry lacks (it was built by older code), or None."""
+    for key, value in required.items():
+        if meta.get(key) != value:
+            return f"its {key} is {meta.get(key)!r}, this code writes {value!r}"
+    return None
+
+
+def ensure(folder: Path, build: Callable[[Path], dict], required: Mapping[str, object] | None = None) -> Entry:
     """The entry at ``folder``: reused when intact, else built by ``build(staging_folder)``.
 
     ``build`` writes the artifact's files into the staging folder and returns the meta to record, with
     ``files``: the artifact's file names in hashing order (the main file first). The sha256 over them
-    is added here.
+    is added here. ``required``: meta values an entry must have to be reused (say ``{"format": 2}`` once a
+    derivation's code changes what it writes); an entry without them is rebuilt like a damaged one.
     """
+    required = required or {}
+
+    def problem_with(meta: dict) -> str | None:
+        return damage(folder, meta) or stale(meta, required)
+
     meta = read_meta(folder)
-    problem = damage(folder, meta) if meta is not None else None
+    problem = problem_with(meta) if meta is not None else None
     if meta is not None and problem is None:
         return Entry(folder, meta, hit=True)
     if problem is not None:
-        log.warning("cache entry %s is damaged (%s); building it again", folder, problem)
+        state = "is damaged" if damage(folder, meta) else "was built by older code"
+        log.warning("cache entry %s %s (%s); building it again", folder, state, problem)
     with locked(folder):
         fresh = read_meta(folder)  # another job may have built it while we waited
-        if fresh is not None and fresh != meta and damage(folder, fresh) is None:
+        if fresh is not None and fresh != meta and problem_with(fresh) is None:
             return Entry(folder, fresh, hit=True, damaged=problem)
         with staging(folder) as tmp:
             built = build(tmp)

@@ -128,6 +128,32 @@ def test_derived_graphs_are_built_once(exported, monkeypatch):
     assert sorted(p.name for p in exported.onnx_path.parent.iterdir()) == ["meta.json", "model.onnx"]
 
 
+def test_derived_graph_of_an_older_format_is_rebuilt(exported, monkeypatch, caplog):
+    """A derived entry written by older code (another DERIVED_FORMAT in its meta) is rebuilt, not reused
+    silently: a graph quantised the old way must not stand in for the new one."""
+    import json
+
+    from ascend_lab.export import optimize
+
+    calls = []
+
+    def build(src, out):
+        calls.append(src)
+        out.write_bytes(src.read_bytes())
+
+    path = optimize.derived_graph(exported.onnx_path, "stale", build, exported.sha256)
+    meta_file = path.parent / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "format": optimize.DERIVED_FORMAT - 1}))
+    with caplog.at_level("WARNING"):
+        again = optimize.derived_graph(exported.onnx_path, "stale", build, exported.sha256)
+    assert again == path and len(calls) == 2
+    assert optimize.derived_meta(again)["format"] == optimize.DERIVED_FORMAT
+    assert "was built by older code (its format is" in caplog.text
+    optimize.derived_graph(exported.onnx_path, "stale", build, exported.sha256)
+    assert len(calls) == 2  # the rebuilt entry is a hit
+
+
 def test_transformer_optimizer_fuses_rmsnorm_and_keeps_the_tokens(exported):
     from ascend_lab.export.optimize import optimized_graph
 

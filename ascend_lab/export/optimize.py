@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-# Bump when a derivation's code changes what it produces.
-DERIVED_FORMAT = 1
+# Bump when a derivation's code changes what it produces: entries of another format are rebuilt.
+DERIVED_FORMAT = 2  # 2: int8 dynamic quantisation per tensor (export/quantize.py)
 
 
 def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],
@@ -47,7 +47,8 @@ def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path],
                 "onnx_size_mb": sum(p.stat().st_size for p in files) / 1e6,
                 "build_seconds": time.perf_counter() - started}
 
-    return artifact_cache.ensure(folder, make).path(MODEL_FILE)
+    # An entry an older derivation wrote (another format) is rebuilt, not reused.
+    return artifact_cache.ensure(folder, make, required={"format": DERIVED_FORMAT}).path(MODEL_FILE)
 
 
 def derived_meta(onnx_path: Path) -> dict:
