@@ -66,8 +66,10 @@ def rms_norm(x, weight, eps: float):
     return weight * x32.to(dtype)
 
 
-def rotate_half(x):
-    half = x.shape[-1] // 2
+def rotate_half(x, head_dim: int):
+    # head_dim is the config's int, not x.shape[-1]: an export then slices at constant offsets instead of
+    # computing them from a Shape node in every layer.
+    half = head_dim // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
@@ -89,9 +91,12 @@ def mlp_block(h, w: LayerWeights, eps: float):
     return h + F.linear(F.silu(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
 
 
-def project(x, w: LayerWeights, heads: int, kv_heads: int, head_dim: int):
-    """q [b, heads, s, d], k and v [b, kv_heads, s, d] from normed hidden states [b, s, hidden]."""
-    b, s = x.shape[0], x.shape[1]
+def project(x, w: LayerWeights, heads: int, kv_heads: int, head_dim: int, b, s):
+    """q [b, heads, s, d], k and v [b, kv_heads, s, d] from normed hidden states [b, s, hidden].
+
+    ``b`` and ``s`` are the caller's batch and sequence sizes, taken once from the graph's input rather than
+    from ``x`` in every layer: in an export every layer's reshapes then share one shape computation
+    (onnxruntime merges the identical nodes), not a Shape → Gather → Unsqueeze → Concat chain each."""
     if w.qkv_weight is not None:
         q, k, v = F.linear(x, w.qkv_weight, w.qkv_bias).split(
             [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
@@ -101,8 +106,8 @@ def project(x, w: LayerWeights, heads: int, kv_heads: int, head_dim: int):
             v.reshape(b, s, kv_heads, head_dim).transpose(1, 2))
 
 
-def apply_rotary(x, cos, sin):
-    return (x * cos) + (rotate_half(x) * sin)
+def apply_rotary(x, cos, sin, head_dim: int):
+    return (x * cos) + (rotate_half(x, head_dim) * sin)
 
 
 def read_qwen2(model) -> dict:
@@ -186,19 +191,20 @@ class CacheGraphDecoder(nn.Module):
         spec = self.spec
         heads, kv_heads, dim = spec["heads"], spec["kv_heads"], spec["head_dim"]
         group = heads // kv_heads
-        batch, seq = input_ids.shape[0], input_ids.shape[1]
+        # Sizes read once from the inputs and reused by every layer (see project()).
+        batch, seq, capacity = input_ids.shape[0], input_ids.shape[1], past_key_values.shape[0]
         base = spec["base"]
 
         h = F.embedding(input_ids, base.embed_tokens.weight)
         cos, sin = rotary(position_ids, spec["inv_freq"], spec["rope_scaling"], h.dtype)
-        allowed_past, allowed_new = _allowed(past_length, pad_lengths, past_key_values.shape[0], seq)
+        allowed_past, allowed_new = _allowed(past_length, pad_lengths, capacity, seq)
         blocked = torch.tensor(MASK_VALUE, dtype=h.dtype)
         presents, layer_last = [], []
         for i, layer in enumerate(spec["layers"]):
             w = self.layer_weights(i, layer)
             x = rms_norm(h, w.input_norm, spec["eps"])
-            q, k, v = project(x, w, heads, kv_heads, dim)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k, v = project(x, w, heads, kv_heads, dim, batch, seq)
+            q, k = apply_rotary(q, cos, sin, dim), apply_rotary(k, cos, sin, dim)
             presents += [k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3)]  # [s, b, kv_heads, dim]
             # GQA without copying the cache: the `group` query heads of a KV head are its rows.
             q = q.reshape(batch, kv_heads, -1, dim)  # [b, kv_heads, group·seq, dim]
@@ -206,7 +212,6 @@ class CacheGraphDecoder(nn.Module):
             past_v = past_key_values[:, :, 2 * i + 1].permute(1, 2, 0, 3)  # [b, kv_heads, capacity, dim]
             scores_past = torch.matmul(q, past_k) * spec["scaling"]
             scores_new = torch.matmul(q, k.transpose(2, 3)) * spec["scaling"]
-            capacity = scores_past.shape[-1]
             scores_past = torch.where(allowed_past, scores_past.reshape(batch, kv_heads, group, seq, capacity),
                                       blocked)
             scores_new = torch.where(allowed_new, scores_new.reshape(batch, kv_heads, group, seq, seq), blocked)

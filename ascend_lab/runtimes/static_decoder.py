@@ -61,8 +61,8 @@ def decode_layer(h, cos, sin, mask, write, k_cache, v_cache, w, eps: float, head
 
     b = h.shape[0]
     x = rms_norm(h, w.input_norm, eps)
-    q, k, v = project(x, w, heads, kv_heads, head_dim)
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    q, k, v = project(x, w, heads, kv_heads, head_dim, b, 1)
+    q, k = apply_rotary(q, cos, sin, head_dim), apply_rotary(k, cos, sin, head_dim)
     k_cache.index_copy_(2, write, k)
     v_cache.index_copy_(2, write, v)
     # GQA without copying the cache: the query heads sharing a KV head (transformers' repeat_kv
@@ -265,8 +265,8 @@ class StaticDecoderEngine:
             group = self.heads // self.kv_heads
             for i, w in enumerate(self._layers):
                 x = rms_norm(h, w.input_norm, self.eps)
-                q, k, v = project(x, w, self.heads, self.kv_heads, self.head_dim)
-                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+                q, k, v = project(x, w, self.heads, self.kv_heads, self.head_dim, batch, plen)
+                q, k = apply_rotary(q, cos, sin, self.head_dim), apply_rotary(k, cos, sin, self.head_dim)
                 self._k[i][:, :, :plen].copy_(k)
                 self._v[i][:, :, :plen].copy_(v)
                 out = F.scaled_dot_product_attention(q, _repeat_kv(k, group), _repeat_kv(v, group),
