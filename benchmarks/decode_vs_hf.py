@@ -19,12 +19,13 @@ Rows (``--rows``):
 - ``hf``: Hugging Face ``model.generate`` of the same seeded model in PyTorch (eager attention, default
   dynamic cache, plain greedy of exactly ``max_new_tokens``: ``eos_token_id=None``, so no EOS stop and no
   EOS masking, as the engines decode), timed by a streamer that stamps each token.
-- ``ort_opt``: the transformer-optimised graph (:func:`ascend_lab.export.optimize.optimized_graph`);
-  ``ort_int8_<method>``: the int8 graph (:func:`ascend_lab.export.optimize.int8_graph`). Both derived
-  from the CLI's export and opened exactly as the CLI opens its export (``open_runtime`` over a plan naming
-  the derived file: :class:`~ascend_lab.runtimes.onnxruntime_runtime.OnnxRuntime`, whose session comes
-  from ``open_session``, the one session factory), then timed by the CLI's own generate scenario
-  (``task=bench``'s ``engine_for`` → ``Runtime.engine`` → ``CacheEngine``, ``run_generate``).
+- ``ort_plain``: the CLI with ``runtime.transformer_optimize=false``: the export as it is, without
+  onnxruntime's transformer optimizer (the ``ort`` row loads the optimised graph, the default).
+- ``ort_int8_<method>``: the int8 graph (:func:`ascend_lab.export.optimize.int8_graph`), derived from the
+  CLI's export and opened exactly as the CLI opens its export (``open_runtime`` over a plan naming the
+  derived file: :class:`~ascend_lab.runtimes.onnxruntime_runtime.OnnxRuntime`, whose session comes from
+  ``open_session``, the one session factory), then timed by the CLI's own generate scenario (``task=bench``'s
+  ``engine_for`` → ``Runtime.engine`` → ``CacheEngine``, ``run_generate``).
 
 Method: every row decodes the same seeded random prompts (``benchmark.input_source=random``, the seed of
 the config, ``--prompt-len`` tokens) for exactly ``--new-tokens`` tokens; ``--warmup`` untimed
@@ -34,9 +35,14 @@ first token (median); ms/token = median gap between later tokens; decode tokens/
 mean decode time (the new − 1 steps after the first token).
 
 Roofline (:mod:`ascend_lab.bench.roofline`): a decode step reads every weight once, so roofline tokens/s
-= batch × read bandwidth / weight bytes per step, with the read bandwidth measured at the start of this
-run (reductions over a ≥ 1 GB float32 array) and the weight bytes counted from the graph each row runs
+= batch × read bandwidth / weight bytes per step, with the weight bytes counted from the graph each row runs
 (HF: its parameters). The KV cache (under 1 % of the weights here) is left out; the report prints its size.
+The read bandwidth (the best of several read kernels over a ≥ 1 GB float32 array) is measured at the start
+and again after every timed job, and each figure's roofline uses the higher of the two readings taken just
+before and just after its job. On a shared host the neighbours move the bandwidth by ±20 % from minute to
+minute; a reading from another minute would judge a job by conditions it did not run in, and the higher of
+the two keeps the roofline strict. The headline figure, the ``ort`` row at batch 1, is run ``--rounds``
+times that way, and its fraction is the median round's (every round is printed).
 
 Runner overhead: a 3-point sweep ``python -m ascend_lab.run -m task=bench benchmark.batch_size=1,4,8
 ...`` (generate scenario, same model, tracked as usual) against the same work done by a plain Python
@@ -77,7 +83,7 @@ log = logging.getLogger("decode_vs_hf")
 CPU_MODEL = ["model=qwen2_5_0_5b_instruct", "model.weights=random"]
 GPU_MODEL = ["model=qwen1_5_1_8b_chat", "model.weights=random", "model.dtype=bfloat16"]
 TINY_MODEL = ["model=tiny_qwen"]
-ROWS = ("hf", "ort", "torch", "ort_opt", "ort_int8")
+ROWS = ("hf", "ort", "torch", "ort_plain", "ort_int8")
 INT8_METHODS = ("matmul_nbits", "dynamic")
 # Ratio → (comparison, target). Issue 11: fp32 decode at batch 1 reaches 90 % of the roofline measured in
 # the same run, and the ratio to HF eager is reported (no target: HF itself reaches about 70 % of the
@@ -112,6 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=None, help="default 64 on cpu, 128 on cuda")
     p.add_argument("--warmup", type=int, default=1, help="untimed generations per row and batch")
     p.add_argument("--reps", type=int, default=3, help="timed generations per row and batch")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="times the headline job (ort, batch 1) runs, each between two bandwidth readings; "
+                        "its ratio is the median round's (default 3; --quick: 1)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     p.add_argument("--int8-methods", default=",".join(INT8_METHODS), help="for the ort_int8 row(s)")
     p.add_argument("--agreement-prompts", type=int, default=8)
@@ -141,6 +150,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                           128 if args.device == "cuda" else 64)
     if args.quick:
         args.reps, args.skip_overhead = 1, True
+    args.rounds = args.rounds if args.rounds is not None else 1 if args.quick else 3
     args.rows = [r for r in args.rows.split(",") if r]
     args.int8_methods = [m for m in args.int8_methods.split(",") if m]
     unknown = set(args.rows) - set(ROWS) | set(args.int8_methods) - set(INT8_METHODS)
@@ -150,15 +160,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--new-tokens must be ≥ 2 (decode is timed over new_tokens - 1 steps)")
     if args.bandwidth_gb < MIN_ROOFLINE_ARRAY_GB:
         p.error(f"--bandwidth-gb must be ≥ {MIN_ROOFLINE_ARRAY_GB} (a smaller array measures the caches)")
-    if args.reps < 1 or args.warmup < 0:
-        p.error("--reps must be ≥ 1 and --warmup ≥ 0")
+    if args.reps < 1 or args.warmup < 0 or args.rounds < 1:
+        p.error("--reps and --rounds must be ≥ 1 and --warmup ≥ 0")
     args.launch_dir = Path(args.launch_dir or os.getcwd()).resolve()
     return args
 
 
-def bench_overrides(args, runtime: str, batch: int) -> list[str]:
+# Row → extra overrides of the CLI rows (on top of bench_overrides).
+ROW_OVERRIDES = {"ort_plain": ("runtime.transformer_optimize=false",)}
+
+
+def bench_overrides(args, runtime: str, batch: int, row: str | None = None) -> list[str]:
     """The command-line overrides of the ``task=bench`` job a CLI row runs (tracking aside)."""
-    return ["task=bench", *args.overrides, f"runtime={runtime}", "benchmark.scenario=generate",
+    return ["task=bench", *args.overrides, f"runtime={runtime}", *ROW_OVERRIDES.get(row, ()),
+            "benchmark.scenario=generate",
             f"device={args.device}", f"seed={args.seed}", f"benchmark.batch_size={batch}",
             f"benchmark.seq_len={args.prompt_len}", f"benchmark.new_tokens={args.new_tokens}",
             f"benchmark.warmup={args.warmup}", f"benchmark.iterations={args.reps}", "benchmark.min_duration_s=0"]
@@ -249,6 +264,13 @@ def open_graph(cfg, ctx, exported, onnx_path: Path):
     return open_runtime(plan, cfg, ctx.device)
 
 
+def open_cli_plan(cfg, ctx):
+    """What ``task=bench`` / ``task=infer`` prepare for ``cfg`` (export, derived graph) before loading it."""
+    from ascend_lab.prepare import plan_runtime
+
+    return plan_runtime(cfg, ctx)
+
+
 def open_cli_runtime(cfg, ctx):
     """The runtime ``task=bench`` / ``task=infer`` open for ``cfg`` (plan, then load)."""
     from ascend_lab.prepare import plan_runtime
@@ -302,22 +324,56 @@ class Figure:
     decode_tokens_s: float  # batch × (new − 1) / mean decode time
     step_bytes: int
     reps: int
+    read_gb_s: float  # the bandwidth this figure's roofline uses (BandwidthTrail.around)
+    round_index: int = 0  # which run of the same row and batch (--rounds)
 
     @classmethod
-    def of(cls, row: str, batch: int, metrics: dict, step_bytes: int) -> "Figure":
+    def of(cls, row: str, batch: int, metrics: dict, step_bytes: int, read_gb_s: float,
+           round_index: int = 0) -> "Figure":
         return cls(row, batch, ttft_ms=metrics["ttft_ms_p50"], tpot_ms=metrics["tpot_ms_p50"],
                    decode_tokens_s=metrics["decode_tokens_s"], step_bytes=step_bytes,
-                   reps=int(metrics["iterations"]))
+                   reps=int(metrics["iterations"]), read_gb_s=read_gb_s, round_index=round_index)
 
-    def roofline_tokens_s(self, read_gb_s: float) -> float:
+    def roofline_tokens_s(self) -> float:
         from ascend_lab.bench.roofline import roofline_tokens_s
 
-        return roofline_tokens_s(self.batch, read_gb_s, self.step_bytes)
+        return roofline_tokens_s(self.batch, self.read_gb_s, self.step_bytes)
 
-    def roofline_fraction(self, read_gb_s: float) -> float:
+    def roofline_fraction(self) -> float:
         from ascend_lab.bench.roofline import roofline_fraction
 
-        return roofline_fraction(self.decode_tokens_s, self.batch, read_gb_s, self.step_bytes)
+        return roofline_fraction(self.decode_tokens_s, self.batch, self.read_gb_s, self.step_bytes)
+
+
+class BandwidthTrail:
+    """The read bandwidth measured at the start and after every timed job (see the module docstring)."""
+
+    def __init__(self, gb: float, measure=None) -> None:
+        if measure is None:
+            from ascend_lab.bench.roofline import measure_read_bandwidth as measure
+        self._measure = lambda: measure(gb)
+        self.readings = [self._measure()]
+
+    def around(self, job):
+        """``(job(), GB/s)``: the job's result and the higher of the readings just before and just after it."""
+        before = self.readings[-1]
+        result = job()
+        self.readings.append(self._measure())
+        return result, max(before.read_gb_s, self.readings[-1].read_gb_s)
+
+    def describe(self) -> str:
+        values = [b.read_gb_s for b in self.readings]
+        return (f"{self.readings[0].describe()}; re-measured after each timed job: {len(values)} readings, "
+                f"{min(values):.1f}–{max(values):.1f} GB/s (median {statistics.median(values):.1f})")
+
+
+def representatives(figures: list[Figure]) -> dict[tuple[str, int], Figure]:
+    """Per (row, batch), the figure of the median round by roofline fraction (the lower median of an even
+    count): what ratios are computed from when a job ran more than once."""
+    groups: dict[tuple[str, int], list[Figure]] = {}
+    for f in figures:
+        groups.setdefault((f.row, f.batch), []).append(f)
+    return {key: sorted(group, key=Figure.roofline_fraction)[(len(group) - 1) // 2] for key, group in groups.items()}
 
 
 def generation_metrics(results, batch: int, new_tokens: int) -> dict[str, float]:
@@ -435,7 +491,8 @@ def plain_loop(spec_json: str) -> None:
     print(json.dumps(results))
 
 
-def runner_overhead(cfg, args, exported) -> dict:
+def runner_overhead(cfg, args, exported, onnx_path: Path) -> dict:
+    """The -m sweep against a plain loop over ``onnx_path`` (the graph the sweep's jobs load)."""
     bench = {"scenario": "generate", "seq_len": args.prompt_len, "new_tokens": args.overhead_new_tokens,
              "warmup": 1, "iterations": args.overhead_iterations, "min_duration_s": 0.0}
     batches = [1, 4, 8]
@@ -445,7 +502,7 @@ def runner_overhead(cfg, args, exported) -> dict:
              "tracking.experiment=ascend_lab_benchmarks_overhead", f"seed={cfg.seed}",
              *[f"benchmark.{k}={v}" for k, v in bench.items()], *args.overrides]
     spec = {"graph": exported.graph, "dims": dataclasses.asdict(exported.dims), "dtype": exported.dtype,
-            "batches": batches, "benchmark": bench, "onnx_path": str(exported.onnx_path), "device": args.device,
+            "batches": batches, "benchmark": bench, "onnx_path": str(onnx_path), "device": args.device,
             "seed": cfg.seed, "prefill_chunks": list(cfg.export.prefill_chunks), "kv_capacity": cfg.export.kv_capacity,
             "runtime": [cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization]}
     plain = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", json.dumps(spec)]
@@ -472,15 +529,16 @@ def runner_overhead(cfg, args, exported) -> dict:
 # Ratios and report
 
 
-def compute_ratios(figures: list[Figure], read_gb_s: float, agree: dict | None = None) -> dict[str, float]:
-    """The ratios the report prints: headline ones (:data:`HEADLINE`) first, then per row."""
-    by = {(f.row, f.batch): f for f in figures}
+def compute_ratios(figures: list[Figure], agree: dict | None = None) -> dict[str, float]:
+    """The ratios the report prints: headline ones (:data:`HEADLINE`) first, then per row; a row and batch
+    run over several rounds counts with its median round (:func:`representatives`)."""
+    by = representatives(figures)
     hf1 = by.get(("hf", 1))
     ratios: dict[str, float] = {}
     for (row, batch), f in by.items():
         if batch == 1:
             key = {"ort": "ort_roofline_fraction", "hf": "hf_roofline_fraction"}.get(row, f"roofline_fraction.{row}")
-            ratios[key] = f.roofline_fraction(read_gb_s)
+            ratios[key] = f.roofline_fraction()
             if hf1 is not None and row != "hf":
                 key = "ort_vs_hf" if row == "ort" else f"int8_vs_hf.{row}" if row.startswith("ort_int8") \
                     else f"vs_hf.{row}"
@@ -513,19 +571,26 @@ def _target_cells(key: str, value: float) -> tuple[str, str]:
     return f"{target[0]} {target[1]}", "yes" if meets(value, target) else "NO"
 
 
-def tables(figures: list[Figure], bw, ratios: dict, agree: dict, overhead: dict | None, meta: dict) -> str:
+def tables(figures: list[Figure], trail: BandwidthTrail, ratios: dict, agree: dict, overhead: dict | None,
+           meta: dict) -> str:
     from ascend_lab.report import format_table
 
-    read = bw.read_gb_s
-    rows = [(f.row, f.batch, f"{f.decode_tokens_s:.2f}", f"{f.ttft_ms:.0f}", f"{f.tpot_ms:.1f}",
-             f"{f.step_bytes / 1e9:.3f}", f"{f.roofline_tokens_s(read):.1f}", f"{100 * f.roofline_fraction(read):.1f}")
+    rounds = {}
+    for f in figures:
+        rounds[(f.row, f.batch)] = rounds.get((f.row, f.batch), 0) + 1
+    median_of = representatives(figures)
+    rows = [(f.row + (f" (round {f.round_index + 1}/{rounds[(f.row, f.batch)]}"
+                      + (", median)" if median_of[(f.row, f.batch)] is f else ")") if rounds[(f.row, f.batch)] > 1
+                      else ""),
+             f.batch, f"{f.decode_tokens_s:.2f}", f"{f.ttft_ms:.0f}", f"{f.tpot_ms:.1f}", f"{f.step_bytes / 1e9:.3f}",
+             f"{f.read_gb_s:.1f}", f"{f.roofline_tokens_s():.1f}", f"{100 * f.roofline_fraction():.1f}")
             for f in figures]
-    parts = [format_table(["row", "batch", "decode tok/s", "TTFT ms", "ms/token", "weights GB/step",
+    parts = [format_table(["row", "batch", "decode tok/s", "TTFT ms", "ms/token", "weights GB/step", "read GB/s",
                            "roofline tok/s", "% roofline"], rows,
                           title=f"decode: {meta['model']} ({meta['dtype']}) on {meta['device']}, prompt "
                                 f"{meta['prompt_len']}, {meta['new_tokens']} new tokens, {meta['reps']} timed "
                                 f"generation(s) after {meta['warmup']} warm-up (task=bench's figures)")]
-    parts.append(f"{bw.describe()}; load {meta['load_before']} → {meta['load_after']}")
+    parts.append(f"{trail.describe()}; load {meta['load_before']} → {meta['load_after']}")
     if meta.get("kv_cache_note"):
         parts.append(meta["kv_cache_note"])
     if meta.get("ort_command"):
@@ -579,7 +644,7 @@ def main(argv=None) -> int:
     from ascend_lab.bench.scenarios import make_inputs
     from ascend_lab.config.benchmark import BenchmarkConfig
     from ascend_lab.export import ensure_exported
-    from ascend_lab.export.optimize import int8_graph, optimized_graph
+    from ascend_lab.export.optimize import int8_graph
 
     load_before = _load()
     ort_overrides = {b: bench_overrides(args, "onnxruntime", b) for b in args.batches}
@@ -588,7 +653,8 @@ def main(argv=None) -> int:
     print(f"model {cfg.model.name} ({cfg.model.dtype}), device {device.torch_device}, batches {args.batches}, "
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}, rows {','.join(args.rows)}, load {load_before}",
           flush=True)
-    bw = measure_read_bandwidth(args.bandwidth_gb)
+    trail = BandwidthTrail(args.bandwidth_gb, measure_read_bandwidth)
+    bw = trail.readings[0]
     print(bw.describe(), flush=True)
     exported = ensure_exported(cfg, ctx)  # the CLI rows find it in the export cache
     contract = exported.contract
@@ -603,24 +669,27 @@ def main(argv=None) -> int:
     cli_runs: dict[str, list[dict]] = {}
     want_hf_agreement = "hf" in args.rows
 
-    def record(row: str, batch: int, metrics: dict, step_bytes: int) -> None:
-        figure = Figure.of(row, batch, metrics, step_bytes)
+    def record(row: str, batch: int, metrics: dict, step_bytes: int, read_gb_s: float, round_index: int = 0) -> None:
+        figure = Figure.of(row, batch, metrics, step_bytes, read_gb_s, round_index)
         figures.append(figure)
         print(f"  {row:>22} batch {batch}: {figure.decode_tokens_s:8.2f} tok/s, TTFT {figure.ttft_ms:7.0f} ms, "
-              f"{figure.tpot_ms:7.1f} ms/token, {100 * figure.roofline_fraction(bw.read_gb_s):5.1f} % roofline",
-              flush=True)
+              f"{figure.tpot_ms:7.1f} ms/token, {100 * figure.roofline_fraction():5.1f} % roofline "
+              f"(read {read_gb_s:.1f} GB/s)" + (f", round {round_index + 1}" if round_index else ""), flush=True)
 
     def cli_rows(row: str, runtime: str) -> None:
         for batch in args.batches:
-            run = run_cli_bench(args.launch_dir, bench_overrides(args, runtime, batch))
-            cli_runs.setdefault(row, []).append(dataclasses.asdict(run))
-            record(row, batch, run.metrics, fp_bytes)
+            for round_index in range(args.rounds if (row, batch) == ("ort", 1) else 1):
+                run, read = trail.around(lambda: run_cli_bench(args.launch_dir,
+                                                               bench_overrides(args, runtime, batch, row)))
+                cli_runs.setdefault(row, []).append(dataclasses.asdict(run))
+                record(row, batch, run.metrics, fp_bytes, read, round_index)
 
     if "hf" in args.rows:
         print("hf generate …", flush=True)
-        hf_metrics, hf_bytes, tokens["hf"] = hf_row(cfg, args, agree_ids, device.torch_device)
+        (hf_metrics, hf_bytes, tokens["hf"]), read = trail.around(
+            lambda: hf_row(cfg, args, agree_ids, device.torch_device))
         for batch, metrics in hf_metrics.items():
-            record("hf", batch, metrics, hf_bytes)
+            record("hf", batch, metrics, hf_bytes, read)
     int8_rows = "ort_int8" in args.rows and cfg.model.dtype == "float32"
     fp_logits = None
     if "ort" in args.rows:
@@ -641,15 +710,15 @@ def main(argv=None) -> int:
             with open_cli_runtime(torch_cfg, torch_ctx) as runtime:
                 tokens["torch"] = greedy_tokens(runtime, torch_cfg, agree_ids, args.agreement_tokens)
             gc.collect()
-    if "ort_opt" in args.rows:
-        print("onnxruntime, transformer-optimised graph …", flush=True)
-        path = optimized_graph(exported, contract.dims.num_heads, contract.dims.hidden_size)
-        with open_graph(cfg, ctx, exported, path) as runtime:
-            for batch in args.batches:
-                record("ort_opt", batch, time_generate(runtime, cfg, ctx, batch), step_weight_bytes(path))
-            if want_hf_agreement:
-                tokens["ort_opt"] = greedy_tokens(runtime, cfg, agree_ids, args.agreement_tokens)
-        gc.collect()
+    if "ort_plain" in args.rows:
+        print("ort_plain: in-process task=bench runtime=onnxruntime runtime.transformer_optimize=false …", flush=True)
+        cli_rows("ort_plain", "onnxruntime")
+        if want_hf_agreement:
+            plain_cfg, plain_ctx = compose(args.launch_dir,
+                                           bench_overrides(args, "onnxruntime", args.batches[0], "ort_plain"))
+            with open_cli_runtime(plain_cfg, plain_ctx) as runtime:
+                tokens["ort_plain"] = greedy_tokens(runtime, plain_cfg, agree_ids, args.agreement_tokens)
+            gc.collect()
     if "ort_int8" in args.rows:
         if not int8_rows:
             print(f"int8 rows skipped: they quantise float32 weights (model.dtype={cfg.model.dtype})")
@@ -660,21 +729,22 @@ def main(argv=None) -> int:
                 path = int8_graph(exported, method)
                 with open_graph(cfg, ctx, exported, path) as runtime:
                     for batch in args.batches:
-                        record(row, batch, time_generate(runtime, cfg, ctx, batch), step_weight_bytes(path))
+                        metrics, read = trail.around(lambda: time_generate(runtime, cfg, ctx, batch))
+                        record(row, batch, metrics, step_weight_bytes(path), read)
                     tokens[row] = greedy_tokens(runtime, cfg, agree_ids, args.agreement_tokens)
                     q_logits = last_prompt_logits(runtime, cfg, agree_ids)
                     agree[f"{row} vs ort fp32"] = {**agreement(tokens["ort"], tokens[row]),
                                                    **logit_stats(fp_logits, q_logits)}
                 gc.collect()
     if "hf" in tokens:
-        for row in ("ort", "torch", "ort_opt"):
+        for row in ("ort", "torch", "ort_plain"):
             if row in tokens:
                 agree[f"{row} vs hf"] = agreement(tokens["hf"], tokens[row])
 
     overhead = None
     if not args.skip_overhead:
-        overhead = runner_overhead(cfg, args, exported)
-    ratios = compute_ratios(figures, bw.read_gb_s, agree)
+        overhead = runner_overhead(cfg, args, exported, open_cli_plan(cfg, ctx).onnx_path)
+    ratios = compute_ratios(figures, agree)
     if overhead:
         ratios["runner_overhead"] = overhead["runner_overhead"]
         ratios["help_seconds"] = overhead["help_seconds"]
@@ -686,17 +756,18 @@ def main(argv=None) -> int:
                             else None),
             "kv_cache_note": kv_cache_note(cfg, contract, max(args.batches), args.prompt_len, args.new_tokens,
                                            fp_bytes)}
-    text = tables(figures, bw, ratios, agree, overhead, meta)
+    text = tables(figures, trail, ratios, agree, overhead, meta)
     print("\n" + text)
     results = {"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "bandwidth": bw.as_dict(), "figures": [dataclasses.asdict(f) for f in figures], "ratios": ratios,
+               "bandwidth": bw.as_dict(), "bandwidth_readings": [b.as_dict() for b in trail.readings],
+               "figures": [dataclasses.asdict(f) for f in figures], "ratios": ratios,
                "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "agreement": agree,
                "overhead": overhead, "cli_runs": cli_runs, "onnx_sha256": exported.sha256,
                "onnx_path": str(exported.onnx_path)}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
     if not args.no_track:
-        _track(args, results, text, figures, bw)
+        _track(args, results, text, figures, trail)
     return 0
 
 
@@ -707,7 +778,7 @@ def _load() -> str:
         return "n/a"
 
 
-def _track(args, results: dict, text: str, figures: list[Figure], bw) -> None:
+def _track(args, results: dict, text: str, figures: list[Figure], trail: BandwidthTrail) -> None:
     from ascend_lab.config.tracking import TrackingConfig
     from ascend_lab.tracking import ending, environment_tags, open_run, prepare_store
 
@@ -721,12 +792,15 @@ def _track(args, results: dict, text: str, figures: list[Figure], bw) -> None:
                             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps,
                             "warmup": args.warmup, "rows": ",".join(args.rows), "seed": args.seed,
                             "load_before": meta["load_before"]})
-        metrics = dict(bw.as_dict())
+        readings = [b.read_gb_s for b in trail.readings]
+        metrics = {**trail.readings[0].as_dict(), "read_gb_s_min": min(readings), "read_gb_s_max": max(readings),
+                   "bandwidth_readings": float(len(readings))}
         for f in figures:
-            prefix = f"{f.row}.b{f.batch}"
+            repeated = sum((g.row, g.batch) == (f.row, f.batch) for g in figures) > 1
+            prefix = f"{f.row}.b{f.batch}" + (f".r{f.round_index + 1}" if repeated else "")
             metrics.update({f"{prefix}.decode_tokens_s": f.decode_tokens_s, f"{prefix}.ttft_ms": f.ttft_ms,
-                            f"{prefix}.tpot_ms": f.tpot_ms,
-                            f"{prefix}.roofline_fraction": f.roofline_fraction(bw.read_gb_s)})
+                            f"{prefix}.tpot_ms": f.tpot_ms, f"{prefix}.read_gb_s": f.read_gb_s,
+                            f"{prefix}.roofline_fraction": f.roofline_fraction()})
         metrics.update({f"ratio.{k}": v for k, v in results["ratios"].items()})
         for name, values in results["agreement"].items():
             key = name.replace(" ", "_")

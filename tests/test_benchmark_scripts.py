@@ -118,7 +118,7 @@ def test_roofline_arithmetic():
 def test_bandwidth_of_a_small_array_is_a_positive_figure():
     bw = roofline.measure_read_bandwidth(gb=0.004, repeats=2, threads=2)
     assert bw.read_gb_s > 0 and bw.copy_rw_gb_s > 0
-    assert set(bw.by_kernel) == {"sum_1t", "sum_2t", "max_1t", "max_2t"}
+    assert set(bw.by_kernel) == {"sum_1t", "sum_2t", "max_1t", "max_2t", "gemv_blas"}
     assert bw.read_gb_s == max(bw.by_kernel.values())
     assert bw.array_gb == pytest.approx(0.004, rel=1e-6) and bw.threads == 2 and bw.repeats == 2
     assert not bw.fits_roofline  # a few MB measure the caches, not memory
@@ -144,14 +144,14 @@ def test_roofline_imports_nothing_heavy():
 def test_script_ratios_and_targets():
     script = load_script()
 
-    def fig(row, batch, tok_s, step_bytes=1_976_000_000):
+    def fig(row, batch, tok_s, step_bytes=1_976_000_000, read_gb_s=32.5, round_index=0):
         return script.Figure(row, batch, ttft_ms=1.0, tpot_ms=1.0, decode_tokens_s=tok_s, step_bytes=step_bytes,
-                             reps=3)
+                             reps=3, read_gb_s=read_gb_s, round_index=round_index)
 
     figures = [fig("hf", 1, 11.5), fig("hf", 8, 50.0), fig("ort", 1, 15.0), fig("ort", 8, 80.0),
                fig("ort_int8_dynamic", 1, 33.0, 496_000_000)]
     agree = {"ort_int8_dynamic vs ort fp32": {"agreement": 0.5}, "ort vs hf": {"agreement": 1.0}}
-    ratios = script.compute_ratios(figures, 32.5, agree)
+    ratios = script.compute_ratios(figures, agree)
     assert list(ratios)[:4] == ["ort_roofline_fraction", "ort_vs_hf", "hf_roofline_fraction", "ort_b8_vs_b1"]
     assert ratios["ort_roofline_fraction"] == pytest.approx(15.0 / (32.5e9 / 1.976e9))
     assert ratios["hf_roofline_fraction"] == pytest.approx(11.5 / (32.5e9 / 1.976e9))
@@ -165,6 +165,30 @@ def test_script_ratios_and_targets():
     assert script.target_for("ort_vs_hf") is None  # reported, no target (HF is near the roofline itself)
     assert script.meets(0.91, ("≥", 0.9)) and not script.meets(0.89, ("≥", 0.9))
     assert script.meets(1.0, ("≤", 1.15)) and not script.meets(2.0, ("<", 2.0))
+
+    # Rounds: each figure is judged against its own bandwidth, and the median round is the one that counts
+    # (here the round at 14 tok/s with 30 GB/s: fractions 0.80, 0.92 and 0.97 → 0.92), for every ratio.
+    rounds = [fig("ort", 1, 13.0, read_gb_s=32.5), fig("ort", 1, 14.0, read_gb_s=30.0, round_index=1),
+              fig("ort", 1, 16.0, read_gb_s=32.5, round_index=2), fig("ort", 8, 80.0)]
+    ratios = script.compute_ratios(rounds)
+    assert ratios["ort_roofline_fraction"] == pytest.approx(14.0 / (30.0e9 / 1.976e9))
+    assert ratios["ort_b8_vs_b1"] == pytest.approx(80.0 / 14.0)
+    assert script.representatives(rounds)[("ort", 1)].round_index == 1
+
+
+def test_bandwidth_trail_judges_a_job_by_the_readings_around_it():
+    script = load_script()
+    readings = iter([20.0, 30.0, 25.0])
+
+    def measure():
+        return roofline.Bandwidth(read_gb_s=next(readings), by_kernel={}, copy_rw_gb_s=0.0, array_gb=2.0,
+                                  threads=2, repeats=1)
+
+    trail = script.BandwidthTrail(2.0, lambda gb: measure())
+    assert trail.around(lambda: "first") == ("first", 30.0)  # read 20 before, 30 after: the higher
+    assert trail.around(lambda: "second") == ("second", 30.0)  # 30 before, 25 after
+    assert [b.read_gb_s for b in trail.readings] == [20.0, 30.0, 25.0]
+    assert "3 readings, 20.0–30.0 GB/s" in trail.describe()
 
 
 def test_script_ort_row_is_the_issue_command(tmp_path):
@@ -201,12 +225,18 @@ def test_decode_vs_hf_smoke(launch):
     """--tiny --quick: every row runs, and the roofline, ratios and agreement come out."""
     out = launch / "smoke.json"
     done = _run_script(launch, "--quick", "--batches", "1,8", "--agreement-prompts", "3", "--agreement-tokens", "6",
-                       "--json", str(out))
+                       "--rounds", "2", "--json", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
     rows = {(f["row"], f["batch"]) for f in results["figures"]}
-    names = ["hf", "ort", "torch", "ort_opt", "ort_int8_matmul_nbits", "ort_int8_dynamic"]
+    names = ["hf", "ort", "torch", "ort_plain", "ort_int8_matmul_nbits", "ort_int8_dynamic"]
     assert rows == {(r, b) for r in names for b in (1, 8)}
+    # The headline job ran twice (--rounds 2), each figure with the higher bandwidth reading around its job.
+    assert sum((f["row"], f["batch"]) == ("ort", 1) for f in results["figures"]) == 2
+    readings = [b["read_gb_s"] for b in results["bandwidth_readings"]]
+    # One at the start, then one after each job: a job per figure, but hf times its two batches in one job.
+    assert len(readings) == 1 + len(results["figures"]) - 1
+    assert all(f["read_gb_s"] in readings for f in results["figures"])
     assert all(f["decode_tokens_s"] > 0 and f["step_bytes"] > 0 and f["tpot_ms"] > 0 for f in results["figures"])
     assert results["bandwidth"]["read_gb_s"] > 0 and results["bandwidth"]["bandwidth_array_gb"] >= 1
     ratios = results["ratios"]
@@ -215,20 +245,26 @@ def test_decode_vs_hf_smoke(launch):
         assert key in ratios and ratios[key] > 0, key
     # The ort row is the CLI's task=bench job: its figures are that job's metrics.
     ort_runs = results["cli_runs"]["ort"]
-    assert [r["batch"] for r in ort_runs] == [1, 8]
-    for run in ort_runs:
+    assert [r["batch"] for r in ort_runs] == [1, 1, 8]
+    ort_figures = [f for f in results["figures"] if f["row"] == "ort"]
+    for run, figure in zip(ort_runs, ort_figures, strict=True):
         assert run["command"].startswith("python -m ascend_lab.run task=bench ")
         assert run["tags"]["runtime"] == "onnxruntime" and run["tags"]["engine"] == "CacheEngine"
         assert run["tags"]["onnx_sha256"] == results["onnx_sha256"]
-        figure = next(f for f in results["figures"] if f["row"] == "ort" and f["batch"] == run["batch"])
         assert figure["decode_tokens_s"] == run["metrics"]["decode_tokens_s"]
+        # The CLI's default: the transformer-optimised graph, derived from the export.
+        assert run["tags"]["onnx_optimized_path"].endswith("~ortopt/model.onnx")
+    # ort_plain is the same job with runtime.transformer_optimize=false: the export as it is.
+    for run in results["cli_runs"]["ort_plain"]:
+        assert "runtime.transformer_optimize=false" in run["command"].split()
+        assert run["tags"]["onnx_sha256"] == results["onnx_sha256"] and "onnx_optimized_path" not in run["tags"]
     assert results["cli_runs"]["torch"][0]["tags"]["runtime"] == "torch"
     agree = results["agreement"]
-    assert {"ort vs hf", "torch vs hf", "ort_opt vs hf", "ort_int8_dynamic vs ort fp32"} <= set(agree)
+    assert {"ort vs hf", "torch vs hf", "ort_plain vs hf", "ort_int8_dynamic vs ort fp32"} <= set(agree)
     assert agree["ort_int8_dynamic vs ort fp32"]["rows"] == 3
     assert all(0 <= v["agreement"] <= 1 for v in agree.values())
     # The exported graph (on onnxruntime and torch) decodes HF's greedy tokens exactly.
-    assert agree["ort vs hf"]["agreement"] == 1.0 and agree["torch vs hf"]["agreement"] == 1.0
+    assert all(agree[f"{row} vs hf"]["agreement"] == 1.0 for row in ("ort", "ort_plain", "torch"))
     assert results["overhead"] is None  # --quick skips it
     for text in ("% roofline", "read bandwidth", "ort_roofline_fraction", "ort row = python -m ascend_lab.run"):
         assert text in done.stdout, text
@@ -309,7 +345,7 @@ def test_cli_bench_and_benchmark_script_build_sessions_through_the_same_function
     # 2. The script's ort row (one batch of it).
     state["route"] = "script ort row"
     assert script.run_cli_bench(launch, overrides).metrics["decode_tokens_s"] > 0
-    # 3. The script's derived-graph rows (ort_opt, ort_int8_*), and its agreement runtime.
+    # 3. The script's derived-graph rows (ort_int8_*), and its agreement runtime.
     state["route"] = "script derived-graph row"
     cfg, ctx = script.compose(launch, overrides)
     with script.open_graph(cfg, ctx, exported, derived) as runtime:
@@ -334,4 +370,6 @@ def test_cli_bench_and_benchmark_script_build_sessions_through_the_same_function
     assert options["intra_op_threads"] == ortrt.physical_cores() and options["inter_op_threads"] == 1
     assert options["execution_mode"].endswith("ORT_SEQUENTIAL") and options["spinning"] == "1"
     assert options["graph_optimization_level"].endswith("ORT_ENABLE_ALL")
-    assert {str(c["args"][0]) for c in calls} == {str(exported.onnx_path), str(derived)}
+    optimized = script.open_cli_plan(cfg, ctx).onnx_path  # what the CLI loads by default
+    assert optimized != exported.onnx_path
+    assert {str(c["args"][0]) for c in calls} == {str(optimized), str(derived)}

@@ -20,10 +20,12 @@ at the prompt and generation lengths they run it is well under 1 % of the weight
 decode it is compared with: reductions (``np.add.reduce``, ``np.maximum.reduce``: both read their input
 once, write nothing and release the GIL) over a float32 array larger than any cache
 (:data:`MIN_ROOFLINE_ARRAY_GB`), each on one thread and on ``threads`` threads (each thread reduces one
-contiguous chunk); GB/s = bytes read / median time of ``repeats`` timed passes after one untimed pass.
-The roofline uses the best of these medians (a sum can be compute-bound on one core before it is
-memory-bound; a max is cheaper per byte): the most this machine was seen to read. A copy's bandwidth
-(bytes read + written / time) is measured beside it for reference only.
+contiguous chunk), and a BLAS matrix-vector product over the same array as a [:data:`GEMV_ROWS`, n] matrix
+(numpy's ``matmul`` on its BLAS's own threads: the kernel a decode step runs, tuned by others); GB/s =
+bytes read / median time of ``repeats`` timed passes after one untimed pass. The roofline uses the best
+of these medians (a sum can be compute-bound on one core before it is memory-bound; a max is cheaper per
+byte; a tuned GEMV may prefetch better than either): the most this machine was seen to read. A copy's
+bandwidth (bytes read + written / time) is measured beside it for reference only.
 
 **On a device** the same figure comes from the device's own memory: :func:`measure_torch_read_bandwidth`
 (CUDA, or an NPU through torch_npu: ``sum`` and ``amax`` over a float32 tensor in device memory, synchronised
@@ -62,6 +64,9 @@ DEFAULT_ARRAY_GB = 2.0
 DEFAULT_REPEATS = 5  # timed passes per kernel and thread count (after one untimed pass)
 # name → a numpy reduction that reads its input once and releases the GIL.
 READ_KERNELS = {"sum": np.add.reduce, "max": np.maximum.reduce}
+# Rows of the matrix the GEMV kernel reads (Qwen2's hidden sizes are of this order); its output, n / rows
+# floats, is under 0.1 % of the bytes read.
+GEMV_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class Bandwidth:
 
     def describe(self) -> str:
         kernels = ", ".join(f"{k} {v:.1f}" for k, v in self.by_kernel.items())
-        return (f"read bandwidth {self.read_gb_s:.1f} GB/s (the best reduction over a {self.array_gb:.2f} GB float32 "
+        return (f"read bandwidth {self.read_gb_s:.1f} GB/s (the best read kernel over a {self.array_gb:.2f} GB float32 "
                 f"array, median of {self.repeats} passes; GB/s by kernel and threads: {kernels}); copy "
                 f"{self.copy_rw_gb_s:.1f} GB/s counting read + write")
 
@@ -129,6 +134,15 @@ def measure_read_bandwidth(gb: float = DEFAULT_ARRAY_GB, repeats: int = DEFAULT_
                     list(pool.map(kernel, chunks))
                     times.append(time.perf_counter() - t0)
                 by_kernel[f"{name}_{count}t"] = nbytes / statistics.median(times[1:]) / GB
+    if n >= GEMV_ROWS:
+        matrix = data[: n - n % GEMV_ROWS].reshape(GEMV_ROWS, -1)
+        vector = np.ones(GEMV_ROWS, dtype=np.float32)
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            np.matmul(vector, matrix)
+            times.append(time.perf_counter() - t0)
+        by_kernel["gemv_blas"] = matrix.nbytes / statistics.median(times[1:]) / GB
     target = np.empty_like(data)
     target.fill(0)  # resident before timing, like the source
     times = []
@@ -189,9 +203,9 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
     """HBM bandwidth of NPU ``device_id`` where only pyACL is there: a ``gb`` GB device-to-device
     ``acl.rt.memcpy`` (synchronous), median of ``repeats`` passes after one untimed pass; GB/s counts the bytes
     read and written (see the module docstring). pyACL's process-wide init is shared with the pyACL runtime
-    (:mod:`ascend_lab.runtimes.acl`); everything acquired here is released, also on failure."""
-    from ascend_lab.runtimes.acl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE, AclError,
-                                         _acquire_acl, _release_acl, import_acl)
+    (:mod:`ascend_lab.runtimes.pyacl`); everything acquired here is released, also on failure."""
+    from ascend_lab.runtimes.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE, AclError,
+                                           acquire_acl, import_acl, release_acl)
 
     if gb <= 0 or repeats < 1:
         raise ValueError(f"need gb > 0 and repeats ≥ 1 (got gb={gb}, repeats={repeats})")
@@ -205,7 +219,7 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
         if ret != 0:
             raise AclError(call, ret)
 
-    _acquire_acl(acl)
+    acquire_acl(acl)
     try:
         check("acl.rt.set_device", acl.rt.set_device(device_id))
         try:
@@ -229,7 +243,7 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
                 acl.rt.destroy_context(context)
             acl.rt.reset_device(device_id)
     finally:
-        _release_acl(acl)
+        release_acl(acl)
     copy_rw = 2 * _median_gb_s(nbytes, times)
     return Bandwidth(read_gb_s=copy_rw, by_kernel={"d2d_copy": copy_rw}, copy_rw_gb_s=copy_rw, array_gb=nbytes / GB,
                      threads=0, repeats=repeats, seconds=time.perf_counter() - started,
@@ -324,6 +338,6 @@ def roofline_fraction(decode_tokens_s: float, batch: int, read_gb_s: float, step
 
 
 __all__ = ["Bandwidth", "DEFAULT_ARRAY_GB", "DEFAULT_REPEATS", "DTYPE_BYTES", "GB", "MIN_ROOFLINE_ARRAY_GB",
-           "READ_KERNELS", "decode_lengths", "decode_step_bytes", "default_threads", "kv_cache_bytes_per_step",
+           "GEMV_ROWS", "READ_KERNELS", "decode_lengths", "decode_step_bytes", "default_threads", "kv_cache_bytes_per_step",
            "measure_acl_d2d_bandwidth", "measure_read_bandwidth", "measure_torch_read_bandwidth", "parameter_bytes",
            "roofline_fraction", "roofline_tokens_s", "step_weight_bytes", "weight_bytes_per_step"]
