@@ -93,7 +93,7 @@ def compose():
 def sim(monkeypatch):
     """The pyACL simulator (``tests/fakes/pyacl``) imported as ``acl`` for this test only, with fresh state;
     after the test, no runtime may still hold ``acl.init`` (every path releases what it took)."""
-    from ascend_lab.runtimes import acl as acl_runtime
+    from ascend_lab.runtimes import pyacl
 
     def forget_acl() -> None:
         for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
@@ -106,8 +106,8 @@ def sim(monkeypatch):
     acl._sim.reset()
     yield acl
     forget_acl()
-    users = acl_runtime._init_users
-    acl_runtime._init_users, acl_runtime._init_owned = 0, False  # keep later tests independent of a failure here
+    users = pyacl._init_users
+    pyacl._init_users, pyacl._init_owned = 0, False  # keep later tests independent of a failure here
     assert users == 0, "a runtime was left open"
 
 

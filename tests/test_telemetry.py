@@ -274,7 +274,7 @@ def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch
 
     import torch
 
-    from ascend_lab.runtimes import acl as acl_runtime
+    from ascend_lab.runtimes import pyacl
 
     on_torch = roofline.measure_torch_read_bandwidth(torch.device("cpu"), gb=0.01, repeats=2)
     assert on_torch.read_gb_s > 0 and set(on_torch.by_kernel) == {"sum_device", "max_device"}
@@ -287,7 +287,7 @@ def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch
         acl._sim.reset()
         on_acl = roofline.measure_acl_d2d_bandwidth(0, gb=0.01, repeats=2)
         assert on_acl.read_gb_s == on_acl.copy_rw_gb_s > 0 and "device-to-device" in on_acl.method
-        assert acl._sim.leaks() == [] and acl_runtime._init_users == 0
+        assert acl._sim.leaks() == [] and pyacl._init_users == 0
     finally:  # later tests must not find the simulator importable as `acl`
         for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
             del sys.modules[name]

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ascend_lab.errors import ToolchainError
 from ascend_lab.profiling.events import MSPROF, TraceFile
-from ascend_lab.runtimes.acl import ACL_SUCCESS
+from ascend_lab.runtimes.pyacl import ACL_SUCCESS
 
 log = logging.getLogger(__name__)
 

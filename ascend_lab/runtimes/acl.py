@@ -38,7 +38,9 @@ Policies:
     (padding a sequence would change the result); otherwise :class:`AclInputError` lists the gears.
   * Host memory: ``acl.util.bytes_to_ptr`` / ``ptr_to_bytes`` (documented from CANN 6.0.1); on older
     CANN, ``numpy_to_ptr`` into numpy arrays, as Ascend/samples ``python/common/acllite`` falls back.
-  * ``acl.init`` runs once per process and is reference counted over open runtimes: the last
+  * ``acl.init`` runs once per process and is reference counted over its users
+    (:func:`~ascend_lab.runtimes.pyacl.acquire_acl`, with the constants, errors and host-memory bridge this
+    module shares with the roofline and the profiler in :mod:`ascend_lab.runtimes.pyacl`): the last
     ``close()`` calls ``acl.finalize``. When pyACL was already initialised by someone else in this
     process (``acl.init`` returns 100002, e.g. torch_npu), that owner finalizes it, not this runtime.
   * Every handle is released in ``close()`` (idempotent), also when construction fails midway:
@@ -63,128 +65,14 @@ from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
 from ascend_lab.graph_contract import GraphContract
 from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic, no_layer_outputs
+from ascend_lab.runtimes.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE,
+                                       ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE, ACL_SUCCESS,
+                                       DYNAMIC_TENSOR_NAME, AclError, AclInputError, HostBridge, acquire_acl,
+                                       import_acl, numpy_dtype, output_name, release_acl)
 
 log = logging.getLogger(__name__)
 
-ACL_SUCCESS = 0
-ACL_ERROR_REPEAT_INITIALIZE = 100002
-ACL_MEM_MALLOC_HUGE_FIRST = 0
-ACL_MEMCPY_HOST_TO_DEVICE = 1
-ACL_MEMCPY_DEVICE_TO_HOST = 2
-ACL_MEMCPY_DEVICE_TO_DEVICE = 3
-DYNAMIC_TENSOR_NAME = "ascend_mbatch_shape_data"  # ACL_DYNAMIC_TENSOR_NAME
 TIMING_KEYS = ("h2d_ms", "npu_compute_ms", "d2h_ms")
-
-# aclDataType → numpy (CANN 8.0 enum). BF16 (27) maps only where ml_dtypes provides a numpy type.
-ACL_TO_NUMPY = {
-    0: "float32", 1: "float16", 2: "int8", 3: "int32", 4: "uint8", 6: "int16", 7: "uint16",
-    8: "uint32", 9: "int64", 10: "uint64", 11: "float64", 12: "bool",
-}
-ACL_BF16 = 27
-
-# Codes whose cause the docs name (ais_bench FAQ); others are reported by number only.
-KNOWN_CODES = {
-    ACL_ERROR_REPEAT_INITIALIZE: "pyACL is already initialised in this process",
-    507033: "the device could not be opened: a driver, firmware or hardware fault (check `npu-smi info`)",
-}
-
-
-class AclError(ToolchainError):
-    """A pyACL call returned a nonzero code (or a null handle)."""
-
-    def __init__(self, call: str, ret: int | None, hint: str = "") -> None:
-        self.call = call
-        self.ret = ret
-        what = f"{call} failed: ret={ret}" if ret is not None else f"{call} failed: returned a null handle"
-        if ret in KNOWN_CODES:
-            what += f" ({KNOWN_CODES[ret]})"
-        super().__init__(what + (f"\n{hint}" if hint else ""))
-
-
-class AclInputError(AscendLabError):
-    """Feeds that do not match the compiled model; raised before anything runs."""
-
-
-def import_acl():
-    """The pyACL module, or a :class:`ToolchainError` saying how to load CANN."""
-    try:
-        import acl
-    except Exception as exc:  # ImportError, or OSError from a missing libascendcl.so
-        raise ToolchainError(cann.missing_toolkit_message(
-            f"runtime=acl: `import acl` failed ({type(exc).__name__}: {exc})")) from None
-    return acl
-
-
-def numpy_dtype(acl_dtype: int, where: str) -> np.dtype:
-    if acl_dtype in ACL_TO_NUMPY:
-        return np.dtype(ACL_TO_NUMPY[acl_dtype])
-    if acl_dtype == ACL_BF16:
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise ToolchainError(
-                f"runtime=acl: {where} is bfloat16, which numpy cannot hold; `pip install ml_dtypes`, or compile "
-                f"with a precision mode that keeps float16/float32 inputs and outputs") from None
-        return np.dtype(ml_dtypes.bfloat16)
-    raise ToolchainError(f"runtime=acl: {where} has aclDataType {acl_dtype}, which has no numpy equivalent")
-
-
-# ------------------------------------------------------------------ process-level acl.init guard
-
-_init_lock = threading.Lock()
-_init_users = 0
-_init_owned = False  # this module called acl.init successfully and must finalize
-
-
-def _acquire_acl(acl) -> None:
-    global _init_users, _init_owned
-    with _init_lock:
-        if _init_users == 0:
-            ret = acl.init()
-            if ret == ACL_ERROR_REPEAT_INITIALIZE:
-                _init_owned = False  # initialised elsewhere in this process; its owner finalizes
-            elif ret != ACL_SUCCESS:
-                raise AclError("acl.init", ret)
-            else:
-                _init_owned = True
-        _init_users += 1
-
-
-def _release_acl(acl) -> None:
-    global _init_users, _init_owned
-    with _init_lock:
-        _init_users -= 1
-        if _init_users == 0 and _init_owned:
-            _init_owned = False
-            ret = acl.finalize()
-            if ret != ACL_SUCCESS:
-                raise AclError("acl.finalize", ret)
-
-
-# ------------------------------------------------------------------ host memory
-
-
-def output_name(raw: str) -> str:
-    """An output's graph name: ONNX-built models report ``op_name:edge_index:output_name``."""
-    return raw.split(":")[-1]
-
-
-class HostBridge:
-    """Host buffers for ``acl.rt.memcpy``: ``bytes_to_ptr``/``ptr_to_bytes`` where CANN has them (6.0.1+),
-    else ``numpy_to_ptr`` on numpy arrays (what Ascend/samples acllite falls back to on older CANN)."""
-
-    def __init__(self, acl) -> None:
-        self.acl = acl
-        self.modern = hasattr(acl.util, "bytes_to_ptr") and hasattr(acl.util, "ptr_to_bytes")
-
-    def source(self, array: np.ndarray) -> tuple[int, object]:
-        """(pointer to the array's bytes, the object that must stay alive while the pointer is used)."""
-        if self.modern:
-            data = np.ascontiguousarray(array).tobytes()
-            return self.acl.util.bytes_to_ptr(data), data
-        contiguous = np.ascontiguousarray(array)
-        return self.acl.util.numpy_to_ptr(contiguous), contiguous
-
 
 # ------------------------------------------------------------------ the runtime
 
@@ -427,7 +315,7 @@ class AclRuntime(Runtime):
 
     def _open(self) -> None:
         acl = self._acl
-        _acquire_acl(acl)
+        acquire_acl(acl)
         self._acl_acquired = True
         self._check("acl.rt.set_device", acl.rt.set_device(self.device_id),
                     f"device_id={self.device_id}: is it listed by `npu-smi info` and visible "
@@ -720,7 +608,7 @@ class AclRuntime(Runtime):
         if self._acl_acquired:
             self._acl_acquired = False
             try:
-                _release_acl(acl)
+                release_acl(acl)
             except AclError as exc:
                 problems.append(str(exc))
         return problems
