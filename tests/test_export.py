@@ -278,6 +278,22 @@ def test_fused_projections_export_fewer_matmuls_same_logits_and_pass_the_op_chec
     assert check_graph(fp16.onnx_path, "must_keep_origin_dtype").ok
 
 
+def test_kv_cache_graph_computes_its_shapes_once_not_per_layer(exports, tmp_path):
+    """Batch, sequence and capacity are read once from the inputs and rotate_half slices at constant
+    offsets: a deeper model adds MatMuls, not Shape nodes. (Each layer used to read its sizes from its own
+    tensors, a Shape → Gather → Unsqueeze → Concat chain per reshape that onnxruntime ran every step.)"""
+    import collections
+
+    def op_counts(exported):
+        return collections.Counter(n.op_type for n in onnx.load(str(exported.onnx_path)).graph.node)
+
+    two, _ = exports["kv_cache"]
+    four, _ = export(tmp_path, graph="kv_cache", model=ModelConfig(num_hidden_layers=4))
+    shallow, deep = op_counts(two), op_counts(four)
+    assert deep["MatMul"] > shallow["MatMul"]
+    assert deep["Shape"] == shallow["Shape"] <= 4, (shallow["Shape"], deep["Shape"])  # the inputs' sizes
+
+
 def test_pretrained_local_folder_exports(tmp_path):
     tiny = load_model(ModelConfig(), seed=4)
     folder = tmp_path / "ckpt"
