@@ -85,20 +85,20 @@ def ensure(folder: Path, build: Callable[[Path], dict], required: Mapping[str, o
     derivation's code changes what it writes); an entry without them is rebuilt like a damaged one.
     """
     required = required or {}
-
-    def problem_with(meta: dict) -> str | None:
-        return damage(folder, meta) or stale(meta, required)
-
     meta = read_meta(folder)
-    problem = problem_with(meta) if meta is not None else None
-    if meta is not None and problem is None:
-        return Entry(folder, meta, hit=True)
-    if problem is not None:
-        state = "is damaged" if damage(folder, meta) else "was built by older code"
-        log.warning("cache entry %s %s (%s); building it again", folder, state, problem)
+    problem = None
+    if meta is not None:
+        # Hash-check first: a damaged entry is reported as damaged, whatever its record says.
+        damaged = damage(folder, meta)
+        problem = damaged or stale(meta, required)
+        if problem is None:
+            return Entry(folder, meta, hit=True)
+        log.warning("cache entry %s %s (%s); building it again", folder,
+                    "is damaged" if damaged else "was built by older code", problem)
     with locked(folder):
         fresh = read_meta(folder)  # another job may have built it while we waited
-        if fresh is not None and fresh != meta and problem_with(fresh) is None:
+        if (fresh is not None and fresh != meta and stale(fresh, required) is None
+                and damage(folder, fresh) is None):
             return Entry(folder, fresh, hit=True, damaged=problem)
         with staging(folder) as tmp:
             built = build(tmp)

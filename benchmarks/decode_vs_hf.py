@@ -56,6 +56,7 @@ Results are printed and logged to MLflow (experiment ``ascend_lab_benchmarks``, 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import gc
@@ -264,7 +265,7 @@ def open_graph(cfg, ctx, exported, onnx_path: Path):
     return open_runtime(plan, cfg, ctx.device)
 
 
-def open_cli_plan(cfg, ctx):
+def cli_plan(cfg, ctx):
     """What ``task=bench`` / ``task=infer`` prepare for ``cfg`` (export, derived graph) before loading it."""
     from ascend_lab.prepare import plan_runtime
 
@@ -272,11 +273,10 @@ def open_cli_plan(cfg, ctx):
 
 
 def open_cli_runtime(cfg, ctx):
-    """The runtime ``task=bench`` / ``task=infer`` open for ``cfg`` (plan, then load)."""
-    from ascend_lab.prepare import plan_runtime
+    """The runtime ``task=bench`` / ``task=infer`` open for ``cfg`` (:func:`cli_plan`, then load)."""
     from ascend_lab.runtimes.select import open_runtime
 
-    return open_runtime(plan_runtime(cfg, ctx), cfg, ctx.device)
+    return open_runtime(cli_plan(cfg, ctx), cfg, ctx.device)
 
 
 def time_generate(runtime, cfg, ctx, batch: int) -> dict[str, float]:
@@ -349,6 +349,7 @@ class BandwidthTrail:
     """The read bandwidth measured at the start and after every timed job (see the module docstring)."""
 
     def __init__(self, gb: float, measure=None) -> None:
+        """``measure(gb)`` → Bandwidth; default :func:`ascend_lab.bench.roofline.measure_read_bandwidth`."""
         if measure is None:
             from ascend_lab.bench.roofline import measure_read_bandwidth as measure
         self._measure = lambda: measure(gb)
@@ -365,6 +366,11 @@ class BandwidthTrail:
         values = [b.read_gb_s for b in self.readings]
         return (f"{self.readings[0].describe()}; re-measured after each timed job: {len(values)} readings, "
                 f"{min(values):.1f}–{max(values):.1f} GB/s (median {statistics.median(values):.1f})")
+
+
+def round_counts(figures: list[Figure]) -> collections.Counter:
+    """How many rounds each (row, batch) ran."""
+    return collections.Counter((f.row, f.batch) for f in figures)
 
 
 def representatives(figures: list[Figure]) -> dict[tuple[str, int], Figure]:
@@ -575,14 +581,16 @@ def tables(figures: list[Figure], trail: BandwidthTrail, ratios: dict, agree: di
            meta: dict) -> str:
     from ascend_lab.report import format_table
 
-    rounds = {}
-    for f in figures:
-        rounds[(f.row, f.batch)] = rounds.get((f.row, f.batch), 0) + 1
+    rounds = round_counts(figures)
     median_of = representatives(figures)
-    rows = [(f.row + (f" (round {f.round_index + 1}/{rounds[(f.row, f.batch)]}"
-                      + (", median)" if median_of[(f.row, f.batch)] is f else ")") if rounds[(f.row, f.batch)] > 1
-                      else ""),
-             f.batch, f"{f.decode_tokens_s:.2f}", f"{f.ttft_ms:.0f}", f"{f.tpot_ms:.1f}", f"{f.step_bytes / 1e9:.3f}",
+
+    def label(f: Figure) -> str:
+        count = rounds[(f.row, f.batch)]
+        if count == 1:
+            return f.row
+        return f"{f.row} (round {f.round_index + 1}/{count}{', median' if median_of[(f.row, f.batch)] is f else ''})"
+
+    rows = [(label(f), f.batch, f"{f.decode_tokens_s:.2f}", f"{f.ttft_ms:.0f}", f"{f.tpot_ms:.1f}", f"{f.step_bytes / 1e9:.3f}",
              f"{f.read_gb_s:.1f}", f"{f.roofline_tokens_s():.1f}", f"{100 * f.roofline_fraction():.1f}")
             for f in figures]
     parts = [format_table(["row", "batch", "decode tok/s", "TTFT ms", "ms/token", "weights GB/step", "read GB/s",
@@ -640,7 +648,7 @@ def main(argv=None) -> int:
     for noisy in ("onnxruntime", "root", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.chdir(args.launch_dir)
-    from ascend_lab.bench.roofline import measure_read_bandwidth, step_weight_bytes
+    from ascend_lab.bench.roofline import step_weight_bytes
     from ascend_lab.bench.scenarios import make_inputs
     from ascend_lab.config.benchmark import BenchmarkConfig
     from ascend_lab.export import ensure_exported
@@ -653,7 +661,7 @@ def main(argv=None) -> int:
     print(f"model {cfg.model.name} ({cfg.model.dtype}), device {device.torch_device}, batches {args.batches}, "
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}, rows {','.join(args.rows)}, load {load_before}",
           flush=True)
-    trail = BandwidthTrail(args.bandwidth_gb, measure_read_bandwidth)
+    trail = BandwidthTrail(args.bandwidth_gb)
     bw = trail.readings[0]
     print(bw.describe(), flush=True)
     exported = ensure_exported(cfg, ctx)  # the CLI rows find it in the export cache
@@ -675,6 +683,13 @@ def main(argv=None) -> int:
         print(f"  {row:>22} batch {batch}: {figure.decode_tokens_s:8.2f} tok/s, TTFT {figure.ttft_ms:7.0f} ms, "
               f"{figure.tpot_ms:7.1f} ms/token, {100 * figure.roofline_fraction():5.1f} % roofline "
               f"(read {read_gb_s:.1f} GB/s)" + (f", round {round_index + 1}" if round_index else ""), flush=True)
+
+    def cli_tokens(row: str, runtime: str) -> None:
+        """The greedy tokens on the agreement prompts of the runtime the ``row``'s CLI jobs open."""
+        row_cfg, row_ctx = compose(args.launch_dir, bench_overrides(args, runtime, args.batches[0], row))
+        with open_cli_runtime(row_cfg, row_ctx) as opened:
+            tokens[row] = greedy_tokens(opened, row_cfg, agree_ids, args.agreement_tokens)
+        gc.collect()
 
     def cli_rows(row: str, runtime: str) -> None:
         for batch in args.batches:
@@ -706,19 +721,12 @@ def main(argv=None) -> int:
         print("torch: in-process task=bench runtime=torch …", flush=True)
         cli_rows("torch", "torch")
         if want_hf_agreement:
-            torch_cfg, torch_ctx = compose(args.launch_dir, bench_overrides(args, "torch", args.batches[0]))
-            with open_cli_runtime(torch_cfg, torch_ctx) as runtime:
-                tokens["torch"] = greedy_tokens(runtime, torch_cfg, agree_ids, args.agreement_tokens)
-            gc.collect()
+            cli_tokens("torch", "torch")
     if "ort_plain" in args.rows:
         print("ort_plain: in-process task=bench runtime=onnxruntime runtime.transformer_optimize=false …", flush=True)
         cli_rows("ort_plain", "onnxruntime")
         if want_hf_agreement:
-            plain_cfg, plain_ctx = compose(args.launch_dir,
-                                           bench_overrides(args, "onnxruntime", args.batches[0], "ort_plain"))
-            with open_cli_runtime(plain_cfg, plain_ctx) as runtime:
-                tokens["ort_plain"] = greedy_tokens(runtime, plain_cfg, agree_ids, args.agreement_tokens)
-            gc.collect()
+            cli_tokens("ort_plain", "onnxruntime")
     if "ort_int8" in args.rows:
         if not int8_rows:
             print(f"int8 rows skipped: they quantise float32 weights (model.dtype={cfg.model.dtype})")
@@ -743,7 +751,7 @@ def main(argv=None) -> int:
 
     overhead = None
     if not args.skip_overhead:
-        overhead = runner_overhead(cfg, args, exported, open_cli_plan(cfg, ctx).onnx_path)
+        overhead = runner_overhead(cfg, args, exported, cli_plan(cfg, ctx).onnx_path)
     ratios = compute_ratios(figures, agree)
     if overhead:
         ratios["runner_overhead"] = overhead["runner_overhead"]
@@ -795,9 +803,9 @@ def _track(args, results: dict, text: str, figures: list[Figure], trail: Bandwid
         readings = [b.read_gb_s for b in trail.readings]
         metrics = {**trail.readings[0].as_dict(), "read_gb_s_min": min(readings), "read_gb_s_max": max(readings),
                    "bandwidth_readings": float(len(readings))}
+        rounds = round_counts(figures)
         for f in figures:
-            repeated = sum((g.row, g.batch) == (f.row, f.batch) for g in figures) > 1
-            prefix = f"{f.row}.b{f.batch}" + (f".r{f.round_index + 1}" if repeated else "")
+            prefix = f"{f.row}.b{f.batch}" + (f".r{f.round_index + 1}" if rounds[(f.row, f.batch)] > 1 else "")
             metrics.update({f"{prefix}.decode_tokens_s": f.decode_tokens_s, f"{prefix}.ttft_ms": f.ttft_ms,
                             f"{prefix}.tpot_ms": f.tpot_ms, f"{prefix}.read_gb_s": f.read_gb_s,
                             f"{prefix}.roofline_fraction": f.roofline_fraction()})

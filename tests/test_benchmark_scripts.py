@@ -370,6 +370,6 @@ def test_cli_bench_and_benchmark_script_build_sessions_through_the_same_function
     assert options["intra_op_threads"] == ortrt.physical_cores() and options["inter_op_threads"] == 1
     assert options["execution_mode"].endswith("ORT_SEQUENTIAL") and options["spinning"] == "1"
     assert options["graph_optimization_level"].endswith("ORT_ENABLE_ALL")
-    optimized = script.open_cli_plan(cfg, ctx).onnx_path  # what the CLI loads by default
+    optimized = script.cli_plan(cfg, ctx).onnx_path  # what the CLI loads by default
     assert optimized != exported.onnx_path
     assert {str(c["args"][0]) for c in calls} == {str(optimized), str(derived)}
