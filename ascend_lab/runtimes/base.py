@@ -21,6 +21,7 @@ import numpy as np
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.graph_contract import GraphContract
+from ascend_lab.huge_pages import HugePages
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ class Runtime(ABC):
     tokenizer: Any = None  # set where loading the runtime built one (torch)
     # Per-execution splits (pyACL: h2d_ms, npu_compute_ms, d2h_ms, as ais_bench reports them); none elsewhere.
     timings: Mapping[str, list[float]] = MappingProxyType({})
+    # What moving the loaded weights to huge pages did (runtimes.select.open_runtime, host memory only).
+    huge_pages: "HugePages | None" = None
 
     def __enter__(self) -> "Runtime":
         return self

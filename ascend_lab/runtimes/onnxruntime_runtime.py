@@ -168,7 +168,12 @@ class OnnxRuntime(Runtime):
         is the JSON ``end_profiling()`` writes. The profiling session is closed however the block ends."""
         from ascend_lab.profiling.events import ONNXRUNTIME, TraceFile, WallClockSession
 
-        profiling = OnnxRuntime(contract=self.contract, **self._opened_with, profile_prefix=Path(out_dir) / "onnxruntime")
+        from ascend_lab.huge_pages import huge_pages_for_new_memory
+
+        # in the page size the timed session's weights are in (runtimes.select.open_runtime)
+        with huge_pages_for_new_memory(self.huge_pages is not None and not self.huge_pages.unavailable):
+            profiling = OnnxRuntime(contract=self.contract, **self._opened_with,
+                                    profile_prefix=Path(out_dir) / "onnxruntime")
         session = WallClockSession(profiling)
         try:
             yield session

@@ -6,7 +6,19 @@ from __future__ import annotations
 
 def open_runtime(plan, cfg, device):
     """Load the planned runtime on ``device`` (an ``ascend_lab.device.Device``); the caller times this as
-    ``load_seconds``."""
+    ``load_seconds``. Weights loaded into host memory (torch and onnxruntime on the CPU) are moved to huge pages
+    (``runtime.huge_pages``; :mod:`ascend_lab.huge_pages`), the report kept as ``runtime.huge_pages``."""
+    from ascend_lab.huge_pages import huge_pages_for_new_memory
+
+    on_host = plan.name in ("torch", "onnxruntime") and device.kind == "cpu"
+    with huge_pages_for_new_memory(cfg.runtime.huge_pages and on_host) as huge_pages:
+        runtime = _load(plan, cfg, device)
+    if on_host:
+        runtime.huge_pages = huge_pages
+    return runtime
+
+
+def _load(plan, cfg, device):
     if plan.name == "torch":
         from ascend_lab.runtimes.torch_runtime import TorchRuntime
 

@@ -35,14 +35,20 @@ SHOWN = ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "throughput_samp
          "ttft_ms_mean", "tpot_ms_mean", "tpot_ms_p99", "decode_tokens_s", "e2e_ms_mean", "npu_compute_ms_mean",
          "h2d_ms_mean", "d2h_ms_mean", "npu_throughput_samples_s", "h2d_bytes_per_token", "d2h_bytes_per_token",
          "d2d_bytes_per_token", "runtime_calls_per_token", "prefill_executions", "host_peak_rss_mb",
-         "host_rss_growth_mb", "device_peak_mb", "load_seconds", "iterations", "roofline_tokens_s", "roofline_fraction",
-         "energy_j", "joules_per_token", "power_w_mean", "power_w_max", "device_utilization_pct_mean", "peak_memory_mb")
+         "host_rss_growth_mb", "device_peak_mb", "load_seconds", "huge_page_gb", "iterations", "roofline_tokens_s",
+         "roofline_fraction", "energy_j", "joules_per_token", "power_w_mean", "power_w_max",
+         "device_utilization_pct_mean", "peak_memory_mb")
 
 
 def timer_for(runtime_name: str, device):
     """Device events (or a synchronised host clock) for torch; the host clock for runtimes whose
     calls return when the work is done (onnxruntime, pyACL)."""
     return device.timer if runtime_name == "torch" else device.host_timer
+
+
+def load_figures(runtime) -> dict[str, float]:
+    """What loading did besides taking ``load_seconds``: the weights moved to huge pages (host runtimes)."""
+    return runtime.huge_pages.metrics() if runtime.huge_pages is not None else {}
 
 
 def engine_for(runtime, cfg: AppConfig, max_tokens: int, tracker):
@@ -93,7 +99,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
         profile = profiled_pass(cfg, ctx, runtime, engine, input_ids, attention_mask, timer) \
             if cfg.profile.enabled else None
     metrics = {**result.metrics, "load_seconds": load_seconds, "prepare_seconds": plan.prepare_seconds,
-               "seq_len": float(input_ids.shape[1])}
+               "seq_len": float(input_ids.shape[1]), **load_figures(runtime)}
     # Tokens the timed window processed: generated ones (generate) or prompt ones (forward), every iteration.
     window_tokens = bench.batch_size * (bench.new_tokens if bench.scenario == "generate" else prompt_len) \
         * int(result.metrics["iterations"])

@@ -19,7 +19,7 @@ from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
 from ascend_lab.prepare import plan_runtime
 from ascend_lab.runtimes.select import open_runtime, tokenizer_for
-from ascend_lab.tasks.bench import engine_for, profiled_pass, timer_for
+from ascend_lab.tasks.bench import engine_for, load_figures, profiled_pass, timer_for
 from ascend_lab.text import display_text, weights_note
 
 
@@ -47,7 +47,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
                                 scenario="generate") if cfg.profile.enabled else None
     text = display_text(tokenizer, result.tokens[0].tolist())
     note = weights_note(cfg.model.weights)
-    metrics = {"load_seconds": load_seconds, "ttft_ms": result.ttft_ms, "prompt_tokens": len(ids),
+    metrics = {"load_seconds": load_seconds, **load_figures(runtime), "ttft_ms": result.ttft_ms, "prompt_tokens": len(ids),
                "new_tokens": bench.new_tokens}
     if result.step_ms:
         metrics.update(summarize(result.step_ms).as_metrics("tpot_ms", ("mean", "p50", "p99")))

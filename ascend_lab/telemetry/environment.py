@@ -118,10 +118,14 @@ def driver_facts(timeout_s: float) -> dict[str, Any]:
 def hardware_facts() -> dict[str, Any]:
     import psutil
 
+    from ascend_lab.huge_pages import thp_mode
+
     return {"cpu_model": cpu_model(), "cpu_cores_logical": psutil.cpu_count(logical=True),
             "cpu_cores_physical": psutil.cpu_count(logical=False),
             "memory_total_gb": round(psutil.virtual_memory().total / GB, 1), "os": _os_name(),
-            "kernel": platform.release(), "machine": platform.machine()}
+            "kernel": platform.release(), "machine": platform.machine(),
+            # how much of a decode's weight memory can be in 2 MiB pages (runtime.huge_pages)
+            "transparent_huge_pages": thp_mode()}
 
 
 def environment_snapshot(launch_dir: Path, toolkit_home: str | None = None, npu_smi_timeout_s: float = 10.0) -> dict:
