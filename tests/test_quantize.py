@@ -161,8 +161,6 @@ def test_transformer_optimizer_fuses_rmsnorm_and_keeps_the_tokens(exported):
     ops = _op_counts(path)
     assert ops["SkipSimplifiedLayerNormalization"] + ops["SimplifiedLayerNormalization"] == 2 * 2 + 1
     assert ops["Pow"] == 0  # no RMSNorm left unfused
-    # q/k/v and gate/up are one product each: 2 layers × (qkv, o, gate/up, down) + the LM head
-    assert ops["MatMul"] - _op_counts(exported.onnx_path)["MatMul"] == -2 * 3 and ops["Split"] >= 2 * 2
     ids = np.random.default_rng(8).integers(0, 384, size=(2, 9))
     mask = np.ones_like(ids)
     mask[1, :2] = 0
@@ -177,59 +175,3 @@ def test_unknown_int8_method_is_a_clear_error(tmp_path):
 
     with pytest.raises(AscendLabError, match="matmul_nbits, dynamic"):
         quantize_int8(tmp_path / "model.onnx", False, "int4")
-
-
-def test_sibling_matmuls_fuse_into_one_product_with_the_same_outputs():
-    """q/k/v-like MatMuls (each with its bias Add) and gate/up-like ones (no bias) that read one activation become
-    one MatMul (+ one Add) + Split; every output the graph had keeps its name and its values."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from ascend_lab.export.matmul_fusion import fuse_sibling_matmuls
-
-    rng = np.random.default_rng(3)
-    init = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in
-            [("wq", (8, 8)), ("wk", (8, 4)), ("wv", (8, 4)), ("bq", (8,)), ("bk", (4,)), ("bv", (4,)),
-             ("wg", (8, 6)), ("wu", (8, 6))]]
-    nodes = [helper.make_node("MatMul", ["x", w], [f"{w}_out"], name=f"mm_{w}") for w in ("wq", "wk", "wv")]
-    nodes += [helper.make_node("Add", [f"w{c}_out", f"b{c}"], [c], name=f"add_{c}") for c in "qkv"]
-    nodes += [helper.make_node("Relu", ["x"], ["h"])]
-    nodes += [helper.make_node("MatMul", ["h", w], [w[1]], name=f"mm_{w}") for w in ("wg", "wu")]
-    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, n]) for name, n in zip("qkvgu", (8, 4, 4, 6, 6))]
-    graph = helper.make_graph(nodes, "siblings", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
-                              outputs, init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    x = rng.standard_normal((2, 8)).astype(np.float32)
-
-    def run(m):
-        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return dict(zip("qkvgu", session.run(list("qkvgu"), {"x": x})))
-
-    before = run(model)
-    assert fuse_sibling_matmuls(model) == 2
-    onnx.checker.check_model(model)
-    ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMul") == 2 and ops.count("Add") == 1 and ops.count("Split") == 2
-    assert {i.name for i in model.graph.initializer}.isdisjoint({"wq", "wk", "wv", "bq", "wg", "wu"})
-    after = run(model)
-    for name in "qkvgu":
-        np.testing.assert_allclose(after[name], before[name], rtol=1e-6, atol=1e-6)
-
-
-def test_an_older_opset_or_a_lone_matmul_is_left_as_it_is():
-    from onnx import TensorProto, helper, numpy_helper
-
-    from ascend_lab.export.matmul_fusion import fuse_sibling_matmuls
-
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
-    v = numpy_helper.from_array(np.ones((4, 4), np.float32), "v")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("MatMul", ["x", "v"], ["b"])]
-    io = dict(inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-              outputs=[helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "ab"])
-    old = helper.make_model(helper.make_graph(nodes, "g", initializer=[w, v], **io),
-                            opset_imports=[helper.make_opsetid("", 11)])
-    assert fuse_sibling_matmuls(old) == 0 and len(old.graph.node) == 2
-    lone = helper.make_model(helper.make_graph(nodes[:1], "g", initializer=[w], inputs=io["inputs"],
-                                               outputs=io["outputs"][:1]), opset_imports=[helper.make_opsetid("", 17)])
-    assert fuse_sibling_matmuls(lone) == 0 and len(lone.graph.node) == 1

@@ -10,9 +10,8 @@ and a killed job leaves nothing half-written.
 export it fuses the RMSNorms (``SimplifiedLayerNormalization``) and each residual add with the
 following RMSNorm (``SkipSimplifiedLayerNormalization``); it does not recognise the attention
 (the exported graph builds its own additive mask and repeats the KV heads for GQA), so no
-``Attention``/``GroupQueryAttention``/``RotaryEmbedding`` fusion happens. Then the projections that read the
-same activation (q/k/v, gate/up) are fused into one MatMul each (:mod:`ascend_lab.export.matmul_fusion`).
-The session's own level-``all`` optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top.
+``Attention``/``GroupQueryAttention``/``RotaryEmbedding`` fusion happens. The session's own level-``all``
+optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top.
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ascend_lab import artifact_cache
-from ascend_lab.export.matmul_fusion import fuse_sibling_matmuls
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # Bump when a derivation's code changes what it produces: entries of another format are rebuilt.
-DERIVED_FORMAT = 3  # 2: int8 dynamic quantisation per tensor (export/quantize.py); 3: sibling MatMuls fused
+DERIVED_FORMAT = 2  # 2: int8 dynamic quantisation per tensor (export/quantize.py)
 
 
 def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],
@@ -70,7 +68,6 @@ def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: i
     model = optimize_model(str(source), model_type="gpt2", num_heads=num_heads, hidden_size=hidden_size,
                            optimization_options=options, opt_level=0, only_onnxruntime=False)
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-    fused["SiblingMatMuls"] = fuse_sibling_matmuls(model.model)
     log.info("transformer optimizer fused: %s", fused or "nothing")
     if external:
         onnx.save_model(model.model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
