@@ -4,8 +4,10 @@ Why: a decode step at batch 1 streams every weight once (:mod:`ascend_lab.bench.
 that is one TLB miss per 4 KiB read; over 2 MiB pages one per 2 MiB. Linux hosts commonly run transparent huge
 pages in ``madvise`` mode (``/sys/kernel/mm/transparent_hugepage/enabled``), where only memory a program asked
 for gets them. numpy asks for its large arrays (so the roofline's read kernels already read through 2 MiB
-pages); onnxruntime's allocator does not, so a CPU session's weights sit in 4 KiB pages. Measured on a 2-core
-EPYC VM, Qwen2.5-0.5B shapes, fp32, batch 1: 80–88 ms/token in 4 KiB pages, 65–73 ms/token in 2 MiB pages.
+pages); onnxruntime's and torch's allocators do not, so a CPU session's weights sit in 4 KiB pages. Measured on a
+2-core EPYC VM, Qwen2.5-0.5B shapes, fp32, batch 1, runs alternating between 4 KiB and 2 MiB pages: 2 MiB pages
+were faster in 7 of 7 pairs, by 1–14 % (82.6–88.4 → 72.8–77.9 ms/token in one series of four, 77.3–86.0 →
+72.2–85.3 in a series of three CLI jobs).
 
 How: :func:`huge_pages_for_new_memory` notes the resident size of each anonymous private writable mapping before a
 load (``/proc/self/smaps``). After it, the mappings that are new or grew by a huge page or more hold what the load
@@ -153,7 +155,7 @@ def unavailable_reason() -> str:
 
 @contextmanager
 def huge_pages_for_new_memory(enabled: bool = True) -> Iterator[HugePages]:
-    """Collapse the memory the ``with`` block maps into huge pages when it ends (see the module docstring).
+    """Collapse the memory the ``with`` block writes into huge pages when it ends (see the module docstring).
 
     Yields the report, filled in when the block exits normally; a block that raises leaves it empty. Failures
     to collapse are reported, never raised: the memory stays as it was, in 4 KiB pages.
@@ -194,13 +196,3 @@ def huge_pages_for_new_memory(enabled: bool = True) -> Iterator[HugePages]:
     report.seconds = time.perf_counter() - started
     log.info("%s", report.describe())
 
-
-def huge_page_bytes(smaps: Path = Path("/proc/self/smaps_rollup")) -> int:
-    """Anonymous memory of this process in transparent huge pages now (``AnonHugePages``), 0 where unknown."""
-    try:
-        for line in smaps.read_text().splitlines():
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

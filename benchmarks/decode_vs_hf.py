@@ -481,6 +481,7 @@ def plain_loop(spec_json: str) -> None:
     from ascend_lab.config.benchmark import BenchmarkConfig
     from ascend_lab.device import HostTimer
     from ascend_lab.graph_contract import GraphContract, ModelDims
+    from ascend_lab.huge_pages import huge_pages_for_new_memory
     from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
 
     spec = json.loads(spec_json)
@@ -488,7 +489,9 @@ def plain_loop(spec_json: str) -> None:
     results = {}
     for batch in spec["batches"]:
         bench = BenchmarkConfig(**{**spec["benchmark"], "batch_size": batch})
-        with OnnxRuntime(spec["onnx_path"], contract, spec["device"], 0, *spec["runtime"]) as runtime:
+        with huge_pages_for_new_memory(spec["huge_pages"]):  # what open_runtime does for the sweep's jobs
+            runtime = OnnxRuntime(spec["onnx_path"], contract, spec["device"], 0, *spec["runtime"])
+        with runtime:
             ids, mask = make_inputs(bench, batch, contract.dims.vocab_size, spec["seed"])
             engine = runtime.engine(ids.shape[1] + bench.new_tokens, tuple(spec["prefill_chunks"]),
                                     spec["kv_capacity"])
@@ -510,7 +513,8 @@ def runner_overhead(cfg, args, exported, onnx_path: Path) -> dict:
     spec = {"graph": exported.graph, "dims": dataclasses.asdict(exported.dims), "dtype": exported.dtype,
             "batches": batches, "benchmark": bench, "onnx_path": str(onnx_path), "device": args.device,
             "seed": cfg.seed, "prefill_chunks": list(cfg.export.prefill_chunks), "kv_capacity": cfg.export.kv_capacity,
-            "runtime": [cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization]}
+            "runtime": [cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization],
+            "huge_pages": cfg.runtime.huge_pages and args.device == "cpu"}
     plain = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", json.dumps(spec)]
 
     def wall(cmd) -> float:

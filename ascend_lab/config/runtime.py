@@ -37,9 +37,8 @@ class RuntimeConfig:
         default=True,
         metadata={"help": "onnxruntime: load the export after onnxruntime's transformer optimizer (RMSNorms and "
                           "residual adds fused into SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization; "
-                          "fewer nodes per step: 11–19 % less time per decode step on Qwen2.5-0.5B shapes) and with the "
-                          "projections that read one activation (q/k/v, gate/up) fused into one MatMul each "
-                          "(export/matmul_fusion.py, about 6 % less), built once and cached beside the export. Its fused ops are onnxruntime's own (com.microsoft), so it "
+                          "fewer nodes per step: 11–19 % less time per decode step on Qwen2.5-0.5B shapes), built once "
+                          "and cached beside the export. Its fused ops are onnxruntime's own (com.microsoft), so it "
                           "is never what ATC compiles; float32 logits differ from the plain graph's in the last "
                           "bits. false: load the export as it is."},
     )
@@ -47,8 +46,8 @@ class RuntimeConfig:
         default=True,
         metadata={"help": "torch and onnxruntime on the CPU: move the weights just loaded into 2 MiB transparent "
                           "huge pages (madvise MADV_HUGEPAGE + MADV_COLLAPSE, Linux ≥ 6.1): a decode step streams every "
-                          "weight, and over 4 KiB pages each 4 KiB read costs a TLB miss (15–20 % less time per "
-                          "decode step on Qwen2.5-0.5B shapes). Costs a copy at load (a few seconds per GB, in "
+                          "weight, and over 4 KiB pages each 4 KiB read costs a TLB miss (1–14 % less time per "
+                          "decode step on Qwen2.5-0.5B shapes, faster in 7 of 7 alternating runs). Costs a copy at load (a few seconds per GB, in "
                           "load_seconds; huge_page_gb and huge_page_seconds say what was moved). Where the host "
                           "cannot (not Linux, older kernel, THP off) the load goes on in 4 KiB pages with a note. "
                           "false: leave the pages as the allocator made them."},
