@@ -9,12 +9,15 @@ pages); onnxruntime's and torch's allocators do not, so a CPU session's weights 
 were faster in 7 of 7 pairs, by 1–14 % (82.6–88.4 → 72.8–77.9 ms/token in one series of four, 77.3–86.0 →
 72.2–85.3 in a series of three CLI jobs).
 
-How: :func:`huge_pages_for_new_memory` notes the resident size of each anonymous private writable mapping before a
-load (``/proc/self/smaps``). After it, the mappings that are new or grew by a huge page or more hold what the load
-wrote (the weights and onnxruntime's prepacked copies of them, whether in fresh mmaps or in malloc's reused heap).
-Their whole 2 MiB ranges whose every 4 KiB page is resident (``mincore``; a range with holes would be filled, and
-the process would grow by memory nobody wrote) are advised ``MADV_HUGEPAGE`` and collapsed into huge pages at once
-with ``MADV_COLLAPSE`` (Linux ≥ 6.1; it copies the pages, about a second per GB here, counted in the load time). Nothing about the memory's contents or the program's
+How: :func:`huge_pages_for_new_memory` notes, before a load, which 2 MiB ranges of the anonymous private writable
+mappings (``/proc/self/smaps``) are wholly resident (``mincore``). After it, the ranges wholly resident now and not
+before hold what the load wrote (the weights and onnxruntime's prepacked copies of them, in fresh mmaps or an
+extended heap). malloc's freed heap memory is handed back to the kernel first (``malloc_trim``), so the load's
+allocations that reuse it show up the same way. Ranges are compared by address, not by mapping: the kernel merges adjacent mappings, so
+memory written before the load can share a mapping with the load's. Only wholly resident ranges are touched (a
+range with holes would be filled, and the process would grow by memory nobody wrote): they are advised
+``MADV_HUGEPAGE`` and collapsed into huge pages at once with ``MADV_COLLAPSE`` (Linux ≥ 6.1; it copies the pages,
+about a second per GB here, counted in the load time). Nothing about the memory's contents or the program's
 behaviour changes, only its page size. Where this cannot be done (not Linux, a kernel without
 ``MADV_COLLAPSE``, THP off, no free huge pages) the load goes on in 4 KiB pages and the report says why.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 import sys
@@ -33,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,33 +103,56 @@ def anonymous_mappings(smaps: Path = SMAPS) -> dict[Span, int]:
     return mappings
 
 
-def loaded_spans(before: Mapping[Span, int], after: Mapping[Span, int]) -> list[Span]:
-    """The mappings of ``after`` that are new or whose resident size grew by a huge page or more since ``before``
-    (memory the load wrote: fresh mmaps, or malloc's heap reused and extended), each trimmed inward to whole huge
-    pages; a mapping that holds none is dropped."""
-    spans = []
-    for (start, end), resident in sorted(after.items()):
-        if resident - before.get((start, end), 0) < HUGE_PAGE:
-            continue
-        lo, hi = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
-        if hi > lo:
-            spans.append((lo, hi))
-    return spans
+def whole_huge_pages(span: Span) -> Span:
+    """``span`` trimmed inward to whole huge pages (empty where it holds none)."""
+    lo, hi = -(-span[0] // HUGE_PAGE) * HUGE_PAGE, span[1] // HUGE_PAGE * HUGE_PAGE
+    return (lo, max(lo, hi))
 
 
-def resident_runs(span: Span, resident_pages: Callable[[Span], "np.ndarray"]) -> list[Span]:
-    """The runs of whole huge pages in ``span`` whose every base page is resident (``resident_pages(span)``: one
-    flag per base page, from ``mincore``). Collapsing a huge page with holes would fill them: the process would
+def full_huge_pages(span: Span, resident_pages: Callable[[Span], "np.ndarray"]) -> list[int]:
+    """Start addresses of the whole huge pages in ``span`` whose every base page is resident (``resident_pages``:
+    one flag per base page, from ``mincore``). Collapsing a huge page with holes would fill them: the process would
     grow by memory nobody wrote."""
     import numpy as np
 
-    flags = resident_pages(span)
-    full = (flags.reshape(-1, HUGE_PAGE // BASE_PAGE) & 1).all(axis=1)
-    runs, lo = [], span[0]
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], full.astype(np.int8), [0]))))
-    for first, stop in zip(edges[::2], edges[1::2]):
-        runs.append((lo + int(first) * HUGE_PAGE, lo + int(stop) * HUGE_PAGE))
+    lo, hi = whole_huge_pages(span)
+    if hi == lo:
+        return []
+    full = (resident_pages((lo, hi)).reshape(-1, HUGE_PAGE // BASE_PAGE) & 1).all(axis=1)
+    return [lo + int(i) * HUGE_PAGE for i in np.flatnonzero(full)]
+
+
+def loaded_runs(full_before: set[int], after: Iterable[Span],
+                resident_pages: Callable[[Span], "np.ndarray"]) -> list[Span]:
+    """Runs of the whole huge pages of the ``after`` mappings that are wholly resident now and were not before the
+    load (``full_before``): memory the load wrote, in fresh mmaps, an extended heap, or freed heap memory that
+    :func:`release_freed_heap` had handed back before it.
+
+    Pages are compared by address, not mappings by span: the kernel merges adjacent mappings, so memory written
+    before the load can share a mapping with memory written during it.
+    """
+    pages = sorted(page for span in after for page in full_huge_pages(span, resident_pages) if page not in full_before)
+    runs: list[Span] = []
+    for page in pages:
+        if runs and runs[-1][1] == page:
+            runs[-1] = (runs[-1][0], page + HUGE_PAGE)
+        else:
+            runs.append((page, page + HUGE_PAGE))
     return runs
+
+
+def release_freed_heap() -> None:
+    """Hand malloc's freed, still resident memory back to the kernel (glibc's ``malloc_trim``, all arenas).
+
+    Why: glibc reuses freed heap memory for later allocations, and a load after other work (an export in the same
+    process frees gigabytes) would write its weights into pages resident already, which residency alone cannot
+    tell from memory nobody touched. Released first, they become resident again only where the load writes. A
+    libc without ``malloc_trim`` (musl) skips this; such reused memory then stays in 4 KiB pages.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+        trim(0)
 
 
 def thp_mode() -> str:
@@ -153,6 +180,24 @@ def unavailable_reason() -> str:
     return ""
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc
+
+
+def _resident_pages(span: Span) -> "np.ndarray":
+    """One ``mincore`` flag per base page of ``span`` (bit 0: resident)."""
+    import numpy as np
+
+    flags = np.zeros((span[1] - span[0]) // BASE_PAGE, dtype=np.uint8)
+    if _libc().mincore(span[0], span[1] - span[0], flags.ctypes.data) != 0:
+        flags[:] = 0  # unknown: treated as holes, left alone
+    return flags
+
+
 @contextmanager
 def huge_pages_for_new_memory(enabled: bool = True) -> Iterator[HugePages]:
     """Collapse the memory the ``with`` block writes into huge pages when it ends (see the module docstring).
@@ -163,7 +208,9 @@ def huge_pages_for_new_memory(enabled: bool = True) -> Iterator[HugePages]:
     report = HugePages()
     reason = "" if enabled else "runtime.huge_pages=false"
     reason = reason or unavailable_reason()
-    before = anonymous_mappings() if not reason else {}
+    if not reason:
+        release_freed_heap()
+        full_before = {page for span in anonymous_mappings() for page in full_huge_pages(span, _resident_pages)}
     yield report
     if reason:
         report.unavailable = reason
@@ -171,23 +218,10 @@ def huge_pages_for_new_memory(enabled: bool = True) -> Iterator[HugePages]:
             log.warning("%s", report.describe())
         return
     started = time.perf_counter()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-
-    def resident_pages(span: Span):
-        import numpy as np
-
-        flags = np.zeros((span[1] - span[0]) // BASE_PAGE, dtype=np.uint8)
-        if libc.mincore(span[0], span[1] - span[0], flags.ctypes.data) != 0:
-            flags[:] = 0  # unknown: treated as holes, left alone
-        return flags
-
-    for lo, hi in (run for span in loaded_spans(before, anonymous_mappings())
-                   for run in resident_runs(span, resident_pages)):
+    for lo, hi in loaded_runs(full_before, anonymous_mappings(), _resident_pages):
         report.candidate_bytes += hi - lo
         for advice in (MADV_HUGEPAGE, MADV_COLLAPSE):
-            if libc.madvise(lo, hi - lo, advice) != 0:
+            if _libc().madvise(lo, hi - lo, advice) != 0:
                 name = errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
                 report.failures[name] = report.failures.get(name, 0) + hi - lo
                 break
@@ -195,4 +229,3 @@ def huge_pages_for_new_memory(enabled: bool = True) -> Iterator[HugePages]:
             report.collapsed_bytes += hi - lo
     report.seconds = time.perf_counter() - started
     log.info("%s", report.describe())
-

@@ -6,14 +6,18 @@ The kernel is the judge: the tests read /proc/self/smaps, where the kernel repor
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ascend_lab import huge_pages
-from ascend_lab.huge_pages import HUGE_PAGE, huge_pages_for_new_memory, loaded_spans, resident_runs, unavailable_reason
+from ascend_lab.huge_pages import (BASE_PAGE, HUGE_PAGE, Span, full_huge_pages, huge_pages_for_new_memory, loaded_runs,
+                                   unavailable_reason)
 
 MB = 1 << 20
 
@@ -53,25 +57,83 @@ def small_pages_numpy():
     _set_madvise_hugepage(previous)
 
 
-def test_loaded_spans_are_the_mappings_the_load_wrote_in_whole_huge_pages():
+def fake_residency(resident: list[Span]):
+    """``mincore`` stand-in: base pages inside the ``resident`` spans are resident, all others not."""
+    def flags(span: Span) -> np.ndarray:
+        addresses = np.arange(span[0], span[1], BASE_PAGE)
+        return np.any([(addresses >= lo) & (addresses < hi) for lo, hi in resident] or [addresses < 0], axis=0
+                      ).astype(np.uint8)
+    return flags
+
+
+def full_before_of(spans: list[Span], residency) -> set[int]:
+    return {page for span in spans for page in full_huge_pages(span, residency)}
+
+
+def test_the_load_is_the_huge_pages_wholly_resident_now_and_not_before():
     h = HUGE_PAGE
-    before = {(0, 4 * h): 4 * h, (20 * h, 21 * h): h, (50 * h, 60 * h): h}
-    after = {(0, 10 * h + 5): 10 * h,  # grew: whole (the new part is the weights, the rest is cheap to re-check)
-             (20 * h, 21 * h): h,  # unchanged
-             (30 * h + 1, 33 * h): 3 * h,  # new, unaligned: trimmed inward
-             (40 * h, 40 * h + h // 2): h // 2,  # new, smaller than a huge page: holds none
-             (50 * h, 60 * h): 5 * h}  # the same mapping, 4 huge pages more resident: malloc's heap reused
-    assert loaded_spans(before, after) == [(0, 10 * h), (31 * h, 33 * h), (50 * h, 60 * h)]
-    assert loaded_spans(after, after) == []
+    full_before = full_before_of([(0, 4 * h + 5), (20 * h, 21 * h)], fake_residency([(0, 4 * h), (20 * h, 21 * h)]))
+    assert full_before == {0, h, 2 * h, 3 * h, 20 * h}
+    after = [(0, 10 * h + 5),  # grew: only its new part is the load's
+             (20 * h, 21 * h),  # unchanged
+             (30 * h + 1, 33 * h),  # new, unaligned: trimmed inward
+             (40 * h, 40 * h + h // 2)]  # new, smaller than a huge page: holds none
+    now = fake_residency([(0, 10 * h), (20 * h, 21 * h), (30 * h, 33 * h), (40 * h, 40 * h + h // 2)])
+    assert loaded_runs(full_before, after, now) == [(4 * h, 10 * h), (31 * h, 33 * h)]
+    assert loaded_runs(full_before_of(after, now), after, now) == []
+
+
+def test_memory_written_earlier_is_not_the_loads_when_the_kernel_merges_its_mapping_with_the_loads():
+    """Adjacent anonymous mappings with the same flags become one (mm/vma.c): the mapping the load wrote can start
+    below, and end where, memory written before it does. Seen in CI: a 32 MB array written before the block was
+    collapsed with the smaps read buffer mapped beside it."""
+    h = HUGE_PAGE
+    full_before = full_before_of([(10 * h, 26 * h)], fake_residency([(10 * h, 26 * h)]))
+    assert loaded_runs(full_before, [(6 * h, 26 * h)], fake_residency([(6 * h, 26 * h)])) == [(6 * h, 10 * h)]
+
+
+HEAP_REUSE = """
+import ctypes, json
+import numpy as np
+from ascend_lab.huge_pages import huge_pages_for_new_memory
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: 64 MB blocks from the heap, not their own mmap
+libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: free() keeps the heap's memory, as it does for smaller blocks
+size = 64 << 20
+freed = libc.malloc(size)
+guard = libc.malloc(4096)  # keeps the freed block off the heap's top
+ctypes.memset(freed, 1, size)
+libc.free(freed)
+with huge_pages_for_new_memory() as report:
+    weights = libc.malloc(size)  # glibc hands back the freed block, resident already
+    ctypes.memset(weights, 2, size)
+print(json.dumps({"reused": weights == freed, "collapsed": report.collapsed_bytes, "said": report.describe()}))
+"""
+
+
+def test_weights_written_into_freed_heap_memory_are_the_loads():
+    """glibc reuses freed heap memory (an export in the same process frees gigabytes before the load): the freed
+    memory is handed back to the kernel first, so the load's writes make it resident again and are seen. In a
+    fresh interpreter, since it changes malloc's thresholds."""
+    if kernel_collapses():
+        pytest.skip(kernel_collapses())
+    proc = subprocess.run([sys.executable, "-c", HEAP_REUSE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["reused"], "glibc did not reuse the freed block: the scenario did not happen"
+    assert result["collapsed"] >= 60 * MB, result["said"]
 
 
 def test_only_wholly_resident_huge_pages_are_collapsed():
-    pages = HUGE_PAGE // 4096
+    pages = HUGE_PAGE // BASE_PAGE
     flags = np.ones(5 * pages, dtype=np.uint8)
     flags[pages + 7] = 0  # a hole in the second huge page
     flags[4 * pages:] = 0  # the fifth never touched
     span = (10 * HUGE_PAGE, 15 * HUGE_PAGE)
-    assert resident_runs(span, lambda s: flags) == [(10 * HUGE_PAGE, 11 * HUGE_PAGE), (12 * HUGE_PAGE, 14 * HUGE_PAGE)]
+    assert full_huge_pages(span, lambda s: flags) == [10 * HUGE_PAGE, 12 * HUGE_PAGE, 13 * HUGE_PAGE]
 
 
 def test_memory_mapped_in_the_block_ends_in_huge_pages(small_pages_numpy):
@@ -96,6 +158,21 @@ def test_memory_the_block_does_not_write_is_left_alone(small_pages_numpy):
     with huge_pages_for_new_memory() as report:
         earlier[:1024] += 1  # read and written, but its mapping neither grows nor gains resident pages
     assert huge_bytes_of(earlier) == 0, report.describe()
+
+
+def test_memory_written_beside_earlier_memory_moves_without_it(small_pages_numpy):
+    """The merge case on the real kernel: an array mapped in the block lands next to one mapped before it and the
+    kernel makes them one mapping; only the new array's huge pages move."""
+    if kernel_collapses():
+        pytest.skip(kernel_collapses())
+    earlier = np.ones(32 * MB // 4, dtype=np.float32)
+    with huge_pages_for_new_memory() as report:
+        beside = np.ones(16 * MB // 4, dtype=np.float32)
+    # the huge page where the two meet was not wholly resident before and is now: it moves, with up to 2 MiB of
+    # the earlier array; the rest of that array stays in 4 KiB pages
+    assert huge_bytes_of(earlier[HUGE_PAGE // earlier.itemsize:]) == 0, report.describe()
+    assert huge_bytes_of(beside) >= 12 * MB, report.describe()
+    assert report.collapsed_bytes <= 16 * MB + HUGE_PAGE, report.describe()
 
 
 def test_switched_off_it_touches_nothing_and_says_so(small_pages_numpy):
