@@ -10,7 +10,7 @@ were faster in 7 of 7 pairs, by 1–14 % (82.6–88.4 → 72.8–77.9 ms/token i
 72.2–85.3 in a series of three CLI jobs).
 
 How: :func:`huge_pages_for_new_memory` notes, before a load, which 2 MiB ranges of the anonymous private writable
-mappings (``/proc/self/smaps``) are wholly resident (``mincore``). After it, the ranges wholly resident now and not
+mappings (``/proc/self/maps``) are wholly resident (``mincore``). After it, the ranges wholly resident now and not
 before hold what the load wrote (the weights and onnxruntime's prepacked copies of them, in fresh mmaps or an
 extended heap). malloc's freed heap memory is handed back to the kernel first (``malloc_trim``), so the load's
 allocations that reuse it show up the same way. Ranges are compared by address, not by mapping: the kernel merges adjacent mappings, so
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 HUGE_PAGE = 2 << 20  # bytes: the x86-64 and arm64 (4 KiB base page) PMD size
 MADV_HUGEPAGE = 14  # <asm-generic/mman-common.h>
 MADV_COLLAPSE = 25  # <asm-generic/mman-common.h>, Linux 6.1
-SMAPS = Path("/proc/self/smaps")
+MAPS = Path("/proc/self/maps")
 BASE_PAGE = 4096
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 GB = 1e9
@@ -88,19 +88,15 @@ _ERRNO_MEANING = {
 }
 
 
-def anonymous_mappings(smaps: Path = SMAPS) -> dict[Span, int]:
-    """The process's anonymous private writable mappings (malloc's heap and its mmaps) → resident bytes."""
-    mappings: dict[Span, int] = {}
-    current: Span | None = None
-    for line in smaps.read_text().splitlines():
-        head = line.split(maxsplit=6)
-        if head and "-" in head[0] and not head[0].endswith(":"):
-            perms, path = head[1], (head[5] if len(head) > 5 else "")
-            anonymous = perms.startswith("rw") and perms[3] == "p" and path in ("", "[heap]")
-            current = tuple(int(x, 16) for x in head[0].split("-")) if anonymous else None
-        elif current is not None and line.startswith("Rss:"):
-            mappings[current] = int(head[1]) * 1024
-    return mappings
+def anonymous_mappings(maps: Path = MAPS) -> list[Span]:
+    """The process's anonymous private writable mappings: malloc's heap and its mmaps."""
+    spans = []
+    for line in maps.read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        perms, path = fields[1], (fields[5].strip() if len(fields) > 5 else "")
+        if perms.startswith("rw") and perms[3] == "p" and path in ("", "[heap]"):
+            spans.append(tuple(int(x, 16) for x in fields[0].split("-")))
+    return spans
 
 
 def whole_huge_pages(span: Span) -> Span:
@@ -168,8 +164,8 @@ def unavailable_reason() -> str:
     """Why huge pages cannot be asked for here, or '' where they can."""
     if not sys.platform.startswith("linux"):
         return f"transparent huge pages are a Linux feature; this is {sys.platform}"
-    if not SMAPS.exists():
-        return f"{SMAPS} is not readable"
+    if not MAPS.exists():
+        return f"{MAPS} is not readable"
     if os.sysconf("SC_PAGE_SIZE") != BASE_PAGE:
         return f"base pages here are {os.sysconf('SC_PAGE_SIZE')} bytes; huge pages are handled for 4 KiB ones"
     mode = thp_mode()
