@@ -118,16 +118,21 @@ def full_huge_pages(span: Span, resident_pages: Callable[[Span], "np.ndarray"]) 
     return [lo + int(i) * HUGE_PAGE for i in np.flatnonzero(full)]
 
 
+def wholly_resident(spans: Iterable[Span], resident_pages: Callable[[Span], "np.ndarray"]) -> set[int]:
+    """Start addresses of the wholly resident huge pages of all ``spans`` (:func:`full_huge_pages` of each)."""
+    return {page for span in spans for page in full_huge_pages(span, resident_pages)}
+
+
 def loaded_runs(full_before: set[int], after: Iterable[Span],
                 resident_pages: Callable[[Span], "np.ndarray"]) -> list[Span]:
     """Runs of the whole huge pages of the ``after`` mappings that are wholly resident now and were not before the
-    load (``full_before``): memory the load wrote, in fresh mmaps, an extended heap, or freed heap memory that
-    :func:`release_freed_heap` had handed back before it.
+    load (``full_before``, :func:`wholly_resident` then): memory the load wrote, in fresh mmaps, an extended heap,
+    or freed heap memory that :func:`release_freed_heap` had handed back before it.
 
     Pages are compared by address, not mappings by span: the kernel merges adjacent mappings, so memory written
     before the load can share a mapping with memory written during it.
     """
-    pages = sorted(page for span in after for page in full_huge_pages(span, resident_pages) if page not in full_before)
+    pages = sorted(wholly_resident(after, resident_pages) - full_before)
     runs: list[Span] = []
     for page in pages:
         if runs and runs[-1][1] == page:
@@ -147,7 +152,6 @@ def release_freed_heap() -> None:
     """
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is not None:
-        trim.argtypes = [ctypes.c_size_t]
         trim(0)
 
 
@@ -181,6 +185,8 @@ def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    if hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
     return libc
 
 
@@ -206,7 +212,7 @@ def huge_pages_for_new_memory(enabled: bool = True) -> Iterator[HugePages]:
     reason = reason or unavailable_reason()
     if not reason:
         release_freed_heap()
-        full_before = {page for span in anonymous_mappings() for page in full_huge_pages(span, _resident_pages)}
+        full_before = wholly_resident(anonymous_mappings(), _resident_pages)
     yield report
     if reason:
         report.unavailable = reason

@@ -17,7 +17,7 @@ import pytest
 
 from ascend_lab import huge_pages
 from ascend_lab.huge_pages import (BASE_PAGE, HUGE_PAGE, Span, full_huge_pages, huge_pages_for_new_memory, loaded_runs,
-                                   unavailable_reason)
+                                   unavailable_reason, wholly_resident)
 
 MB = 1 << 20
 
@@ -66,13 +66,9 @@ def fake_residency(resident: list[Span]):
     return flags
 
 
-def full_before_of(spans: list[Span], residency) -> set[int]:
-    return {page for span in spans for page in full_huge_pages(span, residency)}
-
-
 def test_the_load_is_the_huge_pages_wholly_resident_now_and_not_before():
     h = HUGE_PAGE
-    full_before = full_before_of([(0, 4 * h + 5), (20 * h, 21 * h)], fake_residency([(0, 4 * h), (20 * h, 21 * h)]))
+    full_before = wholly_resident([(0, 4 * h + 5), (20 * h, 21 * h)], fake_residency([(0, 4 * h), (20 * h, 21 * h)]))
     assert full_before == {0, h, 2 * h, 3 * h, 20 * h}
     after = [(0, 10 * h + 5),  # grew: only its new part is the load's
              (20 * h, 21 * h),  # unchanged
@@ -80,7 +76,7 @@ def test_the_load_is_the_huge_pages_wholly_resident_now_and_not_before():
              (40 * h, 40 * h + h // 2)]  # new, smaller than a huge page: holds none
     now = fake_residency([(0, 10 * h), (20 * h, 21 * h), (30 * h, 33 * h), (40 * h, 40 * h + h // 2)])
     assert loaded_runs(full_before, after, now) == [(4 * h, 10 * h), (31 * h, 33 * h)]
-    assert loaded_runs(full_before_of(after, now), after, now) == []
+    assert loaded_runs(wholly_resident(after, now), after, now) == []
 
 
 def test_memory_written_earlier_is_not_the_loads_when_the_kernel_merges_its_mapping_with_the_loads():
@@ -88,7 +84,7 @@ def test_memory_written_earlier_is_not_the_loads_when_the_kernel_merges_its_mapp
     below, and end where, memory written before it does. Seen in CI: a 32 MB array written before the block was
     collapsed with the smaps read buffer mapped beside it."""
     h = HUGE_PAGE
-    full_before = full_before_of([(10 * h, 26 * h)], fake_residency([(10 * h, 26 * h)]))
+    full_before = wholly_resident([(10 * h, 26 * h)], fake_residency([(10 * h, 26 * h)]))
     assert loaded_runs(full_before, [(6 * h, 26 * h)], fake_residency([(6 * h, 26 * h)])) == [(6 * h, 10 * h)]
 
 
