@@ -13,9 +13,10 @@ How: :func:`huge_pages_for_new_memory` notes, before a load, which 2 MiB ranges 
 mappings (``/proc/self/maps``) are wholly resident (``mincore``). After it, the ranges wholly resident now and not
 before hold what the load wrote (the weights and onnxruntime's prepacked copies of them, in fresh mmaps or an
 extended heap). malloc's freed heap memory is handed back to the kernel first (``malloc_trim``), so the load's
-allocations that reuse it show up the same way. Ranges are compared by address, not by mapping: the kernel merges adjacent mappings, so
-memory written before the load can share a mapping with the load's. Only wholly resident ranges are touched (a
-range with holes would be filled, and the process would grow by memory nobody wrote): they are advised
+allocations that reuse it show up the same way. Ranges are compared by address, not by mapping: the kernel
+merges adjacent mappings, so memory written before the load can share a mapping with the load's. Only wholly
+resident ranges are touched (a range with holes would be filled, and the process would grow by memory nobody
+wrote): they are advised
 ``MADV_HUGEPAGE`` and collapsed into huge pages at once with ``MADV_COLLAPSE`` (Linux ≥ 6.1; it copies the pages,
 about a second per GB here, counted in the load time). Nothing about the memory's contents or the program's
 behaviour changes, only its page size. Where this cannot be done (not Linux, a kernel without
