@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from ascend_lab.config import TASK_GROUPS, Task, register_configs, validate
 from ascend_lab.errors import AscendLabError
+from ascend_lab.runtimes import register_runtime_configs
 
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
 # A checkout (editable install or `python -m` from the repo) uses its conf/ directly; an installed
@@ -33,6 +34,7 @@ CONFIG_PATH = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").is_file() 
 TASK_MODULES = {task: f"ascend_lab.tasks.{task.value}" for task in Task}
 
 register_configs()
+register_runtime_configs()
 
 
 log = logging.getLogger("ascend_lab.run")  # not __main__ under python -m

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from ascend_lab.compile import ensure_compiled
     from ascend_lab.context import JobContext
     from ascend_lab.export import ensure_exported
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
     from ascend_lab.tracking import Tracker
 
     cfg = compose(args)

@@ -23,7 +23,7 @@ Rows (``--rows``):
   onnxruntime's transformer optimizer (the ``ort`` row loads the optimised graph, the default).
 - ``ort_int8_<method>``: the int8 graph (:func:`ascend_lab.export.optimize.int8_graph`), derived from the
   CLI's export and opened exactly as the CLI opens its export (``open_runtime`` over a plan naming the
-  derived file: :class:`~ascend_lab.runtimes.onnxruntime_runtime.OnnxRuntime`, whose session comes from
+  derived file: :class:`~ascend_lab.runtimes.onnxruntime.runtime.OnnxRuntime`, whose session comes from
   ``open_session``, the one session factory), then timed by the CLI's own generate scenario (``task=bench``'s
   ``engine_for`` → ``Runtime.engine`` → ``CacheEngine``, ``run_generate``).
 
@@ -482,7 +482,7 @@ def plain_loop(spec_json: str) -> None:
     from ascend_lab.device import HostTimer
     from ascend_lab.graph_contract import GraphContract, ModelDims
     from ascend_lab.huge_pages import huge_pages_for_new_memory
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     spec = json.loads(spec_json)
     contract = GraphContract(spec["graph"], ModelDims(**spec["dims"]), spec["dtype"])

@@ -391,7 +391,7 @@ def ids(shape, dtype=np.int64):
      "inputs 'input_ids' and 'attention_mask' disagree on dim 'batch': 2 vs 3"),
 ], ids=["dtype", "rank", "missing", "batch"])
 def test_onnxruntime_names_the_input_that_does_not_match(small_onnx, feeds, message):
-    from ascend_lab.runtimes.onnxruntime_runtime import FeedError, OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import FeedError, OnnxRuntime
 
     with OnnxRuntime(small_onnx, HIDDEN) as runtime:
         with pytest.raises(FeedError) as caught:
@@ -402,7 +402,7 @@ def test_onnxruntime_names_the_input_that_does_not_match(small_onnx, feeds, mess
 
 
 def test_onnxruntime_refuses_a_truncated_file_naming_it(small_onnx, tmp_path):
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(small_onnx.read_bytes()[:200])

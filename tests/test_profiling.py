@@ -221,7 +221,7 @@ def test_profiled_latency_is_logged_apart_and_the_timed_figures_come_first(tmp_p
     from ascend_lab.config.runtime import RuntimeConfig
     from ascend_lab.config.telemetry import TelemetryConfig
     from ascend_lab.context import JobContext
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
     from ascend_lab.tasks import bench as bench_task
     from ascend_lab.tracking import Tracker
 
@@ -360,7 +360,7 @@ PROF_ORDER = ["prof.init", "prof.create_config", "prof.start", "prof.stop", "pro
 
 
 def test_acl_profiling_through_the_simulator(sim, compiled, tmp_path):
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     exported, om = compiled
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
@@ -382,7 +382,7 @@ def test_acl_profiling_through_the_simulator(sim, compiled, tmp_path):
 
 @pytest.mark.parametrize("failing", ["mdl.execute", "prof.start", "prof.create_config"])
 def test_acl_profiling_releases_everything_when_a_step_fails(sim, compiled, failing):
-    from ascend_lab.runtimes.acl import AclError, AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclError, AclRuntime
 
     exported, om = compiled
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:

@@ -10,7 +10,7 @@ import pytest
 from ascend_lab import graph_contract as gc
 from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import HostTimer
-from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime, choose_providers
+from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime, choose_providers
 
 CHUNKS, CAPACITY = (16, 128), 1024
 
@@ -91,14 +91,14 @@ def test_onnxruntime_notes_a_missing_device_provider(small_onnx, caplog):
 def torch_runtime():
     from ascend_lab.config import AppConfig
     from ascend_lab.device import Device
-    from ascend_lab.runtimes.torch_runtime import TorchRuntime
+    from ascend_lab.runtimes.torch.runtime import TorchRuntime
 
     with TorchRuntime.load(AppConfig(), Device("cpu", 0, "test")) as runtime:
         yield runtime
 
 
 def test_session_options_use_physical_cores():
-    from ascend_lab.runtimes.onnxruntime_runtime import physical_cores, session_options
+    from ascend_lab.runtimes.onnxruntime.runtime import physical_cores, session_options
 
     assert physical_cores() >= 1
     options = session_options()
@@ -214,7 +214,7 @@ def test_graph_capture_engine_is_wired_and_agrees(torch_runtime, monkeypatch):
 
 def test_compile_backend_follows_the_device():
     from ascend_lab.errors import ToolchainError
-    from ascend_lab.runtimes.torch_runtime import compile_backend
+    from ascend_lab.runtimes.torch.runtime import compile_backend
 
     assert compile_backend("auto", "cpu") == "inductor" and compile_backend("auto", "cuda") == "inductor"
     assert compile_backend("inductor", "npu") == "inductor"

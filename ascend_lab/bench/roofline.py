@@ -106,7 +106,7 @@ class Bandwidth:
 
 def default_threads() -> int:
     """Physical cores: the thread count ``runtime.intra_op_threads=0`` gives onnxruntime's sessions."""
-    from ascend_lab.runtimes.onnxruntime_runtime import physical_cores
+    from ascend_lab.runtimes.onnxruntime.runtime import physical_cores
 
     return physical_cores()
 
@@ -206,8 +206,8 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
     """HBM bandwidth of NPU ``device_id`` where only pyACL is there: a ``gb`` GB device-to-device
     ``acl.rt.memcpy`` (synchronous), median of ``repeats`` passes after one untimed pass; GB/s counts the bytes
     read and written (see the module docstring). pyACL's process-wide init is shared with the pyACL runtime
-    (:mod:`ascend_lab.runtimes.pyacl`); everything acquired here is released, also on failure."""
-    from ascend_lab.runtimes.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE, AclError,
+    (:mod:`ascend_lab.runtimes.acl.pyacl`); everything acquired here is released, also on failure."""
+    from ascend_lab.runtimes.acl.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE, AclError,
                                            acquire_acl, import_acl, release_acl)
 
     if gb <= 0 or repeats < 1:
