@@ -37,6 +37,17 @@ class LoadedModel:
     config: Any  # transformers config
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What runtime=torch builds in process (its artifact): the model, the seed of random weights and the graph
+    module around it (``export.graph``, with ``export.layer_outputs``), so it runs the export's contract."""
+
+    model: ModelConfig
+    seed: int
+    graph: str
+    layer_outputs: bool = False
+
+
 def torch_dtype(name: str):
     import torch
 

@@ -26,9 +26,9 @@ bytes read / median time of ``repeats`` timed passes after one untimed pass. The
 of these medians (a sum can be compute-bound on one core before it is memory-bound; a max is cheaper per
 byte; a tuned GEMV may prefetch better than either): the most this machine was seen to read. A copy's
 bandwidth (bytes read + written / time) is measured beside it for reference only. numpy backs arrays this large
-with transparent huge pages (it advises them ``MADV_HUGEPAGE``); the runtimes' weights are moved to huge pages at
-load too (``runtime.huge_pages``, :mod:`ascend_lab.huge_pages`), so the decode and the kernels it is judged against
-read through the same page size.
+with transparent huge pages (it advises them ``MADV_HUGEPAGE``); the runtimes' weights are in huge pages too only
+where the host runs THP in ``always`` mode (benchmarks/README.md), otherwise the kernels read through larger pages
+than the decode.
 
 **On a device** the same figure comes from the device's own memory: :func:`measure_torch_read_bandwidth`
 (CUDA, or an NPU through torch_npu: ``sum`` and ``amax`` over a float32 tensor in device memory, synchronised

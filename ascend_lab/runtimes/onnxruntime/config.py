@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.errors import require_choice, require_positive
@@ -13,8 +12,6 @@ GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 @dataclass
 class OnnxRuntimeConfig(RuntimeConfig):
-    artifact: ClassVar[str] = "onnx"
-
     name: str = "onnxruntime"
     _target_: str = "ascend_lab.runtimes.onnxruntime.runtime.OnnxRuntime"
     intra_op_threads: int = field(
@@ -35,6 +32,11 @@ class OnnxRuntimeConfig(RuntimeConfig):
                           "(com.microsoft), so it is never what ATC compiles; float32 logits differ from the plain "
                           "graph's in the last bits. false: load the export as it is."},
     )
+
+    @property
+    def artifact(self) -> str:
+        """The export in model.dtype, through the transformer optimizer where ``transformer_optimize`` says."""
+        return "optimized_onnx" if self.transformer_optimize else "onnx"
 
     def __post_init__(self) -> None:
         super().__post_init__()
