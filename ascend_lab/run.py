@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from ascend_lab.config import TASK_GROUPS, Task, register_configs, validate
 from ascend_lab.errors import AscendLabError
-from ascend_lab.runtimes import register_runtime_configs
+from ascend_lab.runtimes.registry import register_runtime_configs
 
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
 # A checkout (editable install or `python -m` from the repo) uses its conf/ directly; an installed

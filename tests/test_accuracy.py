@@ -23,7 +23,7 @@ from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import Device
 from ascend_lab.errors import ConfigError
 
-from conftest import stand_in_env
+from conftest import load_torch_runtime, stand_in_env
 
 CHUNKS, CAPACITY = (16, 128), 1024
 CPU = Device("cpu", 0, "test")
@@ -157,9 +157,7 @@ def prompts() -> list[Prompt]:
 @pytest.fixture(scope="module")
 def torch_debug():
     """The 4-layer tiny model on torch, its graph with the layer outputs."""
-    from ascend_lab.runtimes.torch.runtime import TorchRuntime
-
-    with TorchRuntime.load(tiny_cfg(layer_outputs=True), CPU) as runtime:
+    with load_torch_runtime(tiny_cfg(layer_outputs=True), CPU) as runtime:
         yield runtime
 
 
@@ -198,11 +196,7 @@ def test_a_candidate_identical_to_its_reference_passes_with_cosine_one(torch_deb
 
 
 def test_the_static_decoder_is_refused_for_teacher_forcing():
-    from ascend_lab.runtimes.torch.runtime import TorchRuntime
-
-    cfg = AppConfig()
-    cfg.runtime.graph_capture = True
-    with TorchRuntime.load(cfg, CPU) as runtime:
+    with load_torch_runtime(AppConfig(), CPU, graph_capture=True) as runtime:
         with pytest.raises(ConfigError, match=r"runtime\.graph_capture=True.*teacher forcing"):
             runtime.engine(20, CHUNKS, CAPACITY, keep_logits=True)
         runtime.engine(20, CHUNKS, CAPACITY)  # without keep_logits it still selects the static decoder
@@ -220,9 +214,7 @@ def test_the_debug_graph_keeps_the_plain_graphs_outputs(exported_debug, torch_de
         drift = layer_drift(layer_hidden(torch_debug, prompts(), CHUNKS, CAPACITY), hidden, 1e-3)
         assert drift.first_over is None and float(np.max(drift.worst_rel_error)) < 1e-5
     with pytest.raises(Exception, match="export.layer_outputs=true"):
-        from ascend_lab.runtimes.torch.runtime import TorchRuntime
-
-        with TorchRuntime.load(tiny_cfg(), CPU) as plain:
+        with load_torch_runtime(tiny_cfg(), CPU) as plain:
             layer_hidden(plain, prompts(), CHUNKS, CAPACITY)
 
 

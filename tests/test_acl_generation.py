@@ -17,7 +17,7 @@ from ascend_lab.config import AppConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
-from conftest import stand_in_env
+from conftest import load_torch_runtime, stand_in_env
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 CHUNKS, CAPACITY = (16, 128), 1024
@@ -73,10 +73,8 @@ PADS = {1: (), 4: (0, 3, 6, 1), 8: (2, 0, 0, 5, 1, 0, 7, 3)}
 
 @pytest.mark.parametrize("batch", [1, 4, 8])
 def test_acl_onnxruntime_and_torch_pick_the_same_tokens(sim, compiled, batch):
-    from ascend_lab.device import Device
     from ascend_lab.runtimes.acl.runtime import AclRuntime
     from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
-    from ascend_lab.runtimes.torch.runtime import TorchRuntime
 
     exported, om = compiled[batch]
     assert om.dims_gears == [[1, 1], [16, 16], [128, 128]] and exported.dtype == "float16"
@@ -88,7 +86,7 @@ def test_acl_onnxruntime_and_torch_pick_the_same_tokens(sim, compiled, batch):
     with OnnxRuntime(exported.onnx_path, exported.contract) as ort_runtime:
         _, on_ort = generate(ort_runtime, ids, mask, 24)
     cfg = AppConfig(model=ModelConfig(dtype="float16"))
-    with TorchRuntime.load(cfg, Device("cpu", 0, "test")) as torch_runtime:
+    with load_torch_runtime(cfg) as torch_runtime:
         _, on_torch = generate(torch_runtime, ids, mask, 24)
     np.testing.assert_array_equal(on_npu.tokens, on_ort.tokens)
     np.testing.assert_array_equal(on_npu.tokens, on_torch.tokens)

@@ -89,11 +89,9 @@ def test_onnxruntime_notes_a_missing_device_provider(small_onnx, caplog):
 
 @pytest.fixture(scope="module")
 def torch_runtime():
-    from ascend_lab.config import AppConfig
-    from ascend_lab.device import Device
-    from ascend_lab.runtimes.torch.runtime import TorchRuntime
+    from conftest import load_torch_runtime
 
-    with TorchRuntime.load(AppConfig(), Device("cpu", 0, "test")) as runtime:
+    with load_torch_runtime() as runtime:
         yield runtime
 
 
@@ -254,13 +252,13 @@ def _context(tmp_path, *overrides):
 def test_onnxruntime_gives_the_torch_runtimes_tokens(launch_dir, torch_runtime):
     """tiny_qwen at batch 1, 4 and 8 with left padding: the exported graph through onnxruntime, its cache
     bound in place, picks the tokens the torch runtime (and Hugging Face) picks."""
-    from ascend_lab.prepare import plan_runtime
-    from ascend_lab.runtimes.select import open_runtime
+    from ascend_lab.prepare import open_engine, plan_runtime
 
     cfg, ctx = _context(launch_dir, "runtime=onnxruntime")
     plan = plan_runtime(cfg, ctx)
     assert plan.name == "onnxruntime" and len(plan.tags()["onnx_sha256"]) == 64
-    with open_runtime(plan, cfg, ctx.device) as ort_runtime:
+    with open_engine(cfg, ctx, plan) as loaded:
+        ort_runtime = loaded.runtime
         assert ort_runtime.contract == torch_runtime.contract
         for batch, pads in ((1, ()), (4, (0, 3, 6, 1)), (8, (2, 0, 0, 5, 1, 0, 7, 3))):
             ids, mask = prompts(10 + batch, batch, 9, pads)
@@ -280,8 +278,7 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     runtime loads it, and its greedy tokens are the torch runtime's."""
     import onnx
 
-    from ascend_lab.prepare import plan_runtime
-    from ascend_lab.runtimes.select import open_runtime
+    from ascend_lab.prepare import open_engine, plan_runtime
 
     cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=true")
     plan = plan_runtime(cfg, ctx)
@@ -290,7 +287,8 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     plain, fused = (onnx.load(str(p), load_external_data=False).graph.node
                     for p in (plan.exported.onnx_path, plan.onnx_path))
     assert "SimplifiedLayerNormalization" in {n.op_type for n in fused} and len(fused) < len(plain)
-    with open_runtime(plan, cfg, ctx.device) as ort_runtime:
+    with open_engine(cfg, ctx, plan) as loaded:
+        ort_runtime = loaded.runtime
         assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path
         ids, mask = prompts(14, 4, 9, (0, 3, 6, 1))
         _, optimized = generate(ort_runtime, ids, mask, 20)
@@ -299,11 +297,11 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
 
 
 def test_the_backend_writes_exactly_the_new_slots(launch_dir):
-    from ascend_lab.prepare import plan_runtime
-    from ascend_lab.runtimes.select import open_runtime
+    from ascend_lab.prepare import open_engine, plan_runtime
 
     cfg, ctx = _context(launch_dir, "runtime=onnxruntime")
-    with open_runtime(plan_runtime(cfg, ctx), cfg, ctx.device) as ort_runtime:
+    with open_engine(cfg, ctx) as loaded:
+        ort_runtime = loaded.runtime
         ids, mask = prompts(4, 2, 5)
         engine = ort_runtime.engine(12, (8,), CAPACITY)
         engine.prepare(2, 5, 4)

@@ -17,7 +17,7 @@ import pytest
 
 from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import Device, HostTimer
-from ascend_lab.runtimes import static_decoder
+from ascend_lab.runtimes.torch import static_decoder
 from ascend_lab.runtimes.torch.static_decoder import GraphApi, StaticDecoderEngine
 
 REPO = Path(__file__).resolve().parent.parent

@@ -274,7 +274,7 @@ def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch
 
     import torch
 
-    from ascend_lab.runtimes import pyacl
+    from ascend_lab.runtimes.acl import pyacl
 
     on_torch = roofline.measure_torch_read_bandwidth(torch.device("cpu"), gb=0.01, repeats=2)
     assert on_torch.read_gb_s > 0 and set(on_torch.by_kernel) == {"sum_device", "max_device"}

@@ -14,6 +14,10 @@ from typing import ClassVar
 from ascend_lab.errors import require
 
 
+NAME_HELP = {"help": "The runtime, chosen with the group: runtime=auto (acl where a compiled .om and pyACL exist, else "
+                     "onnxruntime), runtime=torch, runtime=onnxruntime or runtime=acl."}
+
+
 @dataclass
 class RuntimeConfig:
     group: ClassVar[str] = "runtime"
@@ -21,11 +25,7 @@ class RuntimeConfig:
     # in model.dtype), "om" (exported in atc.export_dtype and compiled); None: auto, which picks a runtime first.
     artifact: ClassVar[str | None] = None
 
-    name: str = field(
-        default="auto",
-        metadata={"help": "The runtime, chosen with the group: runtime=auto (acl where a compiled .om and pyACL "
-                          "exist, else onnxruntime), runtime=torch, runtime=onnxruntime or runtime=acl."},
-    )
+    name: str = field(default="auto", metadata=NAME_HELP)
 
     def __post_init__(self) -> None:
         own = type(self).__dataclass_fields__["name"].default

@@ -37,7 +37,7 @@ from ascend_lab.config.device import DeviceConfig
 from ascend_lab.context import JobContext
 from ascend_lab.errors import AscendLabError, require
 from ascend_lab.prepare import open_engine, plan_runtime
-from ascend_lab.runtimes import RUNTIME_CONFIGS
+from ascend_lab.runtimes.registry import RUNTIME_CONFIGS
 from ascend_lab.tracking import Tracker
 
 log = logging.getLogger(__name__)

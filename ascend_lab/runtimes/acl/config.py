@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ascend_lab.config.runtime import RuntimeConfig
+from ascend_lab.config.runtime import NAME_HELP, RuntimeConfig
 
 
 @dataclass
 class AclRuntimeConfig(RuntimeConfig):
     artifact: ClassVar[str] = "om"
 
-    name: str = "acl"
+    name: str = field(default="acl", metadata=NAME_HELP)
     _target_: str = "ascend_lab.runtimes.acl.runtime.AclRuntime"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ascend_lab.config.runtime import RuntimeConfig
+from ascend_lab.config.runtime import NAME_HELP, RuntimeConfig
 from ascend_lab.errors import require_choice, require_positive
 
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
@@ -12,7 +12,7 @@ GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 @dataclass
 class OnnxRuntimeConfig(RuntimeConfig):
-    name: str = "onnxruntime"
+    name: str = field(default="onnxruntime", metadata=NAME_HELP)
     _target_: str = "ascend_lab.runtimes.onnxruntime.runtime.OnnxRuntime"
     intra_op_threads: int = field(
         default=0,

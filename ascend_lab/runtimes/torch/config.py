@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ascend_lab.config.runtime import RuntimeConfig
+from ascend_lab.config.runtime import NAME_HELP, RuntimeConfig
 from ascend_lab.errors import require, require_choice, require_positive
 
 COMPILE_BACKENDS = ("auto", "inductor", "torchair")
@@ -15,7 +15,7 @@ COMPILE_BACKENDS = ("auto", "inductor", "torchair")
 class TorchRuntimeConfig(RuntimeConfig):
     artifact: ClassVar[str] = "model"
 
-    name: str = "torch"
+    name: str = field(default="torch", metadata=NAME_HELP)
     _target_: str = "ascend_lab.runtimes.torch.runtime.TorchRuntime"
     intra_op_threads: int = field(
         default=0, metadata={"help": "torch.set_num_threads; 0: torch keeps its default."})

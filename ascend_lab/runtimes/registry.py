@@ -1,0 +1,23 @@
+"""The options of the ``runtime`` group: each runtime package's config dataclass, registered in Hydra's ConfigStore
+(apart from the package's ``__init__``, so a runtime module imports without Hydra)."""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+
+from ascend_lab.config.runtime import RuntimeConfig
+from ascend_lab.runtimes.acl.config import AclRuntimeConfig
+from ascend_lab.runtimes.onnxruntime.config import OnnxRuntimeConfig
+from ascend_lab.runtimes.torch.config import TorchRuntimeConfig
+
+# The options of the `runtime` group; auto is the base class (only a name: it picks one of the others).
+RUNTIME_CONFIGS: dict[str, type[RuntimeConfig]] = {
+    "auto": RuntimeConfig, "torch": TorchRuntimeConfig, "onnxruntime": OnnxRuntimeConfig, "acl": AclRuntimeConfig,
+}
+
+
+def register_runtime_configs() -> None:
+    """Store each runtime's schema as an option of the `runtime` group; idempotent."""
+    store = ConfigStore.instance()
+    for name, schema in RUNTIME_CONFIGS.items():
+        store.store(group=RuntimeConfig.group, name=name, node=schema)
