@@ -21,9 +21,9 @@ from typing import Callable, Iterator, Sequence
 import hydra
 from omegaconf import DictConfig
 
-from ascend_lab.config import TASK_GROUPS, Task, register_configs, validate
+from ascend_lab.config import TASK_GROUPS, Task, validate
 from ascend_lab.errors import AscendLabError
-from ascend_lab.runtimes.registry import register_runtime_configs
+from ascend_lab.runtimes.registry import register_configs
 
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
 # A checkout (editable install or `python -m` from the repo) uses its conf/ directly; an installed
@@ -34,7 +34,6 @@ CONFIG_PATH = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").is_file() 
 TASK_MODULES = {task: f"ascend_lab.tasks.{task.value}" for task in Task}
 
 register_configs()
-register_runtime_configs()
 
 
 log = logging.getLogger("ascend_lab.run")  # not __main__ under python -m

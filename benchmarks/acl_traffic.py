@@ -56,7 +56,8 @@ def compose(args):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ascend_lab.config import register_configs, validate
+    from ascend_lab.config import validate
+    from ascend_lab.runtimes.registry import register_configs
 
     register_configs()
     overrides = [f"model={args.model}", "model.weights=random", f"benchmark.batch_size={args.batch}", "tracking=off",

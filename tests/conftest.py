@@ -92,11 +92,9 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ascend_lab.config import register_configs
-    from ascend_lab.runtimes.registry import register_runtime_configs
+    from ascend_lab.runtimes.registry import register_configs
 
     register_configs()
-    register_runtime_configs()
 
     def _compose(*overrides: str, return_hydra_config: bool = False):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

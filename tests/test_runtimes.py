@@ -238,7 +238,8 @@ def launch_dir(tmp_path_factory):
 def _context(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
 
-    from ascend_lab.config import register_configs, validate
+    from ascend_lab.config import validate
+    from ascend_lab.runtimes.registry import register_configs
     from ascend_lab.context import JobContext
     from ascend_lab.tracking import Tracker
     from conftest import CONF_DIR

@@ -91,8 +91,9 @@ TASK_GROUPS: dict[Task, tuple[str, ...]] = {
 SCHEMA_NAME = "ascend_lab_schema"
 
 
-def register_configs() -> None:
-    """Store the root schema; idempotent (Hydra re-reads the store on every compose)."""
+def register_schema() -> None:
+    """Store the root schema; idempotent (Hydra re-reads the store on every compose). The runtime group's options
+    live with the runtimes: :func:`ascend_lab.runtimes.registry.register_configs` stores both."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=AppConfig)
 
 
@@ -154,6 +155,6 @@ def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
 
 __all__ = [
     "AccuracyConfig", "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
-    "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_configs",
+    "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_schema",
     "validate",
 ]

@@ -1,7 +1,7 @@
 """`runtime` group: what executes the model in task=infer / task=bench.
 
 Each runtime's options are its own dataclass (``ascend_lab/runtimes/<name>/config.py``), a subclass of
-:class:`RuntimeConfig` registered as an option of the group (:func:`ascend_lab.runtimes.register_runtime_configs`),
+:class:`RuntimeConfig` registered as an option of the group (:func:`ascend_lab.runtimes.registry.register_configs`),
 so a key the chosen runtime does not read cannot be set: Hydra refuses it, naming the key. ``runtime=auto`` is
 this base class itself: only ``name``, and the choice is made when the run prepares (:mod:`ascend_lab.prepare`).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
+from ascend_lab.config import register_schema
 from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.runtimes.acl.config import AclRuntimeConfig
 from ascend_lab.runtimes.onnxruntime.config import OnnxRuntimeConfig
@@ -16,8 +17,10 @@ RUNTIME_CONFIGS: dict[str, type[RuntimeConfig]] = {
 }
 
 
-def register_runtime_configs() -> None:
-    """Store each runtime's schema as an option of the `runtime` group; idempotent."""
+def register_configs() -> None:
+    """Store the root schema and each runtime's schema as an option of the `runtime` group, what every compose
+    needs (the CLI, the tests, the benchmark scripts); idempotent."""
+    register_schema()
     store = ConfigStore.instance()
     for name, schema in RUNTIME_CONFIGS.items():
         store.store(group=RuntimeConfig.group, name=name, node=schema)
