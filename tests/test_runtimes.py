@@ -239,8 +239,8 @@ def _context(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
 
     from ascend_lab.config import validate
-    from ascend_lab.runtimes.registry import register_configs
     from ascend_lab.context import JobContext
+    from ascend_lab.runtimes.registry import register_configs
     from ascend_lab.tracking import Tracker
     from conftest import CONF_DIR
 
@@ -315,6 +315,35 @@ def test_the_backend_writes_exactly_the_new_slots(launch_dir):
         written = np.abs(cache).reshape(cache.shape[0], -1).sum(axis=1) > 0
         assert written[:10].all() and not written[10:].any()
         assert engine.generated().shape == (2, 3)
+
+
+def test_open_engine_loads_the_configs_target_with_its_own_config(launch_dir):
+    """The one call a task makes: the runtime is the class runtime._target_ names, built from its own config and the
+    prepared artifact; the tokenizer, the timer and the engine come with it, the engine's kind as a tag."""
+    import dataclasses
+
+    from ascend_lab.prepare import open_engine
+    from ascend_lab.runtimes.torch.runtime import TorchRuntime
+    from ascend_lab.tracking import Tracker
+
+    class Tags(Tracker):
+        def __init__(self):
+            self.tags = {}
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+    cfg, ctx = _context(launch_dir, "runtime=torch")
+    ctx = dataclasses.replace(ctx, tracker=Tags())
+    with open_engine(cfg, ctx) as loaded:
+        assert type(loaded.runtime) is TorchRuntime and loaded.plan.config is cfg.runtime
+        assert loaded.plan.artifact.model == cfg.model and loaded.load_seconds > 0
+        assert loaded.timer == ctx.device.timer  # torch's calls return before the device finishes
+        ids = np.asarray([loaded.tokenizer("你好, world")["input_ids"]], dtype=np.int64)
+        engine = loaded.engine(ids.shape[1] + 4)
+        assert greedy_generate(engine, ids, np.ones_like(ids), 4, loaded.timer).tokens.shape == (1, 4)
+    assert loaded.runtime.wrapper is None  # closed with the block
+    assert ctx.tracker.tags["runtime"] == "torch" and ctx.tracker.tags["engine"] == "CacheEngine"
 
 
 def test_auto_without_pyacl_chooses_onnxruntime_and_says_why(launch_dir):
