@@ -17,7 +17,7 @@ back to the host, so a replayed graph does exactly what the eager step does.
 The engine reuses the Hugging Face module weights as they are (no copies) and computes with the
 same operations as ``transformers``' Qwen2 code (RMSNorm in float32, rotary from the model's own
 ``inv_freq``, SiLU MLP), so in float32 its greedy tokens are the model's. It implements the
-:class:`ascend_lab.bench.generation.Engine` protocol.
+:class:`ascend_lab.runtimes.engine.Engine` protocol.
 
 Backends: ``graph_capture`` uses ``torch.<kind>.<KIND>Graph`` and ``torch.<kind>.graph``
 (``torch.cuda.CUDAGraph`` / ``torch.npu.NPUGraph``, same capture/replay semantics). On the CPU
