@@ -24,6 +24,7 @@ the task.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
+from ascend_lab import preflight
 from ascend_lab.config import TASK_GROUPS, AppConfig, Task
 from ascend_lab.models import LocalCheckpoint, local_checkpoint, with_launch_paths
 from ascend_lab.telemetry import job_telemetry
@@ -52,6 +54,7 @@ class JobContext:
     skipped_run_id: str | None = None  # resume: the FINISHED run that already did this job
     store: Store | None = None  # None with tracking=off
     checkpoint: LocalCheckpoint | None = None  # the model.path folder the job loads, if any
+    started_at: float = field(default_factory=time.time)  # wall clock; the program's start for its first job
     _device: object = field(default=None, repr=False)
 
     @property
@@ -61,8 +64,13 @@ class JobContext:
             from ascend_lab.device import resolve_device
 
             self._device = resolve_device(self.cfg.device)
-            self.tracker.set_tags({"device": str(self._device.torch_device), "device.reason": self._device.reason})
-            log.info("device: %s (%s)", self._device.torch_device, self._device.reason)
+            torch_device, reason = str(self._device.torch_device), self._device.reason
+            if getattr(self.cfg.runtime, "name", None) == "acl":  # pyACL runs the .om; torch only prepares inputs
+                index = self.cfg.device.index
+                torch_device, reason = f"npu:{index}", f"runtime=acl runs the .om on NPU {index} with pyACL; " \
+                                                       f"torch's own work stays on {torch_device} ({reason})"
+            self.tracker.set_tags({"device": torch_device, "device.reason": reason})
+            log.info("device: %s (%s)", torch_device, reason)
         return self._device
 
     def path(self, configured: str | Path) -> Path:
@@ -128,11 +136,13 @@ def _reap(store: Store) -> None:
 
 
 @contextmanager
-def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
+def job_context(cfg: AppConfig, raw_cfg: DictConfig, started_at: float | None = None) -> Iterator[JobContext]:
+    started_at = started_at or time.time()
     launch_dir, output_dir, multirun, sweep_dir, job_name, override_dirname, job_num = _hydra_runtime()
     check_job_folders(cfg, launch_dir)  # before anything is created or recorded
+    preflight.check(cfg, lambda configured: _from_launch_dir(launch_dir, configured))
     if not cfg.tracking.enabled:
-        yield JobContext(cfg, Tracker(), launch_dir, output_dir)
+        yield JobContext(cfg, Tracker(), launch_dir, output_dir, started_at=started_at)
         return
 
     parent_run_id = None
@@ -158,7 +168,8 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
                 record_skipped_job(store, parent_run_id, job_num, finished)
             print(f"Skipped: this config ({CONFIG_HASH_TAG}={digest}) already has the FINISHED MLflow run "
                   f"{finished}; drop tracking.skip_finished to run it again.")
-            yield JobContext(cfg, Tracker(), launch_dir, output_dir, skipped_run_id=finished, store=store)
+            yield JobContext(cfg, Tracker(), launch_dir, output_dir, skipped_run_id=finished, store=store,
+                             started_at=started_at)
             return
     task = cfg.task.value
     run_name = cfg.tracking.run_name or "-".join(filter(None, [task, override_dirname]))[:250]
@@ -180,7 +191,8 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
             sampled_run = tracker.run_id if "device" in TASK_GROUPS[cfg.task] else None
             with job_telemetry(cfg.telemetry, sampled_run, store.uri):
                 try:
-                    yield JobContext(cfg, tracker, launch_dir, output_dir, store=store, checkpoint=checkpoint)
+                    yield JobContext(cfg, tracker, launch_dir, output_dir, store=store, checkpoint=checkpoint,
+                                     started_at=started_at)
                 finally:
                     _log_job_log(tracker, output_dir, job_name)
     finally:

@@ -15,12 +15,14 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import hydra
 from omegaconf import DictConfig
 
+from ascend_lab import quiet
 from ascend_lab.config import TASK_GROUPS, Task, register_configs, validate
 from ascend_lab.errors import AscendLabError
 
@@ -38,8 +40,10 @@ register_configs()
 log = logging.getLogger("ascend_lab.run")  # not __main__ under python -m
 # Groups that say how a job runs or is recorded, never what it computes, and the root keys every task
 # reads: an override of them is never out of place.
-_READ_BY_EVERY_TASK = ("task", "seed", "tracking", "telemetry", "profile", "search", "hydra")
+_READ_BY_EVERY_TASK = ("task", "seed", "verbose", "tracking", "telemetry", "profile", "search", "hydra")
 _warned: set[str] = set()
+# When the program started (wall clock), for the first job's honest duration; None once taken.
+_program_started: float | None = None
 
 
 def unread_group_overrides(task: Task, overrides: Sequence[str]) -> list[str]:
@@ -75,7 +79,10 @@ def _warn_once(message: str) -> None:
 
 def run_job(cfg: DictConfig) -> object:
     """Validate, open the job's tracking run, run the task; the run ends FINISHED/FAILED/KILLED."""
+    global _program_started
+    started_at, _program_started = _program_started or time.time(), None
     app_cfg = validate(cfg)
+    quiet.apply(app_cfg.verbose)
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():  # tests may call run_job on a config composed by hand
@@ -83,7 +90,7 @@ def run_job(cfg: DictConfig) -> object:
             _warn_once(message)
     from ascend_lab.context import job_context
 
-    with job_context(app_cfg, cfg) as ctx:
+    with job_context(app_cfg, cfg, started_at) as ctx:
         if ctx.skipped_run_id is not None:  # resume: this config already finished
             return None
         task_module = importlib.import_module(TASK_MODULES[app_cfg.task])
@@ -309,7 +316,21 @@ def user_errors_reported_plainly() -> Iterator[None]:
         hydra_utils.run_and_report = original
 
 
+def _process_started() -> float:
+    """The wall-clock time this process started where it runs this program (``python -m ascend_lab.run`` or the
+    ``ascend-lab`` script: the interpreter's start and the imports count), else now (a caller in-process)."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is not None and (program.name == "ascend-lab" or program.resolve() == Path(__file__).resolve()):
+        import psutil
+
+        return psutil.Process().create_time()
+    return time.time()
+
+
 def main() -> None:
+    global _program_started
+    _program_started = _process_started()
+    quiet.apply(quiet.verbose_asked(command_line_overrides(sys.argv[1:])))
     argv, notes = quote_for_hydra(sys.argv[1:])
     for note in notes:
         print(note, file=sys.stderr)

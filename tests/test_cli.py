@@ -107,7 +107,9 @@ def test_unread_group_overrides(overrides, warned):
 def test_doctor_is_recorded(run_cli, tmp_path, mlflow_runs):
     result = run_cli("task=doctor", "doctor.matmul_size=256", "doctor.repeats=3", timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "ascend_lab doctor" in result.stdout and "speedup" in result.stdout
+    assert "ascend_lab doctor" in result.stdout
+    # On the CPU there is no accelerator to compare with: no speedup of the CPU over itself.
+    assert "speedup (CPU / device) | - (no accelerator to compare)" in result.stdout
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
@@ -121,10 +123,10 @@ def test_doctor_is_recorded(run_cli, tmp_path, mlflow_runs):
     assert tags["device"] == "cpu" and tags["device.reason"].startswith("auto: no accelerator")
     assert tags["version.torch"] and tags["version.python"] and tags["version.onnxruntime"]
     assert tags["version.cann"] == "not installed" and tags["host"]
-    for name in ("matmul_ms_device", "matmul_ms_cpu", "matmul_speedup", "device_mem_reserved_mb", "device_count"):
+    for name in ("matmul_ms_device", "matmul_ms_cpu", "device_mem_reserved_mb", "device_count"):
         assert name in metrics, name
-    assert metrics["matmul_ms_cpu"] > 0 and metrics["matmul_ms_device"] > 0
-    assert metrics["matmul_speedup"] == pytest.approx(metrics["matmul_ms_cpu"] / metrics["matmul_ms_device"])
+    assert "matmul_speedup" not in metrics
+    assert metrics["matmul_ms_cpu"] == metrics["matmul_ms_device"] > 0
     assert metrics["device_count"] == 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "hydra", "doctor.txt"} <= artifacts

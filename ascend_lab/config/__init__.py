@@ -56,6 +56,9 @@ class AppConfig:
     task: Task = field(default=Task.pipeline,
                        metadata={"help": "doctor, mnist, export, compile, infer, bench, accuracy or pipeline."})
     seed: int = field(default=0, metadata={"help": "Seeds model weights, data splits, inputs and training."})
+    verbose: bool = field(default=False, metadata={
+        "help": "true: show the INFO lines and progress bars of the libraries a job drives (onnxruntime's optimizer, "
+                "MLflow, alembic, Optuna, the torch profiler), which are quiet by default (ascend_lab/quiet.py)."})
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
