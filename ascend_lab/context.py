@@ -40,6 +40,7 @@ from ascend_lab.telemetry.environment import log_environment
 from ascend_lab.tracking import CONFIG_HASH_TAG, Store, Tracker, browse_hint, config_params, ending, \
     environment_tags, find_finished_run, identity_hash, open_run, prepare_store, read_sweep_file, reap_dead_runs, \
     record_skipped_job, task_params
+from ascend_lab.tracking.run_names import job_name
 from ascend_lab.writable import check_job_folders
 
 log = logging.getLogger(__name__)
@@ -89,17 +90,17 @@ class JobContext:
         return browse_hint(self.store.uri, self.store.experiment_id, self.launch_dir)
 
 
-def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, str, str | None]:
-    """(launch dir, output dir, multirun?, sweep dir, job name, override dirname, job num)."""
+def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, list[str], str | None]:
+    """(launch dir, output dir, multirun?, sweep dir, job name, command-line overrides, job num)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():  # called outside @hydra.main (tests composing by hand)
-        return Path.cwd(), Path.cwd(), False, None, "ascend_lab", "", None
+        return Path.cwd(), Path.cwd(), False, None, "ascend_lab", [], None
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     return (Path(hc.runtime.cwd), Path(hc.runtime.output_dir), multirun,
-            Path(hc.sweep.dir).resolve() if multirun else None, hc.job.name, hc.job.override_dirname,
+            Path(hc.sweep.dir).resolve() if multirun else None, hc.job.name, list(hc.overrides.task),
             str(hc.job.num) if multirun else None)
 
 
@@ -138,7 +139,7 @@ def _reap(store: Store) -> None:
 @contextmanager
 def job_context(cfg: AppConfig, raw_cfg: DictConfig, started_at: float | None = None) -> Iterator[JobContext]:
     started_at = started_at or time.time()
-    launch_dir, output_dir, multirun, sweep_dir, job_name, override_dirname, job_num = _hydra_runtime()
+    launch_dir, output_dir, multirun, sweep_dir, job_name, overrides, job_num = _hydra_runtime()
     check_job_folders(cfg, launch_dir)  # before anything is created or recorded
     preflight.check(cfg, lambda configured: _from_launch_dir(launch_dir, configured))
     if not cfg.tracking.enabled:
@@ -172,7 +173,7 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig, started_at: float | None = 
                              started_at=started_at)
             return
     task = cfg.task.value
-    run_name = cfg.tracking.run_name or "-".join(filter(None, [task, override_dirname]))[:250]
+    run_name = cfg.tracking.run_name or job_name(task, overrides, sweep.get("swept") if sweep else None)
     tags = {"task": task, "output_dir": str(output_dir), CONFIG_HASH_TAG: digest, **environment_tags(launch_dir),
             **(checkpoint.tags() if checkpoint is not None else {})}
     if job_num is not None:

@@ -21,6 +21,7 @@ from ascend_lab import cann
 from ascend_lab.bench.summary import publish
 from ascend_lab.config import AppConfig, Task
 from ascend_lab.context import JobContext
+from ascend_lab.tracking.run_names import stage_name
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> list:
     rows = []
     for batch_size in cfg.benchmark.batch_sizes:
         stage_cfg = _with_batch(cfg, batch_size)
-        with ctx.tracker.child(f"bench-batch{batch_size}", {"stage": "bench"},
+        with ctx.tracker.child(stage_name("bench", {"benchmark.batch_size": batch_size}), {"stage": "bench"},
                                ctx.params_for(stage_cfg, Task.bench)) as tracker:
             rows.append(bench.run(stage_cfg, _stage(ctx, tracker, stage_cfg)))
     title = f"ascend_lab pipeline: {cfg.model.name}, {cfg.benchmark.scenario}, runtime {rows[0].runtime}"
