@@ -8,6 +8,7 @@ dispatches ``task``. Heavy libraries are imported by the task that needs them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import logging
@@ -23,7 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ascend_lab import quiet
-from ascend_lab.config import TASK_GROUPS, Task, register_configs, validate
+from ascend_lab.config import TASK_GROUPS, AppConfig, Task, register_configs, validate
 from ascend_lab.errors import AscendLabError
 
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -42,6 +43,7 @@ log = logging.getLogger("ascend_lab.run")  # not __main__ under python -m
 # reads: an override of them is never out of place.
 _READ_BY_EVERY_TASK = ("task", "seed", "verbose", "tracking", "telemetry", "profile", "search", "hydra")
 _warned: set[str] = set()
+_SCHEMA_GROUPS = {f.name for f in dataclasses.fields(AppConfig)}
 # When the program started (wall clock), for the first job's honest duration; None once taken.
 _program_started: float | None = None
 
@@ -58,7 +60,9 @@ def unread_group_overrides(task: Task, overrides: Sequence[str]) -> list[str]:
     for override in overrides:
         key = override.lstrip("+~").partition("=")[0].split("@")[0].strip()
         group = re.split(r"[./]", key, maxsplit=1)[0]
-        if group in _READ_BY_EVERY_TASK or group in read:
+        # A group outside the schema is a preset (+hparams_search=..., +experiment=...): it sets keys of other
+        # groups, and composing it checked them.
+        if group in _READ_BY_EVERY_TASK or group in read or group not in _SCHEMA_GROUPS:
             continue
         readers = [t.value for t, groups in TASK_GROUPS.items() if group in groups]
         warnings.append(f"{override} has no effect: task={task.value} reads only the {_listed(read)} groups"

@@ -55,4 +55,16 @@ def set_aside_if_half_created(db_path: Path) -> Path | None:
             f"  or start a new store: mv {db_path} {db_path}.old (its runs stay in that file)")
     aside = db_path.with_name(f"{db_path.name}.half-created-{time.strftime('%Y%m%d-%H%M%S')}")
     db_path.rename(aside)
+    _forget_engine(f"sqlite:///{db_path}")
     return aside
+
+
+def _forget_engine(uri: str) -> None:
+    """MLflow keeps one engine per URI for the process (``SqlAlchemyStore._engine_map``); its pooled connections
+    would still read the file just moved aside."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engines = getattr(SqlAlchemyStore, "_engine_map", {})
+    engine = engines.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
