@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import hydra
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
-from ascend_lab import quiet
+from ascend_lab import explain, quiet
 from ascend_lab.config import TASK_GROUPS, AppConfig, Task, register_configs, validate
 from ascend_lab.errors import AscendLabError
+
+if TYPE_CHECKING:  # Hydra loads when a job is composed, after `--help` has had its chance to answer alone
+    from omegaconf import DictConfig
 
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
 # A checkout (editable install or `python -m` from the repo) uses its conf/ directly; an installed
@@ -34,9 +36,6 @@ CONFIG_PATH = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").is_file() 
 
 # task → module whose `run(cfg, ctx)` does the work; imported only when chosen.
 TASK_MODULES = {task: f"ascend_lab.tasks.{task.value}" for task in Task}
-
-register_configs()
-
 
 log = logging.getLogger("ascend_lab.run")  # not __main__ under python -m
 # Groups that say how a job runs or is recorded, never what it computes, and the root keys every task
@@ -104,9 +103,12 @@ def run_job(cfg: DictConfig) -> object:
         return job_value(app_cfg, result, ctx.tracker)  # an automatic search's trials return one number
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def _hydra_main(cfg: DictConfig) -> object:
-    return run_job(cfg)
+def _hydra_main() -> object:
+    """Hydra's entry point around :func:`run_job` (Hydra's launchers hand the config store to their workers)."""
+    import hydra
+
+    register_configs()
+    return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")(run_job)()
 
 
 # Hydra's flags that take a value (the value is not an override).
@@ -334,6 +336,8 @@ def _process_started() -> float:
 def main() -> None:
     global _program_started
     _program_started = _process_started()
+    if explain.help_asked(sys.argv[1:]):
+        sys.exit(explain.print_help(sys.argv[1:]))
     quiet.apply(quiet.verbose_asked(command_line_overrides(sys.argv[1:])))
     argv, notes = quote_for_hydra(sys.argv[1:])
     for note in notes:

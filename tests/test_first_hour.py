@@ -452,3 +452,54 @@ def test_a_sweep_names_its_parent_and_children_by_the_swept_values(run_cli, tmp_
     (parent,), children = split_runs(mlflow_client(tmp_path))
     assert parent.info.run_name == "doctor sweep matmul_size=32,64"
     assert sorted(c.info.run_name for c in children) == ["doctor matmul_size=32", "doctor matmul_size=64"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Help
+
+HELP_PROBE = '''
+import sys
+sys.argv = ["ascend-lab", *sys.argv[1:]]
+from ascend_lab import run
+try:
+    run.main()
+except SystemExit as exit:
+    heavy = sorted(m for m in ("hydra", "omegaconf", "torch", "mlflow") if m in sys.modules)
+    print("IMPORTED:", ",".join(heavy), "STATUS:", exit.code)
+'''
+
+
+def _help(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", HELP_PROBE, *args], capture_output=True, text=True, timeout=120,
+                          env=cli_env(), cwd=REPO)
+
+
+def test_help_lists_every_task_and_says_how_to_read_each_key():
+    from ascend_lab.config import Task
+
+    proc = _help("--help")
+    assert proc.returncode == 0, proc.stderr
+    usage = next(line for line in proc.stdout.splitlines() if line.startswith("Usage:"))
+    assert f"task={'|'.join(t.value for t in Task)}" in usage
+    for task in Task:
+        assert re.search(rf"^  {task.value}\s+\S", proc.stdout, re.M), task
+    assert "python -m ascend_lab.run --help <group>" in proc.stdout
+    # What made --help slow: composing with Hydra (and anything heavier) is not needed to answer it.
+    assert "IMPORTED:  STATUS: 0" in proc.stdout
+
+
+def test_help_of_a_group_prints_each_key_with_its_help_and_default():
+    import dataclasses
+
+    from ascend_lab.config import BenchmarkConfig
+
+    proc = _help("--help", "benchmark")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    for f in dataclasses.fields(BenchmarkConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert f"benchmark.{f.name}: " in text and f"= {default}" in text, f.name
+        assert " ".join(f.metadata["help"].split()) in text, f.name
+    assert "IMPORTED:  STATUS: 0" in proc.stdout
+    wrong = _help("--help", "benchmarks")
+    assert "no such group" in wrong.stderr and "STATUS: 1" in wrong.stdout
