@@ -40,7 +40,7 @@ from ascend_lab.telemetry.environment import log_environment
 from ascend_lab.tracking import CONFIG_HASH_TAG, Store, Tracker, browse_hint, config_params, ending, \
     environment_tags, find_finished_run, identity_hash, open_run, prepare_store, read_sweep_file, reap_dead_runs, \
     record_skipped_job, task_params
-from ascend_lab.tracking.run_names import job_name
+from ascend_lab.tracking import run_names
 from ascend_lab.writable import check_job_folders
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig, started_at: float | None = 
                              started_at=started_at)
             return
     task = cfg.task.value
-    run_name = cfg.tracking.run_name or job_name(task, overrides, sweep.get("swept") if sweep else None)
+    run_name = cfg.tracking.run_name or run_names.job_name(task, overrides, sweep.get("swept") if sweep else None)
     tags = {"task": task, "output_dir": str(output_dir), CONFIG_HASH_TAG: digest, **environment_tags(launch_dir),
             **(checkpoint.tags() if checkpoint is not None else {})}
     if job_num is not None:

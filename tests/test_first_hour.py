@@ -503,3 +503,21 @@ def test_help_of_a_group_prints_each_key_with_its_help_and_default():
     assert "IMPORTED:  STATUS: 0" in proc.stdout
     wrong = _help("--help", "benchmarks")
     assert "no such group" in wrong.stderr and "STATUS: 1" in wrong.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# System metrics
+
+
+def test_a_two_second_job_has_a_system_metrics_curve(tmp_path):
+    from mlflow import MlflowClient
+
+    from ascend_lab.config.telemetry import TelemetryConfig
+    from ascend_lab.telemetry import job_telemetry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("short")).info.run_id
+    with job_telemetry(TelemetryConfig(rapl_root=str(tmp_path)), run_id, uri):
+        time.sleep(2.0)
+    assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 10
