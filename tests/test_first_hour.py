@@ -521,3 +521,32 @@ def test_a_two_second_job_has_a_system_metrics_curve(tmp_path):
     with job_telemetry(TelemetryConfig(rapl_root=str(tmp_path)), run_id, uri):
         time.sleep(2.0)
     assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 10
+
+
+# ------------------------------------------------------------------------------------------------
+# The Chinese README
+
+
+def _commands(markdown: str) -> list[str]:
+    """The command lines of a document's bash blocks, without their comments (which each README writes in its
+    own language) and with runs of spaces collapsed."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, re.S):
+        for line in block.splitlines():
+            command = " ".join(re.sub(r"\s+#.*$|^#.*$", "", line).split())
+            if command:
+                commands.append(command)
+    return commands
+
+
+def test_the_chinese_readme_runs_the_english_readmes_commands():
+    english = (REPO / "README.md").read_text(encoding="utf-8")
+    chinese = (REPO / "README.zh-CN.md").read_text(encoding="utf-8")
+    assert "[中文说明 (README.zh-CN.md)](README.zh-CN.md)" in english.split("\n## ")[0]
+    zh_commands = _commands(chinese)
+    assert len(zh_commands) >= 20
+    missing = [c for c in zh_commands if c not in set(_commands(english))]
+    assert not missing, missing
+    for section in ("快速上手", "任务", "参数覆盖与参数扫描", "在昇腾上做文本生成", "精度比对", "性能分析与性能调优",
+                    "常见问题"):
+        assert f"\n## {section}" in chinese, section
