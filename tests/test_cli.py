@@ -12,7 +12,7 @@ from ascend_lab.config import Task
 from ascend_lab.run import unread_group_overrides
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
-NO_NPU = "device=npu is not usable here: torch_npu is not installed"
+NO_NPU = "device=npu: torch_npu is not installed here"
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,11 @@ def test_bad_input_fails_before_any_work(run_cli, tmp_path, override, expected):
 def test_missing_accelerator_is_explained(run_cli, tmp_path):
     result = run_cli("task=doctor", "device=npu", "tracking=off", timeout=120)
     assert result.returncode == 1
-    # A user error ends with its own message: no traceback, and no promise of one.
-    assert result.stderr.rstrip().splitlines()[-1].startswith(NO_NPU), result.stderr
+    # A user error ends with its own message (one line, then its details indented): no traceback, and no promise
+    # of one.
+    lines = result.stderr.rstrip().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(NO_NPU))
+    assert all(line.startswith("  ") for line in lines[first + 1:]), result.stderr
     assert "Traceback" not in result.stderr and HYDRA_HINT not in result.stderr
 
 
