@@ -18,9 +18,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ascend_lab import explain, quiet
 from ascend_lab.config import TASK_GROUPS, AppConfig, Task, register_configs, validate

@@ -111,7 +111,8 @@ def first_run(tmp_path_factory):
 @pytest.mark.slow
 def test_a_first_run_prints_only_what_ascend_lab_wrote(first_run):
     _, lines, _, _ = first_run
-    foreign = [line for line in lines if line.strip() and not (OUR_LOG_LINE.match(line) or line.startswith(OUR_PREFIXES))]
+    foreign = [line for line in lines
+               if line.strip() and not (OUR_LOG_LINE.match(line) or line.startswith(OUR_PREFIXES))]
     assert not foreign, "\n".join(lines)
     text = "\n".join(lines)
     for noise in ("Creating initial MLflow database tables", "onnx_model_bert", "fusion_", "font_manager", "\x1b["):
@@ -547,6 +548,6 @@ def test_the_chinese_readme_runs_the_english_readmes_commands():
     assert len(zh_commands) >= 20
     missing = [c for c in zh_commands if c not in set(_commands(english))]
     assert not missing, missing
-    for section in ("快速上手", "任务", "参数覆盖与参数扫描", "在昇腾上做文本生成", "精度比对", "性能分析与性能调优",
-                    "常见问题"):
+    sections = ("快速上手", "任务", "参数覆盖与参数扫描", "在昇腾上做文本生成", "精度比对", "性能分析与性能调优", "常见问题")
+    for section in sections:
         assert f"\n## {section}" in chinese, section

@@ -159,7 +159,8 @@ class JobSystemMetricsMonitor(SystemMetricsMonitor):
         self._last_sampled: dict[int, float] = {}
 
     def monitor(self) -> None:
-        """Sample every ``sampling_interval`` (every :data:`FIRST_INTERVAL_S` for the first :data:`FIRST_SECONDS`); write the points every :data:`PUBLISH_EVERY_S` and look at the run's
+        """Sample every ``sampling_interval`` (every :data:`FIRST_INTERVAL_S` for the first :data:`FIRST_SECONDS`);
+        write the points every :data:`PUBLISH_EVERY_S` and look at the run's
         status every :data:`STATUS_EVERY_S` (MLflow's loop does both at every sample: a store write and a read,
         which cost far more than the sample, so a short interval cost a share of a core)."""
         from mlflow.tracking.client import MlflowClient
@@ -169,7 +170,8 @@ class JobSystemMetricsMonitor(SystemMetricsMonitor):
             self.collect_metrics(every_monitor=False)
             # A job of a few seconds gets a curve; a long one costs what sampling_interval costs.
             early = time.monotonic() - started < FIRST_SECONDS
-            self._shutdown_event.wait(min(self.sampling_interval, FIRST_INTERVAL_S) if early else self.sampling_interval)
+            interval = min(self.sampling_interval, FIRST_INTERVAL_S) if early else self.sampling_interval
+            self._shutdown_event.wait(interval)
             if time.monotonic() - last_status >= STATUS_EVERY_S:
                 last_status = time.monotonic()
                 try:
