@@ -385,7 +385,7 @@ def representatives(figures: list[Figure]) -> dict[tuple[str, int], Figure]:
 def generation_metrics(results, batch: int, new_tokens: int) -> dict[str, float]:
     """The figures :func:`ascend_lab.bench.scenarios.run_generate` reports, from timed GenerationResults
     (for the HF row, whose loop is not an Engine)."""
-    from ascend_lab.bench.stats import per_second, summarize
+    from ascend_lab.stats import per_second, summarize
 
     decode = summarize([r.decode_ms for r in results])
     return {"ttft_ms_p50": summarize([r.ttft_ms for r in results]).p50,

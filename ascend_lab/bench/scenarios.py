@@ -4,9 +4,10 @@
 prompt's prefill into an empty cache). ``generate``: prefill then exactly ``new_tokens`` greedy tokens,
 with the host↔device traffic per decoded token where the runtime counts it (pyACL).
 Both warm up untimed, then time through :func:`ascend_lab.device.measure` until both
-``iterations`` and ``min_duration_s`` are reached, while the host RSS is sampled; every figure
-comes from :func:`ascend_lab.bench.stats.summarize`. The timed part is the job's telemetry window
-(:func:`ascend_lab.telemetry.timed_window`: its energy figures cover exactly that part).
+``iterations`` and ``min_duration_s`` are reached; the host RSS peak is the kernel's
+(:mod:`ascend_lab.bench.memory`) and every figure comes from :func:`ascend_lab.stats.summarize`. The timed
+part is the job's telemetry window (:func:`ascend_lab.telemetry.timed_window`: its energy figures cover
+exactly that part).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Callable
 import numpy as np
 
 from ascend_lab.bench.generation import GenerationResult, greedy_generate
-from ascend_lab.bench.memory import HostMemorySampler, device_peak_mb, rss_mb
-from ascend_lab.bench.stats import per_second, summarize
+from ascend_lab.bench.memory import device_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
+from ascend_lab.stats import per_second, summarize
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.device import measure
 from ascend_lab.errors import ConfigError
@@ -58,14 +59,13 @@ def _timed(fn: Callable[[], object], timer, bench: BenchmarkConfig, runtime, dev
     """Warm up, then time; returns (ms samples, memory metrics, runtime-timing offsets after warm-up)."""
     if device is not None:
         device.reset_peak_memory()
-    with HostMemorySampler() as sampler:
-        measure(fn, timer, warmup=bench.warmup, iterations=0)
-        rss_after_warmup = rss_mb()
-        offsets = {k: len(v) for k, v in (runtime.timings if runtime is not None else {}).items()}
-        with timed_window():  # telemetry: energy counters and a sample at each end, nothing per iteration
-            samples = measure(fn, timer, warmup=0, iterations=bench.iterations, min_duration_s=bench.min_duration_s)
-        rss_end = rss_mb()
-    memory = {"host_peak_rss_mb": sampler.peak_mb, "host_rss_growth_mb": rss_end - rss_after_warmup}
+    reset_peak_rss()
+    measure(fn, timer, warmup=bench.warmup, iterations=0)
+    rss_after_warmup = rss_mb()
+    offsets = {k: len(v) for k, v in (runtime.timings if runtime is not None else {}).items()}
+    with timed_window():  # telemetry: energy counters and a sample at each end, nothing per iteration
+        samples = measure(fn, timer, warmup=0, iterations=bench.iterations, min_duration_s=bench.min_duration_s)
+    memory = {"host_peak_rss_mb": peak_rss_mb(), "host_rss_growth_mb": rss_mb() - rss_after_warmup}
     peak = device_peak_mb(device, runtime_name) if device is not None else None
     if peak is not None:
         memory["device_peak_mb"] = peak

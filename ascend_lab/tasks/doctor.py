@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 
 from ascend_lab import cann
-from ascend_lab.bench.stats import summarize
-from ascend_lab.bench.summary import figure_text
+from ascend_lab.stats import summarize
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.device import HostTimer, measure
 from ascend_lab.provenance import installed_version
-from ascend_lab.report import format_table
+from ascend_lab.report import format_number, format_table
 from ascend_lab.telemetry import environment
 from ascend_lab.telemetry.pairing import check_pairing
 
@@ -55,7 +54,7 @@ def board_table(overview: cann.NpuSmiOverview) -> str | None:
     def used(a, b) -> str:
         return "-" if a is None else f"{a:,.0f} / {b:,.0f}" if b else f"{a:,.0f}"
 
-    rows = [(f"{c.npu_id}/{c.chip_id}", c.name, c.health, figure_text(c.power_w), figure_text(c.temp_c),
+    rows = [(f"{c.npu_id}/{c.chip_id}", c.name, c.health, format_number(c.power_w), format_number(c.temp_c),
              used(c.hbm_used_mb, c.hbm_total_mb) if c.hbm_used_mb is not None else used(c.memory_used_mb,
                                                                                         c.memory_total_mb))
             for c in overview.chips]

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ascend_lab.bench.generation import greedy_generate
-from ascend_lab.bench.stats import per_second, summarize
+from ascend_lab.stats import per_second, summarize
 from ascend_lab.config import AppConfig, check_sequence_fits
 from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
