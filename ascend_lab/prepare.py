@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ascend_lab import cann
+from ascend_lab.cann import toolkit
 from ascend_lab.errors import ToolchainError
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,10 @@ def _plan(cfg, ctx) -> RuntimePlan:
         return RuntimePlan("onnxruntime", "runtime=onnxruntime requested", exported,
                            prepare_seconds=time.perf_counter() - started)
 
-    acl_ok, acl_why = cann.acl_importable()
+    acl_ok, acl_why = toolkit.acl_importable()
     if requested == "acl" and not acl_ok:
         raise ToolchainError(f"runtime=acl needs pyACL (`import acl`): {acl_why}. "
-                             + cann.missing_toolkit_message("pyACL", cfg.atc.toolkit_home)
+                             + toolkit.missing_toolkit_message("pyACL", cfg.atc.toolkit_home)
                              + " Or use runtime=onnxruntime / runtime=torch.")
     if not acl_ok:  # auto without pyACL: compiling would produce nothing this host can run
         exported = ensure_exported(cfg, ctx)
@@ -102,11 +102,11 @@ def _plan(cfg, ctx) -> RuntimePlan:
     if compiled is not None:
         reason = "runtime=acl requested" if requested == "acl" else "auto: compiled .om and pyACL available"
         return RuntimePlan("acl", f"{reason} ({compiled.om_path.name})", exported, compiled, elapsed)
-    atc_where = cann.find_atc(cfg.atc.toolkit_home)
+    atc_where = toolkit.find_atc(cfg.atc.toolkit_home)
     why = "atc not found" if atc_where is None else f"no .om from {atc_where}"
     if requested == "acl":
         raise ToolchainError(f"runtime=acl needs a compiled .om, but there is none ({why}). "
-                             + cann.missing_toolkit_message("atc", cfg.atc.toolkit_home)
+                             + toolkit.missing_toolkit_message("atc", cfg.atc.toolkit_home)
                              + " Or use runtime=onnxruntime.")
     exported = ensure_exported(cfg, ctx)
     return RuntimePlan("onnxruntime", f"auto: pyACL available but no compiled .om ({why}); using onnxruntime",

@@ -21,7 +21,7 @@ import pytest
 from conftest import FAKES, all_runs, cli_env
 from browser_helpers import free_port, shots_folder, wait_for_text
 
-from ascend_lab import cann
+from ascend_lab.cann import npu_smi
 from ascend_lab.bench import roofline, summary
 from ascend_lab.config import TelemetryConfig
 from ascend_lab.errors import ConfigError
@@ -132,20 +132,20 @@ def test_visible_devices_map_to_the_host_wide_index(monkeypatch):
 
 def test_npu_smi_queries_read_the_documented_formats(npu_smi_on_path):
     npu_smi_on_path.setenv("FAKE_NPU_SMI_CHIPS", "2")
-    overview = cann.npu_smi_overview()
+    overview = npu_smi.npu_smi_overview()
     assert overview.driver_version == "24.1.rc2" and overview.error is None
     assert [(c.npu_id, c.chip_id, c.name, c.health) for c in overview.chips] == [(0, 0, "910B3", "OK"),
                                                                                  (1, 0, "910B3", "OK")]
     chip = overview.chips[1]
     assert (chip.power_w, chip.temp_c, chip.hbm_used_mb, chip.hbm_total_mb) == (93.1, 40.0, 3379.0, 65536.0)
     for args in ((), (0,)):  # the all-chips form (an MCU block follows the chip's) and the -c form
-        power, error = cann.npu_smi_fields("power", 1, *args)
-        assert error is None and cann.field_number(power[0], "NPU Real-time Power(W)") == 93.1
-        temp, _ = cann.npu_smi_fields("temp", 1, *args)
-        assert cann.field_number(temp[0], "Temperature(C)") == 40.0  # spaces and case aside
-    board, _ = cann.npu_smi_fields("board", 0)
+        power, error = npu_smi.npu_smi_fields("power", 1, *args)
+        assert error is None and npu_smi.field_number(power[0], "NPU Real-time Power(W)") == 93.1
+        temp, _ = npu_smi.npu_smi_fields("temp", 1, *args)
+        assert npu_smi.field_number(temp[0], "Temperature(C)") == 40.0  # spaces and case aside
+    board, _ = npu_smi.npu_smi_fields("board", 0)
     assert board[0]["Firmware Version"] == "7.5.0.1.129"
-    _, error = cann.npu_smi_fields("power", 7)
+    _, error = npu_smi.npu_smi_fields("power", 7)
     assert "exited with status 1" in error
 
 
@@ -153,7 +153,7 @@ def test_npu_monitor_uses_mlflow_gpu_names_with_npu_and_says_why_power_is_missin
     from ascend_lab.telemetry.monitors import NpuMonitor
 
     npu_smi_on_path.setenv("FAKE_NPU_SMI_AICORE", "57")
-    monitor = NpuMonitor(cann.npu_smi_overview().chips, timeout_s=10)
+    monitor = NpuMonitor(npu_smi.npu_smi_overview().chips, timeout_s=10)
     monitor.collect_metrics()
     assert monitor.aggregate_metrics() == {
         "npu_0_power_usage_watts": 93.1, "npu_0_utilization_percentage": 57.0,

@@ -144,9 +144,9 @@ def test_a_failing_aoe_fails_the_compile_with_its_log(tmp_path, fake_path, monke
 
 
 def test_missing_aoe_names_set_env_sh(tmp_path, monkeypatch):
-    from ascend_lab import cann
+    from ascend_lab.cann import toolkit as cann_toolkit
 
-    if cann.find_set_env() is not None:
+    if cann_toolkit.find_set_env() is not None:
         pytest.skip("a CANN toolkit is installed on this host")
     only_atc = tmp_path / "bin"
     only_atc.mkdir()

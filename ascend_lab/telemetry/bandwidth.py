@@ -49,9 +49,9 @@ def measurement_plan(work: WorkDevice, device) -> tuple[str, str]:
         return "host", f"cpu {cpu_model()}"
     if device is not None and getattr(device, "kind", None) == work.kind:
         return "torch", f"{work.kind}:{work.index} {device.name()}"
-    from ascend_lab import cann
+    from ascend_lab.cann import npu_smi
 
-    chips = cann.npu_smi_overview().chips
+    chips = npu_smi.npu_smi_overview().chips
     name = chips[work.index].name if work.index < len(chips) else "NPU"
     return "acl", f"npu:{work.index} {name}"
 
