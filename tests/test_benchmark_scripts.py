@@ -105,25 +105,29 @@ def test_roofline_arithmetic():
     # The quiet-machine figures of benchmarks/README.md: 32.5 GB/s over 1.976 GB per step.
     assert roofline.roofline_tokens_s(1, 32.5, 1_976_000_000) == pytest.approx(16.447, rel=1e-4)
     assert roofline.roofline_tokens_s(8, 32.5, 1_976_000_000) == pytest.approx(8 * 16.447, rel=1e-4)
-    assert roofline.roofline_fraction(15.63, 1, 32.5, 1_976_000_000) == pytest.approx(0.9503, rel=1e-3)
     with pytest.raises(ValueError):
         roofline.roofline_tokens_s(1, 32.5, 0)
-    # Qwen2.5-0.5B's cache: 24 layers, 2 KV heads of 64; 32 + 63 slots aligned to 96, float32.
+    # Qwen2.5-0.5B's cache: 24 layers, 2 KV heads of 64, float32: a position's keys and values at batch 1.
     from ascend_lab.graph_contract import GraphContract, ModelDims
 
     contract = GraphContract("kv_cache", ModelDims(24, 14, 2, 64, 896, 151936), "float32")
-    assert roofline.kv_cache_bytes_per_step(contract.slot_elements(1), 96, 4) == 96 * 2 * 24 * 2 * 64 * 4
+    position = roofline.cache_position_bytes(contract, 1)
+    assert position == 2 * 24 * 2 * 64 * 4 and roofline.cache_position_bytes(contract, 8) == 8 * position
+    # Prompt 32, 64 new tokens: the 63 decode steps attend to 33 … 95 positions, 64 on average.
+    assert roofline.decode_step_bytes(1_976_000_000, position, 32, 64) == 1_976_000_000 + 64 * position
+    with pytest.raises(ValueError):
+        roofline.decode_step_bytes(1, position, 32, 1)  # no decode step
 
 
 def test_bandwidth_of_a_small_array_is_a_positive_figure():
     bw = roofline.measure_read_bandwidth(gb=0.004, repeats=2, threads=2)
-    assert bw.read_gb_s > 0 and bw.copy_rw_gb_s > 0
+    assert bw.gb_s > 0 and bw.copy_rw_gb_s > 0 and bw.counts == "read" and bw.metric == "roofline_read_gb_s"
     assert set(bw.by_kernel) == {"sum_1t", "sum_2t", "max_1t", "max_2t", "gemv_blas"}
-    assert bw.read_gb_s == max(bw.by_kernel.values())
+    assert bw.gb_s == max(bw.by_kernel.values())
     assert bw.array_gb == pytest.approx(0.004, rel=1e-6) and bw.threads == 2 and bw.repeats == 2
     assert not bw.fits_roofline  # a few MB measure the caches, not memory
     flat = bw.as_dict()
-    assert flat["read_gb_s"] == bw.read_gb_s and flat["read_gb_s_max_2t"] == bw.by_kernel["max_2t"]
+    assert flat["read_gb_s"] == bw.gb_s and flat["read_gb_s_max_2t"] == bw.by_kernel["max_2t"]
     assert "GB/s" in bw.describe()
     with pytest.raises(ValueError):
         roofline.measure_read_bandwidth(gb=0)

@@ -23,10 +23,10 @@ from browser_helpers import free_port, shots_folder, wait_for_text
 
 from ascend_lab.cann import npu_smi
 from ascend_lab.bench import roofline, summary
+from ascend_lab.bench.roofline import cached_bandwidth, generate_roofline
 from ascend_lab.config import TelemetryConfig
 from ascend_lab.errors import ConfigError
 from ascend_lab.telemetry import THREAD_NAME, job_telemetry
-from ascend_lab.telemetry.bandwidth import cached_bandwidth, generate_roofline
 from ascend_lab.telemetry.energy import (
     RaplReader, SourceEnergy, Window, WorkDevice, combine, physical_index, rapl_delta_uj, trapezoid_j,
 )
@@ -245,7 +245,7 @@ def test_a_failing_job_stops_its_sampler_and_still_has_curves(compose, monkeypat
 def fake_bandwidth(calls: list):
     def measure(gb, repeats, threads=None):
         calls.append(gb)
-        return roofline.Bandwidth(read_gb_s=40.0, by_kernel={"sum_1t": 40.0}, copy_rw_gb_s=30.0, array_gb=gb,
+        return roofline.Bandwidth(gb_s=40.0, counts="read", by_kernel={"sum_1t": 40.0}, copy_rw_gb_s=30.0, array_gb=gb,
                                   threads=1, repeats=repeats)
     return measure
 
@@ -256,15 +256,15 @@ def test_bandwidth_is_measured_once_per_host_and_device_and_a_bad_cache_is_measu
     monkeypatch.setattr(roofline, "measure_read_bandwidth", fake_bandwidth(calls))
     cfg, work = TelemetryConfig(bandwidth_array_gb=1.5), WorkDevice("cpu", 0, "test")
     record, path, hit = cached_bandwidth(cfg, tmp_path, work, None)
-    assert not hit and record["read_gb_s"] == 40.0 and calls == [1.5]
+    assert not hit and record["gb_s"] == 40.0 and calls == [1.5]
     assert cached_bandwidth(cfg, tmp_path, work, None)[2] and calls == [1.5]  # cached: not measured again
-    for damage in ("{not json", json.dumps({**record, "read_gb_s": -1}), json.dumps({**record, "host": "elsewhere"})):
+    for damage in ("{not json", json.dumps({**record, "gb_s": -1}), json.dumps({**record, "host": "elsewhere"})):
         path.write_text(damage)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             assert not cached_bandwidth(cfg, tmp_path, work, None)[2]
         assert "is invalid" in caplog.text and "measuring the bandwidth again" in caplog.text
-    assert len(calls) == 4 and json.loads(path.read_text())["read_gb_s"] == 40.0
+    assert len(calls) == 4 and json.loads(path.read_text())["gb_s"] == 40.0
 
 
 def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch):
@@ -277,7 +277,7 @@ def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch
     from ascend_lab.runtimes import pyacl
 
     on_torch = roofline.measure_torch_read_bandwidth(torch.device("cpu"), gb=0.01, repeats=2)
-    assert on_torch.read_gb_s > 0 and set(on_torch.by_kernel) == {"sum_device", "max_device"}
+    assert on_torch.gb_s > 0 and on_torch.counts == "read" and set(on_torch.by_kernel) == {"sum_device", "max_device"}
     monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
     for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -286,7 +286,8 @@ def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch
     try:
         acl._sim.reset()
         on_acl = roofline.measure_acl_d2d_bandwidth(0, gb=0.01, repeats=2)
-        assert on_acl.read_gb_s == on_acl.copy_rw_gb_s > 0 and "device-to-device" in on_acl.method
+        assert on_acl.gb_s == on_acl.copy_rw_gb_s > 0 and "device-to-device" in on_acl.method
+        assert on_acl.counts == "copy" and on_acl.metric == "roofline_copy_gb_s"  # a copy is not a read figure
         assert acl._sim.leaks() == [] and pyacl._init_users == 0
     finally:  # later tests must not find the simulator importable as `acl`
         for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
@@ -304,6 +305,7 @@ def test_generate_roofline_counts_weights_and_the_kv_cache_at_each_length(tmp_pa
     assert figures.metrics["roofline_step_bytes"] == pytest.approx(step)
     assert figures.metrics["roofline_tokens_s"] == pytest.approx(4 * 40e9 / step)
     assert figures.metrics["roofline_fraction"] == pytest.approx(1000.0 / (4 * 40e9 / step))
+    assert figures.metrics["roofline_read_gb_s"] == 40.0 and "roofline_copy_gb_s" not in figures.metrics
     assert figures.tags["roofline.weights"] == "test" and "GB/s" in figures.tags["roofline.bandwidth"]
     none = generate_roofline(TelemetryConfig(), tmp_path, WorkDevice("cpu", 0, "t"), None, contract, 1, 16, 1, 1, "t", None)
     assert not none.metrics and "no decode step" in none.tags["roofline.absent"]

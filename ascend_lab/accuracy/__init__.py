@@ -6,7 +6,9 @@
   (teacher-forced and free-running) and the debug graph's layer outputs, into per-step figures.
 - :mod:`~ascend_lab.accuracy.gate`: the thresholds' verdict and the error a failed gate raises.
 - :mod:`~ascend_lab.accuracy.report`: the per-prompt and per-layer tables, the plots and what is logged.
+- :mod:`~ascend_lab.accuracy.measure`: one candidate against its reference from the config (both sides planned
+  and opened, compared, judged; the layer report): what task=accuracy reports and a tuning sweep's jobs record.
 
-The package imports no runtime, Hydra or MLflow at import time; the task
-(:mod:`ascend_lab.tasks.accuracy`) wires it to the config and the tracker.
+The modules above ``measure`` import no runtime, Hydra or MLflow at import time; the task
+(:mod:`ascend_lab.tasks.accuracy`) writes and logs the report.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+from ascend_lab.bench.roofline import generate_roofline
 from ascend_lab.bench.scenarios import make_inputs, run_forward, run_generate
 from ascend_lab.bench.summary import Row
 from ascend_lab.config import AppConfig
@@ -25,7 +26,6 @@ from ascend_lab.prepare import plan_runtime
 from ascend_lab.report import format_number, format_table
 from ascend_lab.runtimes.select import open_runtime, tokenizer_for
 from ascend_lab.telemetry import bench_figures, work_device
-from ascend_lab.telemetry.bandwidth import generate_roofline
 from ascend_lab.telemetry.energy import Figures
 
 log = logging.getLogger(__name__)
