@@ -126,6 +126,29 @@ def traffic_metrics(engine, input_ids: np.ndarray, attention_mask: np.ndarray, n
     return metrics
 
 
+def generation_metrics(results: list[GenerationResult], e2e_ms: list[float], batch_size: int, prompt_len: int,
+                       new_tokens: int) -> dict[str, float]:
+    """The figures of timed generations: end-to-end time, TTFT (prefill + first token), TPOT (the gaps between
+    later tokens), prefill tokens/s, and decode tokens/s = batch × (new − 1) / mean decode time. Also the figures
+    of a loop that is not an :class:`~ascend_lab.runtimes.engine.Engine` (``benchmarks/``: HF ``generate``)."""
+    e2e = summarize(e2e_ms)
+    ttft = summarize([r.ttft_ms for r in results])
+    metrics = {
+        **e2e.as_metrics("e2e_ms", ("mean", "p50", "p90", "p99", "std")),
+        **ttft.as_metrics("ttft_ms", ("mean", "p50", "p90", "p99")),
+        "iterations": e2e.count,
+        "prefill_tokens_s": per_second(batch_size * prompt_len, ttft.mean),
+        "throughput_tokens_s": per_second(batch_size * new_tokens, e2e.mean),
+    }
+    if new_tokens > 1:
+        tpot = summarize([ms for r in results for ms in r.step_ms])
+        decode = summarize([r.decode_ms for r in results])
+        metrics.update(tpot.as_metrics("tpot_ms", ("mean", "p50", "p90", "p99")))
+        metrics["decode_ms_mean"] = decode.mean
+        metrics["decode_tokens_s"] = per_second(batch_size * (new_tokens - 1), decode.mean)
+    return metrics
+
+
 def run_generate(engine, input_ids: np.ndarray, attention_mask: np.ndarray, bench: BenchmarkConfig,
                  timer, runtime=None, device=None, runtime_name: str = "") -> ScenarioResult:
     batch_size, prompt_len = input_ids.shape
@@ -139,25 +162,10 @@ def run_generate(engine, input_ids: np.ndarray, attention_mask: np.ndarray, benc
     # Warm-up generations land in `results` too; measure's timed runs are the last len(samples).
     samples, memory, offsets = _timed(once, timer, bench, runtime, device, runtime_name)
     results = results[-len(samples):]
-    e2e = summarize(samples)
-    ttft = summarize([r.ttft_ms for r in results])
-    metrics = {
-        **e2e.as_metrics("e2e_ms", ("mean", "p50", "p90", "p99", "std")),
-        **ttft.as_metrics("ttft_ms", ("mean", "p50", "p90", "p99")),
-        "iterations": e2e.count,
-        "prefill_tokens_s": per_second(batch_size * prompt_len, ttft.mean),
-        "throughput_tokens_s": per_second(batch_size * new_tokens, e2e.mean),
-        **memory,
-        **runtime_timing_metrics(runtime, offsets, batch_size),
-    }
-    if new_tokens > 1:
-        tpot = summarize([ms for r in results for ms in r.step_ms])
-        decode = summarize([r.decode_ms for r in results])
-        metrics.update(tpot.as_metrics("tpot_ms", ("mean", "p50", "p90", "p99")))
-        metrics["decode_ms_mean"] = decode.mean
-        metrics["decode_tokens_s"] = per_second(batch_size * (new_tokens - 1), decode.mean)
+    metrics = {**generation_metrics(results, samples, batch_size, prompt_len, new_tokens), **memory,
+               **runtime_timing_metrics(runtime, offsets, batch_size)}
     metrics.update(traffic_metrics(engine, input_ids, attention_mask, new_tokens))
     return ScenarioResult(metrics, samples, results)
 
 
-__all__ = ["ScenarioResult", "make_inputs", "run_forward", "run_generate", "traffic_metrics"]
+__all__ = ["ScenarioResult", "generation_metrics", "make_inputs", "run_forward", "run_generate", "traffic_metrics"]
