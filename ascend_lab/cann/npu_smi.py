@@ -70,7 +70,7 @@ def board_chip_name(npu_smi: str, device: int, timeout_s: float = 10.0) -> str |
 # ------------------------------------------------------------------------------------------------
 # npu-smi queries (telemetry, the environment snapshot, doctor's board table)
 #
-# Formats are the hiascend npu-smi reference pages (Atlas 200I A2 "re/npu" set; shared/reference/ascend.md §4):
+# Formats are the hiascend npu-smi reference pages (Atlas 200I A2 "re/npu" set):
 # `npu-smi info` (npusmi_007: the table), `-t board -i id` (npusmi_008: Software Version = driver, Firmware
 # Version), `-t power -i id [-c chip]` (npusmi_023/024: NPU Real-time Power(W)), `-t usages -i id [-c chip]`
 # (npusmi_019/020: Aicore Usage Rate(%), Memory Capacity(MB) / Memory Usage Rate(%); A2/A3 servers print

@@ -6,7 +6,7 @@ TensorBoard's profiler plugin looks for, and a file Perfetto opens; the phases s
 
 NPU: ``torch_npu.profiler.profile`` with ``experimental_config=_ExperimentalConfig(profiler_level=...,
 aic_metrics=...)`` and ``on_trace_ready=tensorboard_trace_handler(dir)`` (hiascend Pytorch docs ptaoplist_000253,
-ptaoplist_000996; shared/reference/ascend.md §4/§7), one session per phase so that each phase's
+ptaoplist_000996), one session per phase so that each phase's
 ``ASCEND_PROFILER_OUTPUT/kernel_details.csv`` holds only its own kernels (CANN's device timestamps and the host's
 ranges are on different clocks).
 """
