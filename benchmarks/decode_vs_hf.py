@@ -491,7 +491,7 @@ def tables(figures: list[Figure], ratios: dict, agree: dict, overhead: dict | No
     if meta.get("ort_command"):
         parts.append(f"ort row = {meta['ort_command']}")
     parts.append(format_table(["ratio", "value", "target", "met"],
-                              [(k, f"{v:.2f}", *_target_cells(k, v)) for k, v in ratios.items()], title="ratios"))
+                              [(k, format_number(v), *_target_cells(k, v)) for k, v in ratios.items()], title="ratios"))
     if agree:
         parts.append(format_table(["comparison", *AGREEMENT_FIGURES],
                                   [(AGREEMENT[row][0], *(format_number(v[k]) for k in AGREEMENT_FIGURES))
