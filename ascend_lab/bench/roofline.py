@@ -120,6 +120,24 @@ def default_threads() -> int:
     return physical_cores()
 
 
+def _gb_s(nbytes: int, fn, repeats: int, sync=lambda: None) -> float:
+    """GB/s moving ``nbytes`` per call of ``fn``: the median of ``repeats`` timed calls after one untimed call
+    (threads start, TLBs warm, kernels load), each between two ``sync()``."""
+    times = []
+    for _ in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(times[1:]) / GB
+
+
+def _check_size(gb: float, repeats: int) -> None:
+    if gb <= 0 or repeats < 1:
+        raise ValueError(f"need gb > 0 and repeats ≥ 1 (got gb={gb}, repeats={repeats})")
+
+
 def measure_read_bandwidth(gb: float = DEFAULT_ARRAY_GB, repeats: int = DEFAULT_REPEATS,
                            threads: int | None = None) -> Bandwidth:
     """Host read bandwidth over a ``gb`` GB float32 array (see the module docstring).
@@ -128,8 +146,7 @@ def measure_read_bandwidth(gb: float = DEFAULT_ARRAY_GB, repeats: int = DEFAULT_
     :data:`MIN_ROOFLINE_ARRAY_GB` measures memory rather than caches (:attr:`Bandwidth.fits_roofline`).
     Holds 2 × ``gb`` GB while it runs (the array and the copy's target) and frees both.
     """
-    if gb <= 0 or repeats < 1:
-        raise ValueError(f"need gb > 0 and repeats ≥ 1 (got gb={gb}, repeats={repeats})")
+    _check_size(gb, repeats)
     threads = threads or default_threads()
     started = time.perf_counter()
     n = max(int(gb * GB) // 4, threads)
@@ -140,38 +157,20 @@ def measure_read_bandwidth(gb: float = DEFAULT_ARRAY_GB, repeats: int = DEFAULT_
         for name, kernel in READ_KERNELS.items():
             for count in sorted({1, threads}):
                 chunks = np.array_split(data, count)
-                times = []
-                for _ in range(repeats + 1):  # the first pass is untimed (threads start, TLBs warm)
-                    t0 = time.perf_counter()
-                    list(pool.map(kernel, chunks))
-                    times.append(time.perf_counter() - t0)
-                by_kernel[f"{name}_{count}t"] = nbytes / statistics.median(times[1:]) / GB
+                by_kernel[f"{name}_{count}t"] = _gb_s(nbytes, lambda k=kernel, c=chunks: list(pool.map(k, c)),
+                                                      repeats)
     if n >= GEMV_ROWS:
         matrix = data[: n - n % GEMV_ROWS].reshape(GEMV_ROWS, -1)
         vector = np.ones(GEMV_ROWS, dtype=np.float32)
-        times = []
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            np.matmul(vector, matrix)
-            times.append(time.perf_counter() - t0)
-        by_kernel["gemv_blas"] = matrix.nbytes / statistics.median(times[1:]) / GB
+        by_kernel["gemv_blas"] = _gb_s(matrix.nbytes, lambda: np.matmul(vector, matrix), repeats)
     target = np.empty_like(data)
     target.fill(0)  # resident before timing, like the source
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        np.copyto(target, data)
-        times.append(time.perf_counter() - t0)
-    copy_rw = 2 * nbytes / statistics.median(times[1:]) / GB
+    copy_rw = _gb_s(2 * nbytes, lambda: np.copyto(target, data), repeats)
     del data, target
     gc.collect()
     return Bandwidth(gb_s=max(by_kernel.values()), counts="read", by_kernel=by_kernel, copy_rw_gb_s=copy_rw,
                      array_gb=nbytes / GB, threads=threads, repeats=repeats,
                      seconds=time.perf_counter() - started)
-
-
-def _median_gb_s(nbytes: int, times: list[float]) -> float:
-    return nbytes / statistics.median(times[1:]) / GB
 
 
 def measure_torch_read_bandwidth(torch_device, gb: float = DEFAULT_ARRAY_GB,
@@ -181,28 +180,17 @@ def measure_torch_read_bandwidth(torch_device, gb: float = DEFAULT_ARRAY_GB,
     reference. Holds 2 × ``gb`` GB of device memory while it runs and frees it."""
     import torch
 
-    if gb <= 0 or repeats < 1:
-        raise ValueError(f"need gb > 0 and repeats ≥ 1 (got gb={gb}, repeats={repeats})")
+    _check_size(gb, repeats)
     backend = getattr(torch, torch_device.type)  # torch.cuda or torch.npu: the same API
     started = time.perf_counter()
     n = int(gb * GB) // 4
     nbytes = n * 4
     data = torch.ones(n, dtype=torch.float32, device=torch_device)
 
-    def timed(fn) -> list[float]:
-        times = []
-        for _ in range(repeats + 1):  # the first pass is untimed (kernel load, allocator)
-            backend.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            backend.synchronize()
-            times.append(time.perf_counter() - t0)
-        return times
-
-    by_kernel = {f"{name}_device": _median_gb_s(nbytes, timed(lambda k=kernel: k(data)))
+    by_kernel = {f"{name}_device": _gb_s(nbytes, lambda k=kernel: k(data), repeats, backend.synchronize)
                  for name, kernel in (("sum", torch.sum), ("max", torch.amax))}
     target = torch.zeros_like(data)
-    copy_rw = 2 * _median_gb_s(nbytes, timed(lambda: target.copy_(data)))
+    copy_rw = _gb_s(2 * nbytes, lambda: target.copy_(data), repeats, backend.synchronize)
     del data, target
     getattr(backend, "empty_cache", lambda: None)()  # torch.cpu (the same code path, tested anywhere) has none
     return Bandwidth(gb_s=max(by_kernel.values()), counts="read", by_kernel=by_kernel, copy_rw_gb_s=copy_rw,
@@ -219,8 +207,7 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
     from ascend_lab.runtimes.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE, AclError,
                                            acquire_acl, import_acl, release_acl)
 
-    if gb <= 0 or repeats < 1:
-        raise ValueError(f"need gb > 0 and repeats ≥ 1 (got gb={gb}, repeats={repeats})")
+    _check_size(gb, repeats)
     acl = import_acl()
     started = time.perf_counter()
     nbytes = int(gb * GB)
@@ -241,13 +228,9 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
                 ptr, ret = acl.rt.malloc(nbytes, ACL_MEM_MALLOC_HUGE_FIRST)
                 check("acl.rt.malloc", ret)
                 pointers.append(ptr)
-            src, dst = pointers
-            times = []
-            for _ in range(repeats + 1):  # the first pass is untimed (it also touches both buffers)
-                t0 = time.perf_counter()
-                check("acl.rt.memcpy (device to device)",
-                      acl.rt.memcpy(dst, nbytes, src, nbytes, ACL_MEMCPY_DEVICE_TO_DEVICE))
-                times.append(time.perf_counter() - t0)
+            src, dst = pointers  # the untimed first pass also touches both buffers
+            copy_rw = _gb_s(2 * nbytes, lambda: check("acl.rt.memcpy (device to device)", acl.rt.memcpy(
+                dst, nbytes, src, nbytes, ACL_MEMCPY_DEVICE_TO_DEVICE)), repeats)
         finally:
             for ptr in pointers:
                 acl.rt.free(ptr)
@@ -256,10 +239,8 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
             acl.rt.reset_device(device_id)
     finally:
         release_acl(acl)
-    copy_rw = 2 * _median_gb_s(nbytes, times)
     return Bandwidth(gb_s=copy_rw, counts="copy", by_kernel={"d2d_copy": copy_rw}, copy_rw_gb_s=copy_rw,
-                     array_gb=nbytes / GB,
-                     threads=0, repeats=repeats, seconds=time.perf_counter() - started,
+                     array_gb=nbytes / GB, threads=0, repeats=repeats, seconds=time.perf_counter() - started,
                      method=f"pyACL device-to-device memcpy on NPU {device_id} (read + write)")
 
 
