@@ -19,10 +19,10 @@ import numpy as np
 
 from ascend_lab.bench.generation import GenerationResult, greedy_generate
 from ascend_lab.bench.memory import device_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
-from ascend_lab.stats import per_second, summarize
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.device import measure
 from ascend_lab.errors import ConfigError
+from ascend_lab.stats import per_second, summarize
 from ascend_lab.telemetry import timed_window
 
 LATENCY_STATS = ("mean", "p50", "p90", "p95", "p99", "std", "min", "max")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 
 from ascend_lab.cann import npu_smi as cann_npu_smi, toolkit as cann_toolkit
-from ascend_lab.stats import summarize
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.device import HostTimer, measure
 from ascend_lab.provenance import installed_version
 from ascend_lab.report import format_number, format_table
+from ascend_lab.stats import summarize
 from ascend_lab.telemetry import environment
 from ascend_lab.telemetry.pairing import check_pairing
 

@@ -13,12 +13,12 @@ import time
 import numpy as np
 
 from ascend_lab.bench.generation import greedy_generate
-from ascend_lab.stats import per_second, summarize
 from ascend_lab.config import AppConfig, check_sequence_fits
 from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
 from ascend_lab.prepare import plan_runtime
 from ascend_lab.runtimes.select import open_runtime, tokenizer_for
+from ascend_lab.stats import per_second, summarize
 from ascend_lab.tasks.bench import engine_for, load_figures, profiled_pass, timer_for
 from ascend_lab.text import display_text, weights_note
 
