@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Iterator
 
-from ascend_lab.cann import set_env_locations
+from ascend_lab.cann.toolkit import set_env_locations
 from ascend_lab.config.device import DeviceConfig
 from ascend_lab.errors import ToolchainError
 

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 from hydra.utils import get_class
 
-from ascend_lab import cann
+from ascend_lab.cann import toolkit
 from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.errors import ToolchainError
 from ascend_lab.graph_contract import GraphFile
@@ -121,12 +121,12 @@ class LoadedRuntime:
         forward passes (the kv_cache graph's prefill on ``engine``, or without one the graph's plain run)."""
         from ascend_lab.profiling.profiled_pass import PROFILE_FOLDER, profile_forward, profile_generate
 
-        bench, settings, toolkit = self.cfg.benchmark, self.cfg.profile, self.cfg.atc.toolkit_home
+        bench, settings, toolkit_home = self.cfg.benchmark, self.cfg.profile, self.cfg.atc.toolkit_home
         runtime, timer = self.runtime, self.timer
         out_dir, prompt_len = self.ctx.output_dir / PROFILE_FOLDER, input_ids.shape[1]
         if (scenario or bench.scenario) == "generate":
             return profile_generate(runtime, engine, lambda rt: self.engine(prompt_len + bench.new_tokens, runtime=rt),
-                                    settings, out_dir, input_ids, attention_mask, bench.new_tokens, timer, toolkit)
+                                    settings, out_dir, input_ids, attention_mask, bench.new_tokens, timer, toolkit_home)
         if engine is not None:  # the kv_cache graph: its forward pass is the prompt's prefill
 
             def prefill_on(rt):
@@ -135,10 +135,10 @@ class LoadedRuntime:
                 return lambda: other.prefill(input_ids, attention_mask)
 
             return profile_forward(runtime, lambda: engine.prefill(input_ids, attention_mask), prefill_on, settings,
-                                   out_dir, timer, toolkit)
+                                   out_dir, timer, toolkit_home)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         return profile_forward(runtime, runtime.bind(feeds), lambda rt: rt.bind(feeds), settings, out_dir, timer,
-                               toolkit)
+                               toolkit_home)
 
 
 @contextmanager
@@ -180,14 +180,14 @@ def _optimized_onnx(cfg, ctx, config, reason: str) -> RuntimePlan:
 
 def _om(cfg, ctx, config, reason: str) -> RuntimePlan:
     """The .om, or a ToolchainError saying what is missing (pyACL or a compiled graph)."""
-    acl_ok, acl_why = cann.acl_importable()
+    acl_ok, acl_why = toolkit.acl_importable()
     if not acl_ok:
-        raise ToolchainError(cann.missing_toolkit_message(
+        raise ToolchainError(toolkit.missing_toolkit_message(
             f"runtime=acl needs pyACL (`import acl`: {acl_why})", cfg.atc.toolkit_home,
             "use runtime=onnxruntime or runtime=torch"))
     plan = _compiled(cfg, ctx, config, reason)
     if plan is None:
-        raise ToolchainError(cann.missing_toolkit_message(
+        raise ToolchainError(toolkit.missing_toolkit_message(
             f"runtime=acl needs a compiled .om, but there is none ({_why_no_om(cfg)})", cfg.atc.toolkit_home,
             "use runtime=onnxruntime"))
     return plan
@@ -206,7 +206,7 @@ def _compiled(cfg, ctx, config, reason: str) -> RuntimePlan | None:
 
 
 def _why_no_om(cfg) -> str:
-    atc_where = cann.find_atc(cfg.atc.toolkit_home)
+    atc_where = toolkit.find_atc(cfg.atc.toolkit_home)
     return "atc not found" if atc_where is None else f"no .om from {atc_where}"
 
 
@@ -216,7 +216,7 @@ _PREPARE = {"model": _model, "onnx": _onnx, "optimized_onnx": _optimized_onnx, "
 def _auto(cfg, ctx) -> RuntimePlan:
     """acl where pyACL imports and a compiled .om exists, else onnxruntime at its defaults."""
     fallback = OnnxRuntimeConfig()
-    acl_ok, acl_why = cann.acl_importable()
+    acl_ok, acl_why = toolkit.acl_importable()
     if not acl_ok:  # compiling would produce nothing this host can run
         return _PREPARE[fallback.artifact](cfg, ctx, fallback, f"auto: pyACL not importable ({acl_why}); using "
                                                                "onnxruntime")

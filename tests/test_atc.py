@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ascend_lab import artifact_cache, cann
+from ascend_lab import artifact_cache
+from ascend_lab.cann import toolkit as cann_toolkit
 from ascend_lab.compile import CompiledModel, OpCheckError, ensure_compiled, opcheck, plan_compile
 from ascend_lab.compile.command import build_atc_command, cache_key
 from ascend_lab.compile.runner import SUCCESS_LINE, AtcError, find_om
@@ -872,17 +873,17 @@ def test_compile_timeout_kills_the_process_group(tmp_path, job, monkeypatch):
 
 
 def test_no_atc_is_explained_or_skipped(tmp_path, job, monkeypatch):
-    if cann.find_set_env() is not None:
+    if cann_toolkit.find_set_env() is not None:
         pytest.skip("a CANN toolkit is installed on this host")
     exported = toy_exported(tmp_path / "hs.onnx")
     cfg, ctx, finish = job()
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    assert cann.find_atc() is None
+    assert cann_toolkit.find_atc() is None
     with pytest.raises(ToolchainError) as info:
         ensure_compiled(cfg, ctx, exported, required=True)
     message = str(info.value)
     assert "CANN toolkit is not installed or its environment is not loaded" in message
-    for location in cann.set_env_locations():
+    for location in cann_toolkit.set_env_locations():
         assert str(location) in message
     assert "/usr/local/Ascend/ascend-toolkit/set_env.sh" in message and "Ascend/cann/set_env.sh" in message
     assert "atc.toolkit_home" in message
@@ -902,10 +903,10 @@ def test_set_env_sh_provides_atc(tmp_path, job, monkeypatch):
     cfg, ctx, finish = job(f"atc.toolkit_home={toolkit}")
     # Only the interpreter's folder (for the stand-in's `env python3`) and the system's: no atc.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")
-    assert cann.locate("atc").path is None
-    located = cann.locate("atc", str(toolkit))
+    assert cann_toolkit.locate("atc").path is None
+    located = cann_toolkit.locate("atc", str(toolkit))
     assert located.set_env == toolkit / "set_env.sh" and located.env is None  # locating runs nothing
-    environment = cann.load_environment("atc", str(toolkit))
+    environment = cann_toolkit.load_environment("atc", str(toolkit))
     assert environment.set_env == toolkit / "set_env.sh" and environment.path == FAKE_BIN / "atc"
     assert environment.env["ASCEND_TOOLKIT_HOME"] == str(toolkit)
     assert "ASCEND_TOOLKIT_HOME" not in os.environ
@@ -920,7 +921,7 @@ def test_broken_set_env_sh_is_a_clear_error(tmp_path):
     broken = tmp_path / "set_env.sh"
     broken.write_text("echo 'half-installed CANN' >&2\nexit 3\n")
     with pytest.raises(ToolchainError, match=r"`source .*set_env.sh` failed \(exit status 3\)[\s\S]*half-installed"):
-        cann.capture_set_env(broken)
+        cann_toolkit.capture_set_env(broken)
 
 
 def test_dry_run_logs_command_and_environment(tmp_path, job, calls, capsys):
@@ -1219,7 +1220,7 @@ def test_cli_op_check_refuses_int8_graph_before_atc(run_cli, tmp_path, mlflow_ru
 
 @pytest.mark.slow
 def test_cli_compile_without_atc_fails_clearly(run_cli, tmp_path, export_cache):
-    if cann.find_atc() is not None or cann.find_set_env() is not None:
+    if cann_toolkit.find_atc() is not None or cann_toolkit.find_set_env() is not None:
         pytest.skip("a CANN toolkit is installed on this host")
     result = run_cli("task=compile", "tracking=off", export_cache, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -20,9 +20,9 @@ import pytest
 from conftest import all_runs, cli_env, stand_in_env
 
 from ascend_lab import graph_contract as gc
+from ascend_lab.cli import command_line_overrides, override_problem
 from ascend_lab.errors import AscendLabError
 from ascend_lab.provenance import digest_mismatch
-from ascend_lab.run import command_line_overrides, override_problem
 from ascend_lab.writable import folder_problem
 
 FAST = ("benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0")

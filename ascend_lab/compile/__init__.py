@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ascend_lab import artifact_cache, cann
+from ascend_lab import artifact_cache
+from ascend_lab.cann import toolkit
 from ascend_lab.compile import aoe, opcheck
 from ascend_lab.compile.aoe import aoe_command
 from ascend_lab.compile.command import build_atc_command, cache_key
@@ -87,7 +88,7 @@ def plan_compile(cfg: "AppConfig", output_root: Path, exported: "ExportedModel")
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cfg.model.name}_{exported.graph}")
     switches = switch_files(atc_cfg, output_root)  # atc.keep_dtype / atc.fusion_switch_off as the files ATC reads
     probe = build_atc_command(atc_cfg, exported.onnx_path, shapes, stem, switches)
-    key = cache_key(exported.sha256, probe, cann.toolkit_version(atc_cfg.toolkit_home), atc_cfg.tuning)
+    key = cache_key(exported.sha256, probe, toolkit.toolkit_version(atc_cfg.toolkit_home), atc_cfg.tuning)
     folder = output_root / f"{stem}_{atc_cfg.soc_version}_{key[:16]}"
     argv = build_atc_command(atc_cfg, exported.onnx_path, shapes, folder / stem, switches)
     return CompilePlan(Path(exported.onnx_path), exported.sha256, shapes, folder, stem, argv, key, switches)
@@ -142,7 +143,7 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
 
     if atc_cfg.dry_run:
         check_ops(cfg, tracker, plan.onnx_path)
-        text = f"{plan.command_line}\n\n{cann.locate('atc', atc_cfg.toolkit_home).describe(sourced=False)}\n"
+        text = f"{plan.command_line}\n\n{toolkit.locate('atc', atc_cfg.toolkit_home).describe(sourced=False)}\n"
         if atc_cfg.tuning != "none":  # AOE runs first, in the cache entry (ascend_lab.compile.aoe)
             text = (shlex.join(aoe_command("aoe", plan.argv, atc_cfg.tuning, plan.folder / aoe.WORK_FOLDER / plan.stem))
                     + "\n" + text)
@@ -156,9 +157,9 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
         return _cached(plan, meta, tracker, atc_cfg)
 
     check_ops(cfg, tracker, plan.onnx_path)
-    environment = cann.load_environment("atc", atc_cfg.toolkit_home)
+    environment = toolkit.load_environment("atc", atc_cfg.toolkit_home)
     if environment.path is None:
-        message = cann.missing_toolkit_message("atc (task=compile)", atc_cfg.toolkit_home)
+        message = toolkit.missing_toolkit_message("atc (task=compile)", atc_cfg.toolkit_home)
         if required:
             raise ToolchainError(message)
         log.warning("skipping the ATC compile: %s", message)
@@ -167,9 +168,9 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
 
     aoe_environment = None
     if atc_cfg.tuning != "none":
-        aoe_environment = cann.load_environment("aoe", atc_cfg.toolkit_home)
+        aoe_environment = toolkit.load_environment("aoe", atc_cfg.toolkit_home)
         if aoe_environment.path is None:
-            raise ToolchainError(cann.missing_toolkit_message(
+            raise ToolchainError(toolkit.missing_toolkit_message(
                 f"aoe (atc.tuning={atc_cfg.tuning}; or atc.tuning=none to compile untuned)", atc_cfg.toolkit_home))
 
     log_path = ctx.output_dir / "atc.log"
@@ -206,7 +207,7 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     return compiled
 
 
-def tune(cfg: "AppConfig", ctx, environment: cann.CannEnvironment, atc_argv: list[str], staging: Path,
+def tune(cfg: "AppConfig", ctx, environment: toolkit.CannEnvironment, atc_argv: list[str], staging: Path,
          stem: str) -> aoe.AoeReport:
     """Run AOE on the compile's model and options (``atc.tuning``), in the staging cache entry; log its report."""
     atc_cfg, tracker = cfg.atc, ctx.tracker

@@ -1,7 +1,7 @@
 """Running ATC: the subprocess (streamed to the console and a log, killed as a process group on timeout)
 and reading its outcome.
 
-ATC's contract (CANN docs, shared/reference/ascend.md §2): ``<output>.om`` or ``<output>_<os>_<arch>.om``
+ATC's contract (CANN ATC reference: --output, hiascend atlasatcparam_16_0029): ``<output>.om`` or ``<output>_<os>_<arch>.om``
 is written, success prints :data:`SUCCESS_LINE`, failures print ``E#####`` codes; the exit status is
 not documented, so success needs all three signs.
 """

@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from ascend_lab import cann
+from ascend_lab.cann import toolkit
 from ascend_lab.errors import AscendLabError, ToolchainError
 
 ACL_SUCCESS = 0
@@ -67,7 +67,7 @@ def import_acl():
     try:
         import acl
     except Exception as exc:  # ImportError, or OSError from a missing libascendcl.so
-        raise ToolchainError(cann.missing_toolkit_message(
+        raise ToolchainError(toolkit.missing_toolkit_message(
             f"runtime=acl: `import acl` failed ({type(exc).__name__}: {exc})")) from None
     return acl
 

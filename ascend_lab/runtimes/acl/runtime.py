@@ -60,7 +60,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ascend_lab import cann
+from ascend_lab.cann import npu_smi
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
 from ascend_lab.graph_contract import GraphContract
@@ -336,7 +336,7 @@ class AclRuntime(Runtime):
         self._allocate()
 
     def _load_hint(self) -> str:
-        chip = cann.query_npu_smi().soc_version
+        chip = npu_smi.query_npu_smi().soc_version
         here = f"this host's chip is {chip}" if chip else "see the Name column of `npu-smi info`"
         return (f"Could not load {self.om_path}. Either the file is corrupt or truncated (delete it: the next "
                 f"task=compile or task=bench compiles it again), it was built by another CANN version, or it was "
