@@ -216,7 +216,8 @@ class CacheGraphDecoder(nn.Module):
                                       blocked)
             scores_new = torch.where(allowed_new, scores_new.reshape(batch, kv_heads, group, seq, seq), blocked)
             scores = torch.cat([scores_past, scores_new], dim=-1)
-            probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(h.dtype)
+            # Cast, then softmax: softmax(dtype=float32) exports as Softmax → Cast, i.e. a float16 softmax.
+            probs = F.softmax(scores.to(torch.float32), dim=-1).to(h.dtype)
             probs = probs.reshape(batch, kv_heads, -1, capacity + seq)
             out = torch.matmul(probs[..., :capacity], past_v) + torch.matmul(probs[..., capacity:], v)
             out = out.reshape(batch, heads, seq, dim).transpose(1, 2).reshape(batch, seq, heads * dim)

@@ -625,6 +625,65 @@ def test_both_toy_contract_graphs_pass_the_op_check(tmp_path):
     assert opcheck.check_graph(hidden_states_onnx(tmp_path / "hs.onnx"), "must_keep_origin_dtype").ok
 
 
+def rms_norm_onnx(path: Path, opset: int) -> Path:
+    """RMSNorm's ReduceMean and an opset-13-form Unsqueeze (axes as an input), at ``opset``."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"], name="/norm/Pow"),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], name="/norm/ReduceMean", axes=[-1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["var"], name="/norm/Add"),
+             helper.make_node("Unsqueeze", ["var", "axes"], ["y"], name="/norm/Unsqueeze")]
+    return _write_onnx(path, [helper.make_tensor_value_info("x", T.FLOAT16, ["batch", 4])],
+                       [helper.make_tensor_value_info("y", T.FLOAT16, [1, "batch", 1])], nodes,
+                       [_const("eps", np.array([1e-6], np.float16)), _const("axes", np.array([0], np.int64))],
+                       opsets=(("", opset),))
+
+
+def test_op_check_reads_the_opsets_atc_parses_each_op_at(tmp_path):
+    """ATC looks ops up as ai.onnx::<opset>::<op>: ReduceMean's page lists v8-v16 (atlasoxol_09_0123), so an
+    opset-17 RMSNorm is refused naming node, op and opset; Unsqueeze's opset-13 form (page v8-v12, plugin
+    13-18: the row's parser_opsets) passes at 14 and 17."""
+    ok = opcheck.check_graph(rms_norm_onnx(tmp_path / "14.onnx", 14), "must_keep_origin_dtype")
+    assert ok.ok and ok.opset == 14
+    refused = opcheck.check_graph(rms_norm_onnx(tmp_path / "17.onnx", 17), "must_keep_origin_dtype")
+    [offender] = refused.offenders
+    assert (offender.node, offender.op, offender.problem, offender.opset) == ("/norm/ReduceMean", "ReduceMean",
+                                                                            "opset", 17)
+    assert ("/norm/ReduceMean (ReduceMean) at opset 17: ATC parses ReduceMean at opsets v8-v16 only "
+            "(https://www.hiascend.com/") in refused.summary()
+    assert refused.fitting_opset() == 16
+    rows = {row["op"]: row for row in refused.histogram_rows()}
+    assert rows["ReduceMean"]["documented_opsets"] == "v8-v16" and rows["ReduceMean"]["graph_opset"] == 17
+    assert rows["Unsqueeze"]["parser_opsets"] == "v8-v18" and rows["Unsqueeze"]["refused_nodes"] == 0
+
+
+def test_the_default_opset_is_one_every_op_of_the_kv_cache_graph_is_parsed_at():
+    table = opcheck.ops_table()
+    opset = ExportConfig().opset
+    for op in ("ReduceMean", "Sub", "Unsqueeze", "Softmax", "MatMul", "Where", "GreaterOrEqual", "ArgMax"):
+        low, high = opcheck.accepted_opsets(table[op])
+        assert low <= opset <= high, op
+    assert opcheck.accepted_opsets(table["Constant"]) is None  # mapped before the versioned lookup
+
+
+def test_opset_refusal_stops_before_atc_and_names_the_fix(tmp_path, job, calls):
+    path = rms_norm_onnx(tmp_path / "n.onnx", 17)
+    exported = ToyExported(path, hashlib.sha256(path.read_bytes()).hexdigest(), "norm")
+    cfg, ctx, finish = job()
+    with pytest.raises(OpCheckError) as info:
+        ensure_compiled(cfg, ctx, exported, required=True)
+    finish("FAILED")
+    assert atc_runs(calls) == 0
+    assert "/norm/ReduceMean (ReduceMean) at opset 17" in str(info.value) and "export.opset=16" in str(info.value)
+    # The stand-in atc has its own registry (tests/fakes/atc_opcheck.py): the same graph is refused there too.
+    cfg, ctx, finish = job("atc.skip_op_check=true")
+    with pytest.raises(AtcError, match="error codes: E19010") as info:
+        ensure_compiled(cfg, ctx, exported, required=True)
+    finish("FAILED")
+    assert "No parser is registered for Op [/norm/ReduceMean, optype [ai.onnx::17::ReduceMean]]" in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # The subprocess path, the op check, the cache and the MLflow record (in-process, real store)
 

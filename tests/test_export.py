@@ -118,7 +118,7 @@ def test_each_graph_exports_checks_and_matches_torch(exports, graph):
     model = onnx.load(str(exported.onnx_path))
     assert [v.name for v in model.graph.input] == exported.input_names
     assert [v.name for v in model.graph.output] == exported.output_names
-    assert model.opset_import[0].version == 17
+    assert model.opset_import[0].version == ExportConfig().opset == 14
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
     assert dims["input_ids"] == ["batch", "seq"]
     assert tracker.metrics["parity_max_abs_diff"] < 1e-3
@@ -368,3 +368,25 @@ def test_parallel_jobs_export_once(tmp_path, mlflow_runs):
     assert len({r.data.tags["onnx_sha256"] for r in runs}) == 1
     cache_dir = tmp_path / "outputs" / "export_cache"
     assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 1
+
+
+def test_float16_export_runs_attention_softmax_in_float32(tmp_path):
+    """The attention softmax computes in float32 inside the float16 graph, as transformers' Qwen2 does: the
+    Cast to float32 comes before every Softmax and the Cast back to float16 after it (softmax(dtype=float32)
+    exports as Softmax → Cast, a float16 softmax)."""
+    fp16, _ = export(tmp_path, model=ModelConfig(dtype="float16"), graph="kv_cache")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16.onnx_path)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    softmaxes = [node for node in model.graph.node if node.op_type == "Softmax"]
+    assert len(softmaxes) == fp16.contract.dims.num_layers
+    for node in softmaxes:
+        assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+        cast_in = producers[node.input[0]]
+        assert cast_in.op_type == "Cast" and types[cast_in.input[0]] == onnx.TensorProto.FLOAT16
+        [cast_out] = consumers[node.output[0]]
+        assert cast_out.op_type == "Cast" and cast_out.attribute[0].i == onnx.TensorProto.FLOAT16

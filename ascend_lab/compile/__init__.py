@@ -105,10 +105,16 @@ def check_ops(cfg: "AppConfig", tracker, onnx_path: Path) -> opcheck.OpCheck:
     writer.writerows(rows)
     tracker.log_text(out.getvalue(), HISTOGRAM_ARTIFACT)
     tracker.log_metrics({"atc_op_check_offenders": result.refused_nodes, "onnx_nodes": sum(result.histogram.values())})
+    tracker.set_tags({"onnx_opset": str(result.opset)})
     if result.ok:
+        print(f"ATC op check: opset {result.opset}, {sum(result.histogram.values())} nodes of "
+              f"{len(result.histogram)} op types, every one in ascend_lab/compile/{opcheck.TABLE_FILE.name} at "
+              f"that opset (precision {result.precision})", flush=True)
         return result
     foreign = any(o.problem == "domain" for o in result.offenders)
+    fitting = result.fitting_opset() if any(o.problem == "opset" for o in result.offenders) else None
     advice = [
+        f"export at an opset ATC parses every op at: export.opset={fitting}" if fitting else None,
         "use another export.graph (export.graph=kv_cache is made for ATC)",
         "drop export.quantize (its int8 ops are onnxruntime's own, com.microsoft domain)" if foreign else None,
         "for int8 on the NPU, quantise with Ascend's own AMCT instead of export.quantize",

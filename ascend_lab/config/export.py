@@ -39,7 +39,12 @@ class ExportConfig:
                           "128), on every runtime alike; with the decode step's 1 they are ATC's --dynamic_dims "
                           "gears. Not part of the ONNX file."},
     )
-    opset: int = field(default=17, metadata={"help": "ONNX opset (ATC accepts 11–18 depending on CANN)."})
+    # 14: ATC's parser looks ops up per opset (ai.onnx::<opset>::<op>) and the ONNX operator pages list every op of
+    # the kv_cache graph at v14 (ReduceMean stops at v16, Sub at v15; atlasoxol_09_0123/_0159); the ATC pages give
+    # 8.0.RC v11–v15 and 7.0/9.x v9/v11–v18; Tlntin/qwen-ascend-llm export/export_onnx.py exports Qwen at 14.
+    opset: int = field(default=14, metadata={"help": "ONNX opset. ATC parses an op only at the opsets its "
+                                                    "operator page lists (task=compile checks them): 14 is one "
+                                                    "every CANN from 7.0 takes for the kv_cache graph."})
     do_constant_folding: bool = field(default=False, metadata={"help": "The walkthrough turns it off for ATC."})
     exporter: str = field(default="torchscript", metadata={"help": "torchscript (torch.onnx TorchScript) or dynamo."})
     dynamic_axes: bool = field(default=True, metadata={"help": "Dynamic batch and sequence axes (named, recorded)."})
