@@ -76,12 +76,21 @@ def test_io_names_follow_the_contract():
     assert gc.GraphContract("hidden_states", dims, "float32").output_names() == ["hidden_states"]
 
 
-def test_prefill_plan_pads_to_whole_chunks_and_feeds_largest_first():
-    assert gc.plan_prefill(512, [16, 128]).chunks == (128, 128, 128, 128)
+def test_prefill_plan_takes_the_fewest_executions_the_gears_allow():
+    """One execution reads every weight once (gc.prefill_cost): padding to fewer, larger chunks wins over
+    more, smaller ones; among equal counts the least padding; largest chunks first."""
+    want = {16: (16,), 17: (128,), 128: (128,), 129: (128, 16), 496: (128,) * 4, 1000: (128,) * 8,
+            512: (128,) * 4, 5: (16,)}
+    for prompt_len, chunks in want.items():
+        assert gc.plan_prefill(prompt_len, [16, 128]).chunks == chunks, prompt_len
     plan = gc.plan_prefill(14, [16, 128])
     assert plan.chunks == (16,) and plan.extra_pad == 2 and plan.padded_len == 16
-    assert gc.plan_prefill(150, [16, 128]).chunks == (128, 16, 16)  # 160 = 128 + 2 × 16
+    assert len(gc.plan_prefill(496, [16, 128]).chunks) == 4  # was 3 × 128 + 7 × 16 = 10
+    # Padding is bounded by the cache slots left for the prompt: 1000 tokens in 1010 slots → 1008.
+    bounded = gc.plan_prefill(1000, [16, 128], max_padded=1010)
+    assert bounded.padded_len == 1008 and bounded.chunks == (128,) * 7 + (16,) * 7
     assert gc.plan_prefill(5, [1]).chunks == (1,) * 5
+    assert gc.prefill_cost((128,) * 4) < gc.prefill_cost((128,) * 3 + (16,) * 7)
     mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert gc.left_pad_lengths(mask).tolist() == [2, 0]
     np.testing.assert_array_equal(gc.positions(1, 3, np.array([2, 0])), [[0, 0, 1], [1, 2, 3]])

@@ -34,9 +34,9 @@ class ExportConfig:
     )
     prefill_chunks: List[int] = field(
         default_factory=lambda: [16, 128],
-        metadata={"help": "kv_cache graph: prompt tokens per prefill execution. A prompt is left-padded to a "
-                          "multiple of the smallest and fed largest chunks first (a 512-token prompt: 4 runs of "
-                          "128), on every runtime alike; with the decode step's 1 they are ATC's --dynamic_dims "
+        metadata={"help": "kv_cache graph: prompt tokens per prefill execution. A prompt is left-padded to the "
+                          "length the chunks cover in the fewest executions (graph_contract.plan_prefill's cost "
+                          "model: a 496-token prompt is 4 runs of 128), largest first, on every runtime alike; with the decode step's 1 they are ATC's --dynamic_dims "
                           "gears. Not part of the ONNX file."},
     )
     # 14: ATC's parser looks ops up per opset (ai.onnx::<opset>::<op>) and the ONNX operator pages list every op of
