@@ -92,7 +92,8 @@ def compose():
 @pytest.fixture
 def sim(monkeypatch):
     """The pyACL simulator (``tests/fakes/pyacl``) imported as ``acl`` for this test only, with fresh state;
-    after the test, no runtime may still hold ``acl.init`` (every path releases what it took)."""
+    after the test, no runtime may still be a user of pyACL (every path releases what it took; ``acl.init``
+    itself stays for the process's life, ascend_lab.runtimes.pyacl)."""
     from ascend_lab.runtimes import pyacl
 
     def forget_acl() -> None:
@@ -107,7 +108,8 @@ def sim(monkeypatch):
     yield acl
     forget_acl()
     users = pyacl._init_users
-    pyacl._init_users, pyacl._init_owned = 0, False  # keep later tests independent of a failure here
+    # A fresh simulator per test is a fresh process as far as pyACL can tell (its exit hook does nothing then).
+    pyacl._init_users, pyacl._init_owned, pyacl._init_module = 0, False, None
     assert users == 0, "a runtime was left open"
 
 
