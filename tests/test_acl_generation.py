@@ -227,6 +227,7 @@ def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
 
     on_npu = generated("runtime=acl", env=stand_in_env(tmp_path / "leaks.json"))
     # The default launcher runs the three jobs in one process: one acl.init for all, one finalize at exit.
+    assert not (tmp_path / "torch_npu_imported").exists()
     report = json.loads((tmp_path / "leaks.json").read_text())
     assert (report["leaks"], report["inits"], report["finalizes"]) == ([], 1, 1)
     assert on_npu == generated("runtime=onnxruntime", "model.dtype=float16")
@@ -237,9 +238,14 @@ def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
 def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_runs, tmp_path):
     import json
 
+    # torch_npu "installed" (a stand-in that only records its import): runtime=acl must never import it.
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "torch_npu.py").write_text(f"open({str(tmp_path / 'torch_npu_imported')!r}, 'w').close()\n")
+    env = stand_in_env(tmp_path / "leaks.json")
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{stub}"
     proc = run_cli("-m", "task=bench", "runtime=acl", "benchmark.scenario=generate", "benchmark.batch_size=1,4,8",
-                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0",
-                   env=stand_in_env(tmp_path / "leaks.json"))
+                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, runs = mlflow_runs(tmp_path)
     children = [r for r in runs if r.data.tags.get("sweep") != "parent"]
@@ -247,6 +253,7 @@ def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_
     for run in children:
         m, batch = run.data.metrics, int(run.data.tags["batch_size"])
         assert run.data.tags["runtime"] == "acl" and m["prefill_executions"] == 1
+        assert run.data.tags["device"] == "npu:0" and "pyACL device-to-device" in run.data.tags["roofline.bandwidth"]
         assert m["h2d_bytes_per_token"] == 8 * (2 * batch + 1)  # tokens, positions, the slot count
         assert m["d2h_bytes_per_token"] == 8 * batch  # the next token ids
         assert m["ttft_ms_mean"] > 0 and m["decode_tokens_s"] > 0

@@ -66,7 +66,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
     ctx.tracker.set_tags({**plan.tags(), "model": cfg.model.name, "batch_size": bench.batch_size,
                           "scenario": bench.scenario})
     log.info("runtime %s (%s)", plan.name, plan.reason)
-    device = ctx.device
+    device = ctx.device_for(plan.name)
     started = time.perf_counter()
     runtime = open_runtime(plan, cfg, device)
     load_seconds = time.perf_counter() - started

@@ -28,7 +28,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> str:
     plan = plan_runtime(cfg, ctx)
     ctx.tracker.set_tags({**plan.tags(), "model": cfg.model.name})
     started = time.perf_counter()
-    runtime = open_runtime(plan, cfg, ctx.device)
+    runtime = open_runtime(plan, cfg, ctx.device_for(plan.name))
     load_seconds = time.perf_counter() - started
     with runtime:
         tokenizer = tokenizer_for(cfg, runtime)
