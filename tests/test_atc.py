@@ -8,6 +8,7 @@ task=compile through the real CLI, all recorded in real MLflow stores."""
 from __future__ import annotations
 
 import csv
+import json
 import hashlib
 import io
 import os
@@ -741,7 +742,8 @@ def job(tmp_path, compose, monkeypatch, store):
     from ascend_lab.tracking import open_run
 
     monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
-    for name in ("FAKE_ATC_MODE", "FAKE_ATC_CALLS", "FAKE_ATC_OM_NAME", "FAKE_ATC_DELAY_S", "FAKE_ATC_PIDFILE"):
+    for name in ("FAKE_ATC_MODE", "FAKE_ATC_CALLS", "FAKE_ATC_OM_NAME", "FAKE_ATC_DELAY_S", "FAKE_ATC_PIDFILE",
+                 "FAKE_ATC_HOST_ARCH", "TE_PARALLEL_COMPILER", "ASCEND_PROCESS_LOG_PATH", "ASCEND_WORK_PATH"):
         monkeypatch.delenv(name, raising=False)
     opened = []
 
@@ -896,11 +898,45 @@ def test_compile_failures_quote_the_log(tmp_path, job, monkeypatch, mode, expect
     run = finish("FAILED")
     assert "ATC start working now" in str(info.value)  # the tail of the log is quoted
     assert str(ctx.output_dir / "atc.log") in str(info.value)
+    # ATC's own detailed log is in this job's work directory, and the message says where.
+    plog = ctx.output_dir / "atc_work" / "ascend_log" / "debug" / "plog"
+    assert f"ATC's detailed log (plog): {plog}" in str(info.value)
+    if mode == "fail":
+        assert "Injected failure" in next(plog.glob("plog-*.log")).read_text()
     assert "atc.log" in artifacts(run, ctx.tracker.client)
     # Nothing half-made is left to be mistaken for a cached result, and no staging folder stays behind.
     om_dir = tmp_path / "outputs" / "om"
     assert not list(om_dir.rglob("*.om")) and not list(om_dir.rglob("meta.json"))
     assert not [p for p in om_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_each_job_compiles_in_its_own_work_directory(tmp_path, job, monkeypatch):
+    """fusion_result.json and kernel_meta/ land in each job's atc_work, not the launch directory; ATC logs there
+    and gets a bounded TE_PARALLEL_COMPILER unless the user set one; the .om name carries the host's arch."""
+    from ascend_lab.compile import workdir
+
+    monkeypatch.setenv("FAKE_ATC_HOST_ARCH", "aarch64")  # a Kunpeng host
+    first_cfg, first, finish_first = job()
+    compiled = ensure_compiled(first_cfg, first, toy_exported(tmp_path / "a.onnx"), required=True)
+    run = finish_first()
+    assert compiled.om_path.name.endswith("_linux_aarch64.om")
+    monkeypatch.setenv("TE_PARALLEL_COMPILER", "3")
+    second_cfg, second, finish_second = job()
+    ensure_compiled(second_cfg, second, toy_exported(tmp_path / "b.onnx", "kv_cache"), required=True)
+    second_run = finish_second()
+    stamps = [json.loads((c.output_dir / "atc_work" / "fusion_result.json").read_text())["stand_in"]
+              for c in (first, second)]
+    assert stamps[0]["pid"] != stamps[1]["pid"] and (first.output_dir / "atc_work" / "kernel_meta").is_dir()
+    assert not (tmp_path / "fusion_result.json").exists() and not (tmp_path / "kernel_meta").exists()
+    chosen = run.data.tags["atc.env.TE_PARALLEL_COMPILER"]
+    assert stamps[0]["TE_PARALLEL_COMPILER"] == chosen and 1 <= int(chosen) <= 8
+    assert stamps[1]["TE_PARALLEL_COMPILER"] == "3" and "atc.env.TE_PARALLEL_COMPILER" not in second_run.data.tags
+    assert run.data.tags["atc.env.ASCEND_PROCESS_LOG_PATH"] == str(first.output_dir / "atc_work" / "ascend_log")
+    # envref_07_0020: at most cores × 80 % / processors, 1-32, default 8; and one per 2 GB available.
+    assert workdir.parallel_compilers(64, 100.0) == 8 and workdir.parallel_compilers(16, 100.0, 8) == 1
+    assert workdir.parallel_compilers(64, 9.0) == 4 and workdir.parallel_compilers(2, None) == 1
+    assert workdir.plog_dir({"ASCEND_WORK_PATH": "/w", "HOME": "/h"}) == Path("/w/log")
+    assert workdir.plog_dir({"HOME": "/h"}) == Path("/h/ascend/log")
 
 
 def _process_gone(pid: int) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ascend_lab import artifact_cache, cann
-from ascend_lab.compile import aoe, opcheck
+from ascend_lab.compile import aoe, opcheck, workdir
 from ascend_lab.compile.aoe import aoe_command
 from ascend_lab.compile.command import build_atc_command, cache_key
 from ascend_lab.compile.runner import AtcError, check_result, run_atc
@@ -190,11 +190,18 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
             ran["aoe"] = report.summary()
             env = aoe.tuning_environment(environment.env or dict(os.environ), staging)
         tracker.log_text(f"{shlex.join(argv)}\n\n{environment.describe(sourced=True)}\n", "atc_command.txt")
-        print(f"ATC: {shlex.join(argv)}", flush=True)
-        result = run_atc(argv, env, atc_cfg.timeout_s, log_path)
+        work_dir = ctx.output_dir / workdir.WORK_FOLDER  # this job's: fusion_result.json, kernel_meta/, plog
+        work_dir.mkdir(parents=True, exist_ok=True)
+        env, chosen = workdir.atc_environment(env or os.environ, work_dir, _npu_count())
+        tracker.set_tags({f"atc.env.{k}": v for k, v in chosen.items()})
+        print(f"ATC: {shlex.join(argv)}" + "".join(f"\n  {k}={v}" for k, v in chosen.items()), flush=True)
+        result = run_atc(argv, env, atc_cfg.timeout_s, log_path, cwd=work_dir)
         ran["result"] = result
         tracker.log_artifact(log_path)
-        om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
+        try:
+            om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
+        except AtcError as exc:
+            raise AtcError(f"{exc}\n{workdir.failure_hint(env, work_dir)}") from None
         shutil.copy2(log_path, staging / "atc.log")
         return {"files": [om.name], "om": om.name, "om_bytes": om.stat().st_size, "onnx_sha256": plan.onnx_sha256,
                 "onnx_path": str(plan.onnx_path), "argv": plan.argv, "compile_seconds": result.seconds,
@@ -210,6 +217,14 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     compiled = _compiled(plan, entry.meta, hit=False)
     _record(tracker, compiled, atc_cfg)
     return compiled
+
+
+def _npu_count() -> int:
+    """NPUs on this host (TE_PARALLEL_COMPILER's rule divides the cores among them); 1 where npu-smi says none."""
+    try:
+        return max(len(cann.npu_smi_overview().chips), 1)
+    except Exception:  # noqa: BLE001 - a host without npu-smi compiles for one processor
+        return 1
 
 
 def tune(cfg: "AppConfig", ctx, environment: cann.CannEnvironment, atc_argv: list[str], staging: Path,
