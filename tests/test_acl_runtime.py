@@ -370,3 +370,19 @@ def test_simulator_is_configured_by_environment_in_a_subprocess(make_om, tmp_pat
     else:
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "(2, 16)" and report["executions"] == 1
+
+
+def test_soc_version_comes_from_pyacl_where_it_is_present(sim, monkeypatch):
+    """acl.get_soc_name() (aclpythondevg_01_0008) names the chip, A3 included; npu-smi is the fallback where
+    pyACL is missing or returns nothing."""
+    from ascend_lab import cann
+
+    monkeypatch.setenv("PATH", f"{Path(__file__).resolve().parent / 'fakes' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_NPU_SMI_NAME", "910B3")
+    sim._sim.configure(chip="Ascend910_9391")
+    assert cann.detected_soc_version() == ("Ascend910_9391", "acl.get_soc_name()")
+    assert "init" not in sim._sim.state.calls  # no acl.init needed
+    sim._sim.fail_next("get_soc_name", 1)
+    assert cann.detected_soc_version() == ("Ascend910B3", "npu-smi info")
+    monkeypatch.setitem(sys.modules, "acl", None)  # no pyACL
+    assert cann.detected_soc_version() == ("Ascend910B3", "npu-smi info")

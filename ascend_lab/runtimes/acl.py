@@ -332,7 +332,7 @@ class AclRuntime(Runtime):
         self._allocate()
 
     def _load_hint(self) -> str:
-        chip = cann.query_npu_smi().soc_version
+        chip = cann.detected_soc_version()[0]
         here = f"this host's chip is {chip}" if chip else "see the Name column of `npu-smi info`"
         return (f"Could not load {self.om_path}. Either the file is corrupt or truncated (delete it: the next "
                 f"task=compile or task=bench compiles it again), it was built by another CANN version, or it was "

@@ -51,6 +51,13 @@ def init(config_path: str | None = None) -> int:
     return 0
 
 
+@api("get_soc_name", "value")
+def get_soc_name() -> str | None:
+    """``name = acl.get_soc_name()``: the chip's version string, None on failure; no constraint (no init
+    needed): aclpythondevg_01_0008 (canncommercial/601)."""
+    return _sim.state.chip
+
+
 @api("finalize", "ret")
 def finalize() -> int:
     check(_sim.state.initialized, ACL_ERROR_UNINITIALIZE)
@@ -78,4 +85,4 @@ def destroy_data_buffer(buffer: int) -> int:
     return 0
 
 
-__all__ = ["init", "finalize", "create_data_buffer", "destroy_data_buffer", "rt", "mdl", "prof", "util", "_sim"]
+__all__ = ["init", "finalize", "get_soc_name", "create_data_buffer", "destroy_data_buffer", "rt", "mdl", "prof", "util", "_sim"]
