@@ -171,15 +171,47 @@ def test_old_cann_without_bytes_to_ptr_generates_the_same(sim, compiled, monkeyp
     assert sim._sim.leaks() == []
 
 
-def test_output_names_are_normalised_from_op_index_name(sim, compiled):
-    from ascend_lab.runtimes.acl import AclRuntime, output_name
+def test_output_names_are_matched_by_name_else_in_contract_order(sim, compiled, tmp_path, monkeypatch):
+    """op_name:edge_index:name (any op name, fused PartitionedCall_... included) → matched by name; --out_nodes'
+    op_name:edge_index → the contract's order where the count fits; else an error naming --out_nodes."""
+    import dataclasses
+    import subprocess
 
-    assert output_name("/ArgMax:0:next_token") == "next_token" and output_name("logits") == "logits"
+    from ascend_lab.errors import ToolchainError
+    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.pyacl import graph_output_names
+
+    assert graph_output_names(["/ArgMax:0:next_token", "logits"], None, "m") == ["next_token", "logits"]
     exported, om = compiled[1]
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         raw = [sim.mdl.get_output_name_by_index(runtime._desc, i) for i in range(3)]
         assert all(name.count(":") == 2 for name in raw), raw  # what pyACL reports for an ONNX-built model
         assert [s.name for s in runtime.outputs] == ["logits", "next_token", "present_key_values"]
+
+    argv = [a for a in om.argv if not a.startswith("--output=")]
+
+    def recompile(name: str, *extra: str, **env: str) -> Path:
+        out = tmp_path / name
+        subprocess.run([sys.executable, str(FAKES / "bin" / "atc"), *argv[1:], f"--output={out}", *extra],
+                       check=True, capture_output=True, env={**__import__("os").environ, **env})
+        return next(tmp_path.glob(f"{name}*.om"))
+
+    ids, mask = prompts(1, 1, 9)
+    with AclRuntime(om.om_path, contract=exported.contract) as runtime:
+        _, want = generate(runtime, ids, mask, 6)
+    fused = recompile("fused", FAKE_ATC_FUSED_OUTPUTS="1")
+    out_nodes = recompile("outnodes", "--out_nodes=/ArgMax:0")
+    for path in (fused, out_nodes):
+        with AclRuntime(path, contract=exported.contract) as runtime:
+            raw = sim.mdl.get_output_name_by_index(runtime._desc, 0)
+            assert raw.startswith("PartitionedCall_") if path == fused else raw.count(":") == 1, raw
+            assert [s.name for s in runtime.outputs] == ["logits", "next_token", "present_key_values"]
+            _, got = generate(runtime, ids, mask, 6)
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+    wider = dataclasses.replace(exported.contract, layer_outputs=True)  # four outputs expected, three there
+    with pytest.raises(ToolchainError, match=r"carry no name .*--out_nodes.*atc\.extra_args"):
+        AclRuntime(out_nodes, contract=wider)
+    assert sim._sim.leaks() == []
 
 
 def test_a_failing_step_releases_everything(sim, compiled):

@@ -26,7 +26,7 @@ only the next token ids. The traffic per token is therefore the same at any cont
 Policies:
   * Output names: for a model built from ONNX, ``acl.mdl.get_output_name_by_index`` returns
     ``op_name:edge_index:output_name`` (aclpythondevg get_output_name_by_index; open-mmlab/mmdeploy
-    ``backend/ascend/wrapper.py`` strips it with ``split(':')[-1]``): :func:`output_name` is the one
+    ``backend/ascend/wrapper.py`` strips it with ``split(':')[-1]``): :func:`graph_output_names` is the one
     place that normalises it. Input names are the graph's own.
   * Feeds are checked against the model description (names, dtype, dims, gears) before anything is
     copied or executed; a mismatch raises :class:`AclInputError` naming the input, expected and got.
@@ -68,7 +68,7 @@ from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic, no_layer_outp
 from ascend_lab.runtimes.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE,
                                        ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE, ACL_SUCCESS,
                                        DYNAMIC_TENSOR_NAME, AclError, AclInputError, HostBridge, acquire_acl,
-                                       import_acl, numpy_dtype, output_name, release_acl)
+                                       graph_output_names, import_acl, numpy_dtype, release_acl)
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +356,9 @@ class AclRuntime(Runtime):
             dtype = None if i == self._mbatch_index else numpy_dtype(acl.mdl.get_input_data_type(desc, i),
                                                                      f"input {name!r}")
             self._inputs.append(_Tensor(name, dims, dtype, size))
-        for i in range(num_outputs):
-            name = output_name(acl.mdl.get_output_name_by_index(desc, i))
+        expected = self.contract.output_names() if self.contract is not None else None
+        raw = [acl.mdl.get_output_name_by_index(desc, i) for i in range(num_outputs)]
+        for i, name in enumerate(graph_output_names(raw, expected, self.om_path.name)):
             dims = self._dims("acl.mdl.get_output_dims", acl.mdl.get_output_dims(desc, i))
             dtype = numpy_dtype(acl.mdl.get_output_data_type(desc, i), f"output {name!r}")
             self._outputs.append(_Tensor(name, dims, dtype, acl.mdl.get_output_size_by_index(desc, i)))

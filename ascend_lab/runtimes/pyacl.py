@@ -16,7 +16,7 @@ Written against the documented pyACL Python API (shared/reference/ascend.md §1;
   finalize in one process is allowed by recent cann/runtime FAQs only, so no CANN we support is asked to
   re-initialise. When pyACL was already initialised by someone else in this process (``acl.init`` returns
   100002, e.g. torch_npu), that owner finalizes it, not us;
-- :func:`output_name` and :class:`HostBridge` (host buffers before and after CANN 6.0.1).
+- :func:`graph_output_names` and :class:`HostBridge` (host buffers before and after CANN 6.0.1).
 """
 
 from __future__ import annotations
@@ -145,9 +145,26 @@ def _finalize_at_exit(acl) -> None:
 # ------------------------------------------------------------------ host memory
 
 
-def output_name(raw: str) -> str:
-    """An output's graph name: ONNX-built models report ``op_name:edge_index:output_name``."""
-    return raw.split(":")[-1]
+def graph_output_names(raw: list[str], expected: list[str] | None, model: str) -> list[str]:
+    """The graph names of a model's outputs, from pyACL's ``get_output_name_by_index`` strings.
+
+    ONNX-built models report ``op_name:edge_index:output_name`` (aclcppdevg_03_1457), the op part possibly a
+    fused name (``PartitionedCall_…``); with ATC's ``--out_nodes`` the form is ``op_name:edge_index``, with no
+    name. Outputs are matched by name where every one has a name; else, where their number is the contract's
+    (``expected``), they are taken in the contract's order. Otherwise the error names the flag that causes it.
+    """
+    parts = [item.split(":") for item in raw]
+    names = [p[-1] if len(p) != 2 else None for p in parts]  # ["op", "idx"]: --out_nodes, no name
+    if all(names) and (expected is None or sorted(names) == sorted(expected)):
+        return names
+    if expected is not None and len(raw) == len(expected):
+        return list(expected)
+    unnamed = [item for item, name in zip(raw, names) if name is None]
+    why = (f"{len(unnamed)} of them carry no name ({', '.join(unnamed[:3])}: the op_name:edge_index form ATC's "
+           "--out_nodes produces; drop --out_nodes from atc.extra_args, or list the contract's outputs in its "
+           "order)") if unnamed else "their names are not the graph contract's"
+    raise ToolchainError(f"runtime=acl: {model} has outputs {raw}, but the graph contract expects "
+                         f"{expected}: {why}.")
 
 
 class HostBridge:

@@ -239,6 +239,8 @@ def _output_name(model: Model, index: int) -> str:
     name = model.outputs[index]["name"]
     nodes = model.header.get("output_nodes")
     if model.header.get("framework") == 5 and nodes:
+        if nodes[index].get("named") is False:  # built with --out_nodes: "op_name:edge_index" (aclcppdevg_03_1457)
+            return f"{nodes[index]['op_name']}:{nodes[index]['edge_index']}"
         return f"{nodes[index]['op_name']}:{nodes[index]['edge_index']}:{name}"
     return name
 
