@@ -321,3 +321,26 @@ def test_header_records_framework_precision_and_each_outputs_producer(tmp_path):
     assert header["output_nodes"] == [{"op_name": "Split_0", "edge_index": 1},
                                       {"op_name": "Identity_1", "edge_index": 0},
                                       {"op_name": "/model/Add", "edge_index": 0}]
+
+
+def test_dynamic_dims_refuses_data_dependent_intermediate_shapes(tmp_path):
+    """The --dynamic_dims page (atlasatcparam_16_0020): no network whose intermediate shapes are dynamic. A
+    Range up to an input's value has a data-dependent length no gear fixes; a Range up to a dim the gear fixes
+    (Shape, folded) is static in every gear and compiles."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    consts = [const("zero", np.array(0, np.int64)), const("one", np.array(1, np.int64)),
+              const("i0", np.array(1, np.int64))]
+    by_value = save(tmp_path / "v.onnx", [helper.make_node("Range", ["zero", "n", "one"], ["r"], name="/pos/Range")],
+                    [tensor("x", T.FLOAT16, [1, "s"]), tensor("n", T.INT64, [])], [tensor("r", T.INT64, [None])],
+                    consts)
+    result = run_atc(*compile_args(by_value, tmp_path / "v", "x:1,-1;n:", "--dynamic_dims=2;4"))
+    lines = assert_refused(result, "E10001", tmp_path)
+    assert any("dynamic intermediate shapes: /pos/Range (Range)" in line for line in lines), lines
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "i0"], ["len"]),
+             helper.make_node("Range", ["zero", "len", "one"], ["r"], name="/pos/Range")]
+    by_shape = save(tmp_path / "s.onnx", nodes, [tensor("x", T.FLOAT16, [1, "s"])], [tensor("r", T.INT64, [None])],
+                    consts)
+    ok = run_atc(*compile_args(by_shape, tmp_path / "s", "x:1,-1", "--dynamic_dims=2;4"))
+    assert ok.returncode == 0, ok.stdout
