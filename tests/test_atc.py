@@ -743,7 +743,7 @@ def job(tmp_path, compose, monkeypatch, store):
 
     monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
     for name in ("FAKE_ATC_MODE", "FAKE_ATC_CALLS", "FAKE_ATC_OM_NAME", "FAKE_ATC_DELAY_S", "FAKE_ATC_PIDFILE",
-                 "FAKE_ATC_HOST_ARCH", "TE_PARALLEL_COMPILER", "ASCEND_PROCESS_LOG_PATH", "ASCEND_WORK_PATH"):
+                 "TE_PARALLEL_COMPILER", "ASCEND_PROCESS_LOG_PATH", "ASCEND_WORK_PATH"):
         monkeypatch.delenv(name, raising=False)
     opened = []
 
