@@ -105,6 +105,7 @@ class GraphContract:
     dims: ModelDims
     dtype: str
     layer_outputs: bool = False
+    cache_layout: str = "rank5"  # or rank4: kv_heads·head_dim as one dim (ascend_lab.export.cache_layout)
 
     def __post_init__(self) -> None:
         if self.layer_outputs and self.graph != "kv_cache":
@@ -147,6 +148,8 @@ class GraphContract:
 
     def cache_shape(self, capacity: int, batch: int) -> tuple[int, ...]:
         d = self.dims
+        if self.cache_layout == "rank4":
+            return (capacity, batch, 2 * d.num_layers, d.num_kv_heads * d.head_dim)
         return (capacity, batch, 2 * d.num_layers, d.num_kv_heads, d.head_dim)
 
     def layer_hidden_shape(self, batch: int) -> tuple[int, int, int]:

@@ -368,3 +368,32 @@ def test_the_shipped_graph_stays_finite_with_padding_in_either_precision(sim, co
                            "past_key_values": np.zeros(exported.contract.cache_shape(CAPACITY, 4), np.float16)})
     assert np.isfinite(out["logits"]).all() and np.isfinite(out["present_key_values"]).all()
     assert sim._sim.leaks() == []
+
+
+def test_rank4_cache_layout_compiles_to_rank4_inputs_and_picks_the_same_tokens(sim, compiled, launch_dir,
+                                                                              monkeypatch):
+    """export.cache_layout=rank4 ([capacity, b, 2·layers, kv_heads·head_dim], for CANN whose --dynamic_dims
+    takes rank <= 4): the .om's cache input has rank 4 and the tokens are the rank-5 graph's; auto picks rank4
+    on CANN 7.0 / 8.0.RC1-RC2 only (ascend_lab.export.cache_layout)."""
+    from ascend_lab.compile import ensure_compiled
+    from ascend_lab.config.export import ExportConfig
+    from ascend_lab.export import cache_layout, ensure_exported
+    from ascend_lab.runtimes.acl import AclRuntime
+
+    assert cache_layout.resolve("auto", "8.0.RC2")[0] == "rank4" and cache_layout.resolve("auto", "7.0.0")[0] == "rank4"
+    assert cache_layout.resolve("auto", "8.0.RC3")[0] == "rank5" and cache_layout.resolve("auto", None)[0] == "rank5"
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}:{__import__('os').environ['PATH']}")
+    cfg = AppConfig(benchmark=BenchmarkConfig(batch_size=1), export=ExportConfig(cache_layout="rank4"))
+    ctx = context(launch_dir, cfg)
+    exported = ensure_exported(cfg, ctx, dtype=cfg.atc.export_dtype)
+    om = ensure_compiled(cfg, ctx, exported, required=True)
+    dims = exported.contract.dims
+    assert exported.cache_layout == "rank4"
+    assert om.input_shape.endswith(f"past_key_values:1024,1,{2 * dims.num_layers},{dims.num_kv_heads * dims.head_dim}")
+    ids, mask = prompts(5, 1, 20)
+    with AclRuntime(om.om_path, contract=exported.contract) as runtime:
+        _, rank4 = generate(runtime, ids, mask, 10)
+    plain_exported, plain_om = compiled[1]
+    with AclRuntime(plain_om.om_path, contract=plain_exported.contract) as runtime:
+        _, rank5 = generate(runtime, ids, mask, 10)
+    np.testing.assert_array_equal(rank4.tokens, rank5.tokens)

@@ -144,7 +144,7 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     atc_cfg, tracker = cfg.atc, ctx.tracker
     plan = plan or plan_compile(cfg, ctx.path(atc_cfg.output_dir), exported)
     tracker.set_tags({"onnx_sha256": plan.onnx_sha256, "atc_command": plan.command_line, "atc.cache_key": plan.key,
-                      "atc.tuning": atc_cfg.tuning})
+                      "atc.tuning": atc_cfg.tuning, "atc.cache_layout": getattr(exported, "cache_layout", "rank5")})
 
     if atc_cfg.dry_run:
         check_ops(cfg, tracker, plan.onnx_path)

@@ -11,6 +11,7 @@ EXPORT_GRAPHS = ("hidden_states", "logits", "kv_cache")
 EXPORTERS = ("torchscript", "dynamo")
 EXTERNAL_DATA_MODES = ("auto", "always", "never")
 QUANTIZE_MODES = ("none", "int8")
+CACHE_LAYOUTS = ("auto", "rank5", "rank4")
 
 
 @dataclass
@@ -45,6 +46,10 @@ class ExportConfig:
     opset: int = field(default=14, metadata={"help": "ONNX opset. ATC parses an op only at the opsets its "
                                                     "operator page lists (task=compile checks them): 14 is one "
                                                     "every CANN from 7.0 takes for the kv_cache graph."})
+    cache_layout: str = field(default="auto", metadata={
+        "help": "kv_cache graph: the cache tensor's layout. rank5 [capacity, b, 2·layers, kv_heads, head_dim]; rank4 "
+                "[capacity, b, 2·layers, kv_heads·head_dim] for CANN whose --dynamic_dims takes inputs of rank <= 4 "
+                "(7.0, 8.0.RC1/RC2); auto picks by the CANN version doctor reports (ascend_lab.export.cache_layout)."})
     do_constant_folding: bool = field(default=False, metadata={"help": "The walkthrough turns it off for ATC."})
     exporter: str = field(default="torchscript", metadata={"help": "torchscript (torch.onnx TorchScript) or dynamo."})
     dynamic_axes: bool = field(default=True, metadata={"help": "Dynamic batch and sequence axes (named, recorded)."})
@@ -85,6 +90,9 @@ class ExportConfig:
         require_choice("export.exporter", self.exporter, EXPORTERS)
         require_choice("export.external_data", self.external_data, EXTERNAL_DATA_MODES)
         require_choice("export.quantize", self.quantize, QUANTIZE_MODES)
+        require_choice("export.cache_layout", self.cache_layout, CACHE_LAYOUTS)
+        require(self.cache_layout == "auto" or self.graph == "kv_cache", "export.cache_layout", self.cache_layout,
+                "applies only to export.graph=kv_cache")
         require(7 <= self.opset <= 23, "export.opset", self.opset, "must be an ONNX opset between 7 and 23")
         require(self.parity_tol is None or self.parity_tol > 0, "export.parity_tol", self.parity_tol, "must be > 0")
         require(self.parity_batch_size > 0, "export.parity_batch_size", self.parity_batch_size, "must be > 0")

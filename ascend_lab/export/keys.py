@@ -25,7 +25,7 @@ CACHE_FORMAT = 5
 # Export fields that change the graph; parity_*, cache_dir, artifact limits, kv_capacity and prefill_chunks
 # (the cache dim is symbolic in the file; chunks are gears of the compile) do not.
 GRAPH_FIELDS = ("graph", "opset", "do_constant_folding", "exporter", "dynamic_axes", "external_data", "quantize",
-                "layer_outputs", "fuse_projections")
+                "layer_outputs", "fuse_projections", "cache_layout")
 KEY_PACKAGES = ("torch", "transformers", "onnx")
 
 

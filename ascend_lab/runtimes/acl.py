@@ -623,7 +623,7 @@ class AclCacheBackend:
         self.contract = runtime.contract
         self.traffic = runtime.traffic
         past = runtime.tensor(gc.PAST_KEY_VALUES)
-        if -1 in past.dims or len(past.dims) != 5:
+        if -1 in past.dims or len(past.dims) != len(self.contract.cache_shape(1, 1)):
             raise AscendLabError(f"runtime=acl: {runtime.om_path.name}'s {gc.PAST_KEY_VALUES} is {past.dims}; the "
                                  "kv_cache graph is compiled with a static capacity and batch (atc.dynamic_mode=auto)")
         self.fixed_capacity, self.compiled_batch = past.dims[0], past.dims[1]
