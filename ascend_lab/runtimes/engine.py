@@ -148,9 +148,13 @@ class CacheEngine:
 
     # -- sizing ---------------------------------------------------------------------------------
 
+    def plan(self, prompt_len: int, new_tokens: int) -> gc.PrefillPlan:
+        """The prefill plan, its padding bounded by the cache slots the generation leaves for the prompt."""
+        return gc.plan_prefill(prompt_len, self.prefill_chunks, self.capacity_limit - max(new_tokens - 1, 0))
+
     def slots_needed(self, prompt_len: int, new_tokens: int) -> int:
         """Cache slots one generation uses: the padded prompt and every generated token but the last."""
-        return gc.plan_prefill(prompt_len, self.prefill_chunks).padded_len + max(new_tokens - 1, 0)
+        return self.plan(prompt_len, new_tokens).padded_len + max(new_tokens - 1, 0)
 
     def prepare(self, batch: int, prompt_len: int, new_tokens: int) -> None:
         """Allocate the cache for this shape now (outside any timing)."""
@@ -159,7 +163,7 @@ class CacheEngine:
             raise ConfigError(
                 "export.kv_capacity", self.capacity_limit,
                 f"a {prompt_len}-token prompt (padded to whole prefill chunks: "
-                f"{gc.plan_prefill(prompt_len, self.prefill_chunks).padded_len}) plus {new_tokens} new tokens "
+                f"{self.plan(prompt_len, new_tokens).padded_len}) plus {new_tokens} new tokens "
                 f"needs {needed} cache slots; raise export.kv_capacity (and compile again) or shorten "
                 "benchmark.seq_len / benchmark.new_tokens")
         if self.backend.batch == batch and self.backend.capacity >= needed:
@@ -176,9 +180,10 @@ class CacheEngine:
             pads = gc.left_pad_lengths(attention_mask)
         except ValueError as exc:
             raise AscendLabError(f"generation: {exc}") from None
-        plan = gc.plan_prefill(prompt_len, self.prefill_chunks)
+        new_tokens = max(self.max_tokens - prompt_len, 1)
+        plan = self.plan(prompt_len, new_tokens)
         # A no-op when prepare() already sized the cache for this generation.
-        self.prepare(batch, prompt_len, max(self.max_tokens - prompt_len, 1))
+        self.prepare(batch, prompt_len, new_tokens)
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         if plan.extra_pad:
             ids = np.concatenate([np.zeros((batch, plan.extra_pad), dtype=np.int64), ids], axis=1)
