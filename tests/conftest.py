@@ -126,9 +126,19 @@ def sim(monkeypatch):
     yield acl
     forget_acl()
     users = pyacl._init_users
-    # A fresh simulator per test is a fresh process as far as pyACL can tell (its exit hook does nothing then).
-    pyacl._init_users, pyacl._init_owned, pyacl._init_module = 0, False, None
+    restart_simulated_process(None)
     assert users == 0, "a runtime was left open"
+
+
+def restart_simulated_process(acl, **reset) -> None:
+    """What a new process would see: the pyACL simulator ``acl`` reset with ``reset`` (e.g. another
+    ``cann_version``; None: leave it) and ascend_lab's per-process ``acl.init`` record forgotten (a fresh
+    simulator is a fresh process as far as pyACL can tell, and the exit hook then does nothing)."""
+    from ascend_lab.runtimes.acl import pyacl
+
+    if acl is not None:
+        acl._sim.reset(**reset)
+    pyacl._init_users, pyacl._init_owned, pyacl._init_module = 0, False, None
 
 
 @pytest.fixture

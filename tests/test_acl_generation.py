@@ -17,7 +17,7 @@ from ascend_lab.config import AppConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
-from conftest import load_torch_runtime, stand_in_env
+from conftest import load_torch_runtime, restart_simulated_process, stand_in_env
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 CHUNKS, CAPACITY = (16, 128), 1024
@@ -160,7 +160,7 @@ def test_old_cann_without_bytes_to_ptr_generates_the_same(sim, compiled, monkeyp
     ids, mask = prompts(4, 4, 9, PADS[4])
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         _, modern = generate(runtime, ids, mask, 12)
-    sim._sim.reset(cann_version="5.0.4")
+    restart_simulated_process(sim, cann_version="5.0.4")  # the same host with an old CANN
     assert not hasattr(sim.util, "bytes_to_ptr") and hasattr(sim.util, "numpy_to_ptr")
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         assert not runtime._host.modern
