@@ -23,11 +23,13 @@ from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.device import DeviceConfig
 from ascend_lab.config.doctor import DoctorConfig
 from ascend_lab.config.export import ExportConfig
+from ascend_lab.config.loadtest import LoadtestConfig
 from ascend_lab.config.mnist import MnistConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.config.profile import ProfileConfig
 from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.config.search import SearchConfig
+from ascend_lab.config.serve import ServeConfig
 from ascend_lab.config.telemetry import TelemetryConfig
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.errors import AscendLabError, ConfigError, require
@@ -49,12 +51,14 @@ class Task(str, Enum):
     bench = "bench"
     accuracy = "accuracy"
     pipeline = "pipeline"
+    serve = "serve"
+    loadtest = "loadtest"
 
 
 @dataclass
 class AppConfig:
     task: Task = field(default=Task.pipeline,
-                       metadata={"help": "doctor, mnist, export, compile, infer, bench, accuracy or pipeline."})
+                       metadata={"help": "doctor, mnist, export, compile, infer, bench, accuracy, pipeline, serve or loadtest."})
     seed: int = field(default=0, metadata={"help": "Seeds model weights, data splits, inputs and training."})
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -72,6 +76,10 @@ class AppConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig, metadata={
+        "help": "task=serve (and task=loadtest loadtest.target=self): the OpenAI-compatible server (ascend_lab/config/serve.py)."})
+    loadtest: LoadtestConfig = field(default_factory=LoadtestConfig, metadata={
+        "help": "task=loadtest: the load run against an endpoint (ascend_lab/config/loadtest.py)."})
 
 
 # The config groups each task reads: what decides its result. A job's identity (the resume hash) covers
@@ -86,6 +94,9 @@ TASK_GROUPS: dict[Task, tuple[str, ...]] = {
     Task.bench: ("device", "model", "export", "atc", "runtime", "benchmark"),
     Task.accuracy: ("device", "model", "export", "atc", "runtime", "benchmark", "accuracy"),
     Task.pipeline: ("device", "doctor", "model", "export", "atc", "runtime", "benchmark"),
+    Task.serve: ("device", "model", "export", "atc", "runtime", "serve"),
+    # With loadtest.target=url the serving groups describe nothing measured; TASK_GROUPS is per task, so they stay.
+    Task.loadtest: ("device", "model", "export", "atc", "runtime", "serve", "loadtest"),
 }
 
 SCHEMA_NAME = "ascend_lab_schema"
@@ -153,7 +164,7 @@ def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
 
 
 __all__ = [
-    "AccuracyConfig", "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
-    "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_configs",
+    "AccuracyConfig", "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig", "LoadtestConfig",
+    "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "ServeConfig", "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_configs",
     "validate",
 ]
