@@ -21,7 +21,7 @@ from conftest import cli_env
 
 START_TIMEOUT_S = 180
 URL_LINE = re.compile(r"^serving \S+ on (http://127\.0\.0\.1:\d+) ")
-API_KEY = "test-key-密钥"
+API_KEY = "test-key-0123"
 
 
 class ServerProcess:

@@ -47,8 +47,9 @@ class ServeConfig:
             require(self.host == "localhost", "serve.host", self.host,
                     "must be an IP address (127.0.0.1 for this machine only, 0.0.0.0 for every interface) or localhost")
         require(0 <= self.port <= 65535, "serve.port", self.port, "must be a TCP port 0..65535 (0: a free one)")
-        require(self.api_key is None or self.api_key.strip() != "", "serve.api_key", self.api_key,
-                "must be a non-empty token, or null for no check")
+        require(self.api_key is None or (self.api_key.strip() != "" and self.api_key.isascii()
+                                         and self.api_key.isprintable()), "serve.api_key", self.api_key,
+                "must be a non-empty token of printable ASCII characters (it travels in an HTTP header), or null")
         require(self.model_name is None or self.model_name.strip() != "", "serve.model_name", self.model_name,
                 "must be a non-empty id, or null for model.name")
         for key in ("max_batch", "queue_size", "retry_after_s", "default_max_tokens"):
