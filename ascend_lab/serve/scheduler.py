@@ -166,6 +166,13 @@ class Scheduler:
             self._cond.notify()
         self._thread.join(timeout)
 
+    def cancel_all(self) -> None:
+        """End every request waiting or running at the next step (finish reason ``abort``); the thread goes on."""
+        with self._cond:
+            for request in [*self.waiting, *(r for r in self.rows if r is not None)]:
+                request.cancel()
+            self._cond.notify()
+
     def stop_taking(self) -> None:
         """New submissions raise :class:`Draining`; those in flight go on."""
         with self._cond:

@@ -27,6 +27,9 @@ from ascend_lab.serve.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
+# Seconds before serve.drain_s runs out at which requests still in flight are ended (see serving()).
+DRAIN_MARGIN_S = 1.0
+
 
 class _Server(uvicorn.Server):
     """uvicorn's server, except that a SIGTERM/SIGINT it handled is not raised again once it has shut down (uvicorn
@@ -35,6 +38,7 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_stop) -> None:
         super().__init__(config)
         self.on_stop = on_stop
+        self.on_started = None  # called once listening (and, in the main thread, handling SIGTERM/SIGINT)
         self.signals: list[str] = []
 
     @contextlib.contextmanager
@@ -49,6 +53,11 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     def handle_exit(self, sig, frame) -> None:
         self.signals.append(signal.Signals(sig).name)
@@ -67,8 +76,10 @@ class Serving:
     load_seconds: float
     runtime: str
 
-    def run(self) -> None:
-        """Serve until stopped (a signal, or :meth:`stop` from another thread)."""
+    def run(self, on_started=None) -> None:
+        """Serve until stopped (a signal, or :meth:`stop` from another thread); ``on_started`` is called once the
+        server listens."""
+        self.server.on_started = on_started
         self.server.run(sockets=[self.sock])
 
     def stop(self) -> None:
@@ -111,8 +122,15 @@ def serving(cfg, ctx) -> Iterator[Serving]:
             app = build_app(scheduler, model, metrics, api_key_of(s), s.default_max_tokens, s.retry_after_s)
 
             def stop_taking() -> None:
+                if app.state.draining:
+                    return
                 app.state.draining = True
                 scheduler.stop_taking()
+                # Requests still running shortly before uvicorn's own deadline end with finish reason "abort" (a
+                # last chunk and [DONE]) rather than a connection cut mid-stream.
+                timer = threading.Timer(max(s.drain_s - DRAIN_MARGIN_S, s.drain_s / 2), scheduler.cancel_all)
+                timer.daemon = True
+                timer.start()
 
             sock = bind(s.host, s.port)
             host, port = sock.getsockname()[:2]

@@ -17,17 +17,20 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict[str, float]:
     with serving(cfg, ctx) as server:
         scheduler = server.scheduler
         note = weights_note(cfg.model.weights)
-        print(f"serving {server.model.name} on {server.url} (runtime {server.runtime}, "
-              f"{scheduler.max_batch} rows, {scheduler.mode}; Ctrl-C or SIGTERM stops)", flush=True)
-        if note:
-            print(note)
-        auth = " -H 'Authorization: Bearer $ASCEND_LAB_API_KEY'" if api_key_of(cfg.serve) else ""
-        print(f"  curl -N {server.url}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
-              f"-d '{{\"model\": \"{server.model.name}\", \"messages\": [{{\"role\": \"user\", \"content\": "
-              f"\"你好\"}}], \"stream\": true}}'", flush=True)
+        auth = ' -H "Authorization: Bearer $ASCEND_LAB_API_KEY"' if api_key_of(cfg.serve) else ""
+
+        def announce() -> None:  # once listening, with SIGTERM/Ctrl-C handled: clients may start
+            print(f"serving {server.model.name} on {server.url} (runtime {server.runtime}, {scheduler.max_batch} "
+                  f"rows, {scheduler.mode}; Ctrl-C or SIGTERM stops)", flush=True)
+            if note:
+                print(note)
+            print(f"  curl -N {server.url}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+                  f"-d '{{\"model\": \"{server.model.name}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+                  f"\"你好\"}}], \"stream\": true}}'", flush=True)
+
         with logging_figures(ctx.tracker, server.metrics, cfg.serve.metrics_interval_s,
                              {"load_seconds": server.load_seconds}):
-            server.run()
+            server.run(on_started=announce)
         if server.server.signals:
             ctx.tracker.set_tags({"serve.stopped_by": ",".join(dict.fromkeys(server.server.signals))})
         figures = server.metrics.snapshot()
