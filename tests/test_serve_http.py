@@ -192,3 +192,20 @@ def test_soak_500_requests_with_cancellations_and_malformed_bodies(server):
     status, _, _ = call(server.url, "/health", key=None)
     assert status == 200
     assert process.memory_info().rss <= rss_warm * 1.05, (rss_warm, process.memory_info().rss)
+
+
+def test_loadtest_against_a_base_url_with_a_chinese_prompts_file(server, run_cli, tmp_path, mlflow_runs):
+    """task=loadtest measuring a server it did not start (here ours; vLLM's is driven the same way)."""
+    prompts = tmp_path / "prompts_zh.txt"
+    prompts.write_text("介绍一下昇腾 NPU\n如何部署推理服务?\n用一句话总结\n", encoding="utf-8")
+    done = run_cli("task=loadtest", f"loadtest.base_url={server.url}/v1", f"loadtest.api_key={API_KEY}",
+                   "loadtest.api=chat", f"loadtest.prompts_file={prompts}", "loadtest.requests=6",
+                   "loadtest.concurrency=2", "loadtest.output_tokens=6", "loadtest.slo_ttft_ms=60000",
+                   "telemetry=off", timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, runs = mlflow_runs(tmp_path)
+    (run,) = runs
+    m = run.data.metrics
+    assert run.info.status == "FINISHED" and m["requests_completed"] == 6 and m["requests_failed"] == 0
+    assert m["goodput_rps"] == pytest.approx(m["request_throughput_rps"])
+    assert run.data.tags["loadtest.target_url"] == server.url and run.data.tags["loadtest.model"] == MODEL
