@@ -47,9 +47,10 @@ def row_from_run(run) -> LoadRow | None:
     metrics, params, tags = dict(run.data.metrics), dict(run.data.params), dict(run.data.tags)
     if MARK_METRIC not in metrics:
         return None
-    target = tags.get("loadtest.target_url") or params.get("loadtest.base_url") or "self"
-    runtime = tags.get("runtime")
-    label = f"{target} ({runtime})" if runtime and tags.get("loadtest.target") == "self" else target
+    if tags.get("loadtest.target") == "self":  # served on a fresh port each job: named by what was served
+        label = f"self ({tags.get('runtime', '?')}, {tags.get('model', '?')})"
+    else:
+        label = tags.get("loadtest.target_url") or params.get("loadtest.base_url") or "?"
     return LoadRow(label=label, concurrency=int(params.get("loadtest.concurrency", "0")),
                    rate=params.get("loadtest.rate", "None"), metrics=metrics)
 
