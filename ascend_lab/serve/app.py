@@ -25,6 +25,7 @@ from ascend_lab.serve.scheduler import ABORT, Draining, QueueFull, Request as En
 from ascend_lab.serve.schemas import ChatCompletionRequest, CompletionRequest
 from ascend_lab.serve.text import TextStream, chat_prompt, stop_token_ids
 
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
 # How often a non-streamed request that waits for tokens checks whether its client is still there.
 DISCONNECT_POLL_S = 0.5
 
@@ -70,8 +71,9 @@ class _CountRequests:
 
         try:
             await self.app(scope, receive, send_counted)
-        finally:
-            self.metrics.request_done(scope["path"], status["code"])
+        finally:  # unknown paths share one label (a label per path a client invents would grow without end)
+            path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.request_done(path, status["code"])
 
 
 def build_app(scheduler: Scheduler, model: ServedModel, metrics: ServerMetrics, api_key: str | None,
