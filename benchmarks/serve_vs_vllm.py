@@ -8,7 +8,7 @@
     python benchmarks/serve_vs_vllm.py --servers ours --rounds 1         # ours alone (a smoke run, no ratios)
 
 Builds one random-weight folder with Qwen2.5-0.5B's shapes (``conf/model/qwen2_5_0_5b_instruct.yaml``) and a
-word-level tokenizer in which every id decodes to one short non-empty word: random weights emit ids over the whole
+byte-level tokenizer in which every id decodes to non-empty text: random weights emit ids over the whole
 vocabulary, and a load client starts the TTFT clock at the first non-empty text, so a tokenizer with gaps would make
 TTFT meaningless (on both sides alike). Then, for each round, it starts each server in turn on 127.0.0.1 (the order
 alternates between rounds), runs the same load against it with task=loadtest's client (evalscope perf; random
@@ -63,20 +63,25 @@ def build_folder(folder: Path) -> Path:
 
     import torch
     from omegaconf import OmegaConf
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
     from ascend_lab.config.model import ModelConfig
-    from ascend_lab.models import qwen2_config
+    from ascend_lab.models import byte_level_decoder, qwen2_config
 
     preset = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "qwen2_5_0_5b_instruct.yaml"))
     model_cfg = dataclasses.replace(ModelConfig(**preset), weights="random")
     config = qwen2_config(model_cfg)
-    vocab = {f"w{i}": i for i in range(config.vocab_size)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=f"w{config.eos_token_id}",
-                                        pad_token=f"w{config.pad_token_id}", unk_token="w0")
+    # Byte-level BPE as Qwen's (what AutoTokenizer builds for a qwen2 folder): the 256 byte symbols, then one
+    # printable word per remaining id, no merges. Text encodes to byte ids; every id decodes to non-empty text.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=byte_level_decoder().__getitem__)
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    vocab.update({f"<{i}>": i for i in range(len(vocab), config.vocab_size)})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=f"<{config.eos_token_id}>",
+                                        pad_token=f"<{config.pad_token_id}>")
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     folder.mkdir(parents=True, exist_ok=True)
