@@ -20,6 +20,7 @@ from ascend_lab.errors import ConfigError
     (["serve.host=example.com"], "serve.host"),
     (["serve.api_key='密钥'"], "serve.api_key"),
     (["serve.drain_s=0"], "serve.drain_s"),
+    (["loadtest.base_url=http://127.0.0.1:9", "serve.max_batch=8"], "serve.max_batch"),
 ])
 def test_invalid_settings_name_their_key(compose, overrides, key):
     from ascend_lab.config import validate

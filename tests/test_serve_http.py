@@ -194,6 +194,7 @@ def test_soak_500_requests_with_cancellations_and_malformed_bodies(server):
     assert process.memory_info().rss <= rss_warm * 1.05, (rss_warm, process.memory_info().rss)
 
 
+@pytest.mark.slow
 def test_loadtest_against_a_base_url_with_a_chinese_prompts_file(server, run_cli, tmp_path, mlflow_runs):
     """task=loadtest measuring a server it did not start (here ours; vLLM's is driven the same way)."""
     prompts = tmp_path / "prompts_zh.txt"

@@ -124,6 +124,12 @@ def validate(cfg: DictConfig) -> AppConfig:
     require(not (app_cfg.search.objective or app_cfg.search.accuracy) or app_cfg.task is Task.bench,
             "search.objective" if app_cfg.search.objective else "search.accuracy", True,
             f"only task=bench measures what a tuning sweep compares (task={app_cfg.task.value}); use task=bench")
+    if app_cfg.task is Task.loadtest and app_cfg.loadtest.resolved_target == "url":
+        changed = [f.name for f in dataclasses.fields(ServeConfig)
+                   if getattr(app_cfg.serve, f.name) != getattr(ServeConfig(), f.name)]
+        require(not changed, f"serve.{changed[0] if changed else ''}",
+                getattr(app_cfg.serve, changed[0]) if changed else None,
+                "is not read with loadtest.target=url (that server is configured where it runs); drop it")
     if app_cfg.task.value in SEQUENCE_TASKS:
         bench = app_cfg.benchmark
         generate = bench.scenario == "generate"
