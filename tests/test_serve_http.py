@@ -93,6 +93,36 @@ def test_a_chinese_prompt_streams_valid_utf8_whole_characters(server):
     assert not any(p.endswith("\ufffd") and q.startswith("\ufffd") for p, q in zip(pieces, pieces[1:]))
 
 
+def _counter(url: str, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_row(server):
+    import http.client
+    import time
+
+    before = _counter(server.url, "ascend_lab_serve_generation_tokens_total")
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/completions", json.dumps(
+        {"model": MODEL, "prompt": "bye", "max_tokens": 500, "ignore_eos": True, "stream": True}),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    connection.close()  # gone after the first chunk
+    deadline = time.monotonic() + 30
+    while _counter(server.url, "ascend_lab_serve_running_batch") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    generated = _counter(server.url, "ascend_lab_serve_generation_tokens_total") - before
+    assert _counter(server.url, "ascend_lab_serve_running_batch") == 0 and generated < 500
+
+
 BAD_BODIES = [
     (b"{not json", 400),
     (json.dumps({"model": MODEL, "prompt": "", "max_tokens": 4}).encode(), 400),
