@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ascend_lab import graph_contract as gc
-from ascend_lab.runtimes.engine import CacheEngine
+from ascend_lab.runtimes.engine import CAPACITY_ALIGN, CacheEngine
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,12 @@ class Scheduler:
         if gears is not None:  # a compiled artifact runs only its gears
             prefill_chunks = tuple(g for g in gears if g > 1) or (1,)
         self.prefill_chunks = tuple(sorted(set(prefill_chunks)))
-        self.capacity = self.backend.fixed_capacity or kv_capacity
+        self.capacity = self.backend.fixed_capacity or kv_capacity  # the most slots the cache may have
         self.max_batch, self.queue_size = max_batch, queue_size
         self.observer = observer
-        self.backend.allocate(max_batch, self.capacity)
+        # Every step attends over the whole allocated cache, so torch and onnxruntime hold only the slots the
+        # running requests can still reach (grown and shrunk in CAPACITY_ALIGN steps); a compiled cache is fixed.
+        self.backend.allocate(max_batch, self.backend.fixed_capacity or CAPACITY_ALIGN)
         if self.joins:  # a batch-1 cache of the same runtime for prefilling one prompt apart
             self.scratch = runtime.cache_backend()
             self.prefill_engine = CacheEngine(self.scratch, runtime.contract, self.prefill_chunks, self.capacity)
@@ -234,21 +236,36 @@ class Scheduler:
             request = self._peek_waiting()
             if request is None:
                 return
-            prompt_len = len(request.prompt_ids)
-            if not self._fits(prompt_len, request.sampling.max_tokens):
+            prompt_len, max_tokens = len(request.prompt_ids), request.sampling.max_tokens
+            if self._end(prompt_len, max_tokens) > self.capacity:
                 self._compact()
-                if not self._fits(prompt_len, request.sampling.max_tokens):
+                if self._end(prompt_len, max_tokens) > self.capacity:
                     return  # waits for rows to finish
             self._pop_waiting()
+            self._resize(self._end(prompt_len, max_tokens))
             self._prefill_into(self.rows.index(None), request)
 
     def _future_writes(self) -> list[int]:
         """Slots each running request may still write (one per token it may still be fed)."""
         return [r.sampling.max_tokens - r.generated for r in self.rows if r is not None]
 
-    def _fits(self, prompt_len: int, max_tokens: int) -> bool:
+    def _end(self, prompt_len: int, max_tokens: int) -> int:
+        """The slots the batch can reach with this request in it (every request running to its max_tokens)."""
         start = max(self.write_pos, prompt_len) if self.running() else prompt_len
-        return start + max([max_tokens - 1, *self._future_writes()]) <= self.capacity
+        return start + max([max_tokens - 1, *self._future_writes()])
+
+    def _resize(self, end: int) -> None:
+        """Hold ``end`` slots, rounded up (at most ``capacity``): grown keeping the rows, or, with no row running,
+        shrunk when far larger than needed."""
+        backend = self.backend
+        want = min(-(-end // CAPACITY_ALIGN) * CAPACITY_ALIGN, self.capacity)
+        running = self.running()
+        if want > backend.capacity or (not running and backend.capacity > 2 * want):
+            kept = backend.read_slots(0, self.write_pos) if running else None
+            backend.allocate(self.max_batch, want if not running else min(max(want, 2 * backend.capacity),
+                                                                            self.capacity))
+            if kept is not None:
+                backend.write_slots(0, kept)
 
     def _compact(self) -> None:
         running = [row for row, r in enumerate(self.rows) if r is not None]
