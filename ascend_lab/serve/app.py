@@ -204,7 +204,7 @@ def build_app(scheduler: Scheduler, model: ServedModel, metrics: ServerMetrics, 
                            headers={"Retry-After": str(retry_after_s)}) from None
         except Draining:
             raise ApiError(503, "the server is shutting down", "server_error") from None
-        metrics.prompt_tokens.inc(len(ids))
+        metrics.admitted(len(ids))
         call = _Call(chat, model.name, engine_request, queue, TextStream(tokenizer, body.stops()))
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)

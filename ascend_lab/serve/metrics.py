@@ -35,6 +35,7 @@ class ServerMetrics:
         self._ttft: list[float] = []
         self._itl: list[float] = []
         self._codes: dict[str, int] = {}
+        self._tokens = {"prompt_tokens_total": 0, "generation_tokens_total": 0}
 
     # scheduler observer
 
@@ -42,12 +43,14 @@ class ServerMetrics:
         self.ttft.observe(seconds)
         self.generation_tokens.inc()
         with self._lock:
+            self._tokens["generation_tokens_total"] += 1
             self._ttft = self._ttft[-KEPT_SAMPLES:] + [seconds]
 
     def inter_token(self, seconds: float) -> None:
         self.itl.observe(seconds)
         self.generation_tokens.inc()
         with self._lock:
+            self._tokens["generation_tokens_total"] += 1
             self._itl.append(seconds)
             if len(self._itl) > 2 * KEPT_SAMPLES:
                 self._itl = self._itl[-KEPT_SAMPLES:]
@@ -57,6 +60,11 @@ class ServerMetrics:
         self.running.set(running)
 
     # app
+
+    def admitted(self, prompt_tokens: int) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+        with self._lock:
+            self._tokens["prompt_tokens_total"] += prompt_tokens
 
     def request_done(self, endpoint: str, code: int) -> None:
         self.requests.labels(endpoint, str(code)).inc()
@@ -70,11 +78,9 @@ class ServerMetrics:
     def snapshot(self) -> dict[str, float]:
         """MLflow figures: counts so far and TTFT/ITL mean, median and p99 (ms) of the kept samples."""
         with self._lock:
-            ttft, itl, codes = list(self._ttft), list(self._itl), dict(self._codes)
-        figures: dict[str, float] = {k: float(v) for k, v in codes.items()}
+            ttft, itl, codes, tokens = list(self._ttft), list(self._itl), dict(self._codes), dict(self._tokens)
+        figures: dict[str, float] = {k: float(v) for k, v in {**codes, **tokens}.items()}
         figures["requests_total"] = float(sum(codes.values()))
-        figures["prompt_tokens_total"] = self.prompt_tokens._value.get()
-        figures["generation_tokens_total"] = self.generation_tokens._value.get()
         for name, values in (("server_ttft_ms", ttft), ("server_itl_ms", itl)):
             if values:
                 ms = np.asarray(values) * 1e3
