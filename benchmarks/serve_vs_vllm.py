@@ -116,17 +116,20 @@ def start(server: str, folder: Path, args, log_path: Path) -> tuple[subprocess.P
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{server} exited while starting; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(2)
-    stop(process)
-    raise SystemExit(f"{server} did not start within {START_TIMEOUT_S} s; see {log_path}")
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"{server} exited while starting; see {log_path}")
+            try:
+                with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as response:
+                    if response.status == 200:
+                        return process, url
+            except OSError:
+                time.sleep(2)
+        raise SystemExit(f"{server} did not start within {START_TIMEOUT_S} s; see {log_path}")
+    except BaseException:  # Ctrl-C while it starts included: never leave the server running
+        stop(process)
+        raise
 
 
 def stop(process: subprocess.Popen) -> None:
