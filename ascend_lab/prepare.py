@@ -86,9 +86,9 @@ def _plan(cfg, ctx) -> RuntimePlan:
 
     acl_ok, acl_why = cann.acl_importable()
     if requested == "acl" and not acl_ok:
-        raise ToolchainError(f"runtime=acl needs pyACL (`import acl`): {acl_why}. "
-                             + cann.missing_toolkit_message("pyACL", cfg.atc.toolkit_home)
-                             + " Or use runtime=onnxruntime / runtime=torch.")
+        raise ToolchainError(cann.missing_toolkit_message(
+            f"runtime=acl needs pyACL (`import acl`: {acl_why})", cfg.atc.toolkit_home,
+            "use runtime=onnxruntime or runtime=torch"))
     if not acl_ok:  # auto without pyACL: compiling would produce nothing this host can run
         exported = ensure_exported(cfg, ctx)
         return RuntimePlan("onnxruntime", f"auto: pyACL not importable ({acl_why}); using onnxruntime",
@@ -105,9 +105,9 @@ def _plan(cfg, ctx) -> RuntimePlan:
     atc_where = cann.find_atc(cfg.atc.toolkit_home)
     why = "atc not found" if atc_where is None else f"no .om from {atc_where}"
     if requested == "acl":
-        raise ToolchainError(f"runtime=acl needs a compiled .om, but there is none ({why}). "
-                             + cann.missing_toolkit_message("atc", cfg.atc.toolkit_home)
-                             + " Or use runtime=onnxruntime.")
+        raise ToolchainError(cann.missing_toolkit_message(
+            f"runtime=acl needs a compiled .om, but there is none ({why})", cfg.atc.toolkit_home,
+            "use runtime=onnxruntime"))
     exported = ensure_exported(cfg, ctx)
     return RuntimePlan("onnxruntime", f"auto: pyACL available but no compiled .om ({why}); using onnxruntime",
                        exported, prepare_seconds=time.perf_counter() - started)
