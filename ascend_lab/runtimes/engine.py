@@ -93,6 +93,17 @@ class CacheBackend(Protocol):
     def to_host(self, tokens: Any) -> np.ndarray:
         """Tokens returned by :meth:`execute` as int64 numpy."""
 
+    # Optional (torch and onnxruntime): what iteration-level batching (:mod:`ascend_lab.serve.scheduler`) needs to
+    # place a prompt prefilled apart into one row of a running batch, and to slide the rows along the slots.
+
+    def read_slots(self, start: int, stop: int, row: int | None = None) -> Any:
+        """A copy of cache slots ``[start, stop)`` of ``row`` ([stop - start, 2·layers, kv_heads, dim]) or of every
+        row (``row`` None: [stop - start, batch, ...]), in the backend's own form (what :meth:`write_slots` takes)."""
+
+    def write_slots(self, start: int, values: Any, row: int | None = None) -> None:
+        """Write ``values`` (from :meth:`read_slots` of a backend of the same runtime) into the slots from ``start``
+        of ``row``, or of every row."""
+
     def last_logits(self) -> np.ndarray:
         """The last execution's logits [batch, vocab] on the host (a copy from the device)."""
 
