@@ -66,8 +66,10 @@ def measure(cfg: AppConfig, ctx: JobContext, candidate_prefix: str = "",
     candidate_cfg = candidate_config(cfg)
     reference_cfg = reference_config(cfg)
     reference_ctx = side_context(ctx, reference_cfg, reference_prefix, reference_device(cfg))
-    candidate_ctx = side_context(ctx, candidate_cfg, candidate_prefix, ctx.device) if candidate_prefix else ctx
+    candidate_ctx = side_context(ctx, candidate_cfg, candidate_prefix, ctx.device_for(cfg.runtime.name)) \
+        if candidate_prefix else ctx
     candidate = plan_runtime(candidate_cfg, candidate_ctx)
+    ctx.device_for(candidate.name)  # runtime=acl: the host, torch_npu never imported
     reference = plan_runtime(reference_cfg, reference_ctx)
     precision = precision_of(candidate_cfg, candidate.name)
     candidate_text = f"{candidate.name} {precision} on {ctx.device.torch_device}"

@@ -201,6 +201,14 @@ def resolve_device(cfg: DeviceConfig) -> Device:
     return device
 
 
+def pyacl_host(npu_index: int) -> Device:
+    """The torch side of a job whose runtime reaches NPU ``npu_index`` through pyACL alone (runtime=acl): the
+    CPU. torch_npu is never imported there, so pyACL alone owns ``acl.init`` and its teardown in the process;
+    the runtime times with the host clock and the roofline's bandwidth is pyACL's own device-to-device copy."""
+    return Device("cpu", 0, f"runtime=acl runs the .om on NPU {npu_index} with pyACL; torch's own work stays on cpu "
+                            "(torch_npu is not imported beside pyACL)")
+
+
 def _check_index(device: Device) -> None:
     if device.index >= device.count():
         raise ToolchainError(f"device.index={device.index} but only {device.count()} {device.kind} device(s) exist")

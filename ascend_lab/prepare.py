@@ -99,7 +99,7 @@ class LoadedRuntime:
     @property
     def timer(self):
         """The clock of one timed call on this runtime (:meth:`Runtime.timer`)."""
-        return self.runtime.timer(self.ctx.device)
+        return self.runtime.timer(self.ctx.device_for(self.plan.name))
 
     @property
     def tokenizer(self):
@@ -143,11 +143,12 @@ class LoadedRuntime:
 
 @contextmanager
 def open_engine(cfg, ctx, plan: RuntimePlan | None = None) -> Iterator[LoadedRuntime]:
-    """Plan (unless ``plan`` is given) and load the runtime on ``ctx.device``, timed as ``load_seconds``; the
+    """Plan (unless ``plan`` is given) and load the runtime on the job's device, timed as ``load_seconds``; the
     runtime is closed however the block ends."""
     plan = plan or plan_runtime(cfg, ctx)
     started = time.perf_counter()
-    runtime = get_class(plan.config._target_).load(plan.config, plan.artifact, ctx.device)
+    # runtime=acl: the host side is the CPU, resolved without torch_npu (JobContext.device_for)
+    runtime = get_class(plan.config._target_).load(plan.config, plan.artifact, ctx.device_for(plan.name))
     with runtime:
         yield LoadedRuntime(plan, runtime, time.perf_counter() - started, cfg, ctx)
 

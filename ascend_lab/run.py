@@ -87,10 +87,15 @@ def run_job(cfg: DictConfig) -> object:
         for message in unread_group_overrides(app_cfg.task, HydraConfig.get().overrides.task):
             _warn_once(message)
     from ascend_lab.context import job_context
+    from ascend_lab.device_lock import claimed
 
-    with job_context(app_cfg, cfg, started_at) as ctx:
+    with claimed(app_cfg, app_cfg.runtime.name) as (app_cfg, device_claim), \
+            job_context(app_cfg, cfg, started_at) as ctx:
         if ctx.skipped_run_id is not None:  # resume: this config already finished
             return None
+        if device_claim is not None:  # device.index=auto: the device this job holds
+            ctx.tracker.log_params({"device.claimed_index": device_claim.index})
+            ctx.tracker.set_tags(device_claim.tags())
         task_module = importlib.import_module(TASK_MODULES[app_cfg.task])
         result = task_module.run(app_cfg, ctx)
         from ascend_lab.tuning.objective import job_value

@@ -12,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 FAKES = Path(__file__).resolve().parent / "fakes"
+# The stand-in atc names the .om after the host's arch, as ATC does; tests that spell the name assume x86_64,
+# so the suite reads the same on a Kunpeng (aarch64) host. Tests of the arch itself set it themselves.
+os.environ.setdefault("FAKE_ATC_HOST_ARCH", "x86_64")
 
 
 def load_torch_runtime(cfg=None, device=None, **runtime_keys):
@@ -107,7 +110,8 @@ def compose():
 @pytest.fixture
 def sim(monkeypatch):
     """The pyACL simulator (``tests/fakes/pyacl``) imported as ``acl`` for this test only, with fresh state;
-    after the test, no runtime may still hold ``acl.init`` (every path releases what it took)."""
+    after the test, no runtime may still be a user of pyACL (every path releases what it took; ``acl.init``
+    itself stays for the process's life, ascend_lab.runtimes.acl.pyacl)."""
     from ascend_lab.runtimes.acl import pyacl
 
     def forget_acl() -> None:
@@ -122,8 +126,19 @@ def sim(monkeypatch):
     yield acl
     forget_acl()
     users = pyacl._init_users
-    pyacl._init_users, pyacl._init_owned = 0, False  # keep later tests independent of a failure here
+    restart_simulated_process(None)
     assert users == 0, "a runtime was left open"
+
+
+def restart_simulated_process(acl, **reset) -> None:
+    """What a new process would see: the pyACL simulator ``acl`` reset with ``reset`` (e.g. another
+    ``cann_version``; None: leave it) and ascend_lab's per-process ``acl.init`` record forgotten (a fresh
+    simulator is a fresh process as far as pyACL can tell, and the exit hook then does nothing)."""
+    from ascend_lab.runtimes.acl import pyacl
+
+    if acl is not None:
+        acl._sim.reset(**reset)
+    pyacl._init_users, pyacl._init_owned, pyacl._init_module = 0, False, None
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ task=compile through the real CLI, all recorded in real MLflow stores."""
 from __future__ import annotations
 
 import csv
+import json
 import hashlib
 import io
 import os
@@ -626,6 +627,65 @@ def test_both_toy_contract_graphs_pass_the_op_check(tmp_path):
     assert opcheck.check_graph(hidden_states_onnx(tmp_path / "hs.onnx"), "must_keep_origin_dtype").ok
 
 
+def rms_norm_onnx(path: Path, opset: int) -> Path:
+    """RMSNorm's ReduceMean and an opset-13-form Unsqueeze (axes as an input), at ``opset``."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"], name="/norm/Pow"),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], name="/norm/ReduceMean", axes=[-1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["var"], name="/norm/Add"),
+             helper.make_node("Unsqueeze", ["var", "axes"], ["y"], name="/norm/Unsqueeze")]
+    return _write_onnx(path, [helper.make_tensor_value_info("x", T.FLOAT16, ["batch", 4])],
+                       [helper.make_tensor_value_info("y", T.FLOAT16, [1, "batch", 1])], nodes,
+                       [_const("eps", np.array([1e-6], np.float16)), _const("axes", np.array([0], np.int64))],
+                       opsets=(("", opset),))
+
+
+def test_op_check_reads_the_opsets_atc_parses_each_op_at(tmp_path):
+    """ATC looks ops up as ai.onnx::<opset>::<op>: ReduceMean's page lists v8-v16 (atlasoxol_09_0123), so an
+    opset-17 RMSNorm is refused naming node, op and opset; Unsqueeze's opset-13 form (page v8-v12, plugin
+    13-18: the row's parser_opsets) passes at 14 and 17."""
+    ok = opcheck.check_graph(rms_norm_onnx(tmp_path / "14.onnx", 14), "must_keep_origin_dtype")
+    assert ok.ok and ok.opset == 14
+    refused = opcheck.check_graph(rms_norm_onnx(tmp_path / "17.onnx", 17), "must_keep_origin_dtype")
+    [offender] = refused.offenders
+    assert (offender.node, offender.op, offender.problem, offender.opset) == ("/norm/ReduceMean", "ReduceMean",
+                                                                            "opset", 17)
+    assert ("/norm/ReduceMean (ReduceMean) at opset 17: ATC parses ReduceMean at opsets v8-v16 only "
+            "(https://www.hiascend.com/") in refused.summary()
+    assert refused.fitting_opset() == 16
+    rows = {row["op"]: row for row in refused.histogram_rows()}
+    assert rows["ReduceMean"]["documented_opsets"] == "v8-v16" and rows["ReduceMean"]["graph_opset"] == 17
+    assert rows["Unsqueeze"]["parser_opsets"] == "v8-v18" and rows["Unsqueeze"]["refused_nodes"] == 0
+
+
+def test_the_default_opset_is_one_every_op_of_the_kv_cache_graph_is_parsed_at():
+    table = opcheck.ops_table()
+    opset = ExportConfig().opset
+    for op in ("ReduceMean", "Sub", "Unsqueeze", "Softmax", "MatMul", "Where", "GreaterOrEqual", "ArgMax"):
+        low, high = opcheck.accepted_opsets(table[op])
+        assert low <= opset <= high, op
+    assert opcheck.accepted_opsets(table["Constant"]) is None  # mapped before the versioned lookup
+
+
+def test_opset_refusal_stops_before_atc_and_names_the_fix(tmp_path, job, calls):
+    path = rms_norm_onnx(tmp_path / "n.onnx", 17)
+    exported = ToyExported(path, hashlib.sha256(path.read_bytes()).hexdigest(), "norm")
+    cfg, ctx, finish = job()
+    with pytest.raises(OpCheckError) as info:
+        ensure_compiled(cfg, ctx, exported, required=True)
+    finish("FAILED")
+    assert atc_runs(calls) == 0
+    assert "/norm/ReduceMean (ReduceMean) at opset 17" in str(info.value) and "export.opset=16" in str(info.value)
+    # The stand-in atc has its own registry (tests/fakes/atc_opcheck.py): the same graph is refused there too.
+    cfg, ctx, finish = job("atc.skip_op_check=true")
+    with pytest.raises(AtcError, match="error codes: E19010") as info:
+        ensure_compiled(cfg, ctx, exported, required=True)
+    finish("FAILED")
+    assert "No parser is registered for Op [/norm/ReduceMean, optype [ai.onnx::17::ReduceMean]]" in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # The subprocess path, the op check, the cache and the MLflow record (in-process, real store)
 
@@ -683,7 +743,8 @@ def job(tmp_path, compose, monkeypatch, store):
     from ascend_lab.tracking import open_run
 
     monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
-    for name in ("FAKE_ATC_MODE", "FAKE_ATC_CALLS", "FAKE_ATC_OM_NAME", "FAKE_ATC_DELAY_S", "FAKE_ATC_PIDFILE"):
+    for name in ("FAKE_ATC_MODE", "FAKE_ATC_CALLS", "FAKE_ATC_OM_NAME", "FAKE_ATC_DELAY_S", "FAKE_ATC_PIDFILE",
+                 "TE_PARALLEL_COMPILER", "ASCEND_PROCESS_LOG_PATH", "ASCEND_WORK_PATH"):
         monkeypatch.delenv(name, raising=False)
     opened = []
 
@@ -838,11 +899,45 @@ def test_compile_failures_quote_the_log(tmp_path, job, monkeypatch, mode, expect
     run = finish("FAILED")
     assert "ATC start working now" in str(info.value)  # the tail of the log is quoted
     assert str(ctx.output_dir / "atc.log") in str(info.value)
+    # ATC's own detailed log is in this job's work directory, and the message says where.
+    plog = ctx.output_dir / "atc_work" / "ascend_log" / "debug" / "plog"
+    assert f"ATC's detailed log (plog): {plog}" in str(info.value)
+    if mode == "fail":
+        assert "Injected failure" in next(plog.glob("plog-*.log")).read_text()
     assert "atc.log" in artifacts(run, ctx.tracker.client)
     # Nothing half-made is left to be mistaken for a cached result, and no staging folder stays behind.
     om_dir = tmp_path / "outputs" / "om"
     assert not list(om_dir.rglob("*.om")) and not list(om_dir.rglob("meta.json"))
     assert not [p for p in om_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_each_job_compiles_in_its_own_work_directory(tmp_path, job, monkeypatch):
+    """fusion_result.json and kernel_meta/ land in each job's atc_work, not the launch directory; ATC logs there
+    and gets a bounded TE_PARALLEL_COMPILER unless the user set one; the .om name carries the host's arch."""
+    from ascend_lab.compile import workdir
+
+    monkeypatch.setenv("FAKE_ATC_HOST_ARCH", "aarch64")  # a Kunpeng host
+    first_cfg, first, finish_first = job()
+    compiled = ensure_compiled(first_cfg, first, toy_exported(tmp_path / "a.onnx"), required=True)
+    run = finish_first()
+    assert compiled.om_path.name.endswith("_linux_aarch64.om")
+    monkeypatch.setenv("TE_PARALLEL_COMPILER", "3")
+    second_cfg, second, finish_second = job()
+    ensure_compiled(second_cfg, second, toy_exported(tmp_path / "b.onnx", "kv_cache"), required=True)
+    second_run = finish_second()
+    stamps = [json.loads((c.output_dir / "atc_work" / "fusion_result.json").read_text())["stand_in"]
+              for c in (first, second)]
+    assert stamps[0]["pid"] != stamps[1]["pid"] and (first.output_dir / "atc_work" / "kernel_meta").is_dir()
+    assert not (tmp_path / "fusion_result.json").exists() and not (tmp_path / "kernel_meta").exists()
+    chosen = run.data.tags["atc.env.TE_PARALLEL_COMPILER"]
+    assert stamps[0]["TE_PARALLEL_COMPILER"] == chosen and 1 <= int(chosen) <= 8
+    assert stamps[1]["TE_PARALLEL_COMPILER"] == "3" and "atc.env.TE_PARALLEL_COMPILER" not in second_run.data.tags
+    assert run.data.tags["atc.env.ASCEND_PROCESS_LOG_PATH"] == str(first.output_dir / "atc_work" / "ascend_log")
+    # envref_07_0020: at most cores × 80 % / processors, 1-32, default 8; and one per 2 GB available.
+    assert workdir.parallel_compilers(64, 100.0) == 8 and workdir.parallel_compilers(16, 100.0, 8) == 1
+    assert workdir.parallel_compilers(64, 9.0) == 4 and workdir.parallel_compilers(2, None) == 1
+    assert workdir.plog_dir({"ASCEND_WORK_PATH": "/w", "HOME": "/h"}) == Path("/w/log")
+    assert workdir.plog_dir({"HOME": "/h"}) == Path("/h/ascend/log")
 
 
 def _process_gone(pid: int) -> bool:

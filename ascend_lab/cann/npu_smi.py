@@ -47,6 +47,23 @@ def query_npu_smi(timeout_s: float = 10.0) -> NpuSmi:
     return NpuSmi(path=Path(path), names=names)
 
 
+def detected_soc_version(timeout_s: float = 10.0) -> tuple[str | None, str]:
+    """(ATC --soc_version of this host's chip, where it came from). pyACL's ``acl.get_soc_name()`` is the
+    authority where pyACL imports (it names the chip the runtime sees, "Ascend910B3"; None on failure:
+    aclpythondevg_01_0008, https://www.hiascend.com/document/detail/zh/canncommercial/601/inferapplicationdev/aclpythondevg/aclpythondevg_01_0008.html;
+    no acl.init needed); else the `npu-smi info` table (:func:`query_npu_smi`)."""
+    try:
+        import acl  # noqa: PLC0415 - CANN's module, present only where its environment is loaded
+
+        name = acl.get_soc_name()
+    except Exception:  # noqa: BLE001 - ImportError, a missing libascendcl.so, or an older pyACL without it
+        name = None
+    if name:
+        return str(name), "acl.get_soc_name()"
+    smi = query_npu_smi(timeout_s)
+    return smi.soc_version, "npu-smi info" if smi.soc_version else "none (no pyACL, no npu-smi chip)"
+
+
 def board_chip_name(npu_smi: str, device: int, timeout_s: float = 10.0) -> str | None:
     """The soc name from ``npu-smi info -t board -i <id> -c 0`` where it has an ``NPU Name`` (A3):
     ``Chip Name_NPU Name``, e.g. 910_9391 (hiascend atlasag_25_0080). None elsewhere: the board query

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ascend_lab import artifact_cache
-from ascend_lab.cann import toolkit
-from ascend_lab.compile import aoe, opcheck
+from ascend_lab.cann import npu_smi, toolkit
+from ascend_lab.compile import aoe, opcheck, workdir
 from ascend_lab.compile.aoe import aoe_command
 from ascend_lab.compile.command import build_atc_command, cache_key
 from ascend_lab.compile.runner import AtcError, check_result, run_atc
@@ -106,10 +106,16 @@ def check_ops(cfg: "AppConfig", tracker, onnx_path: Path) -> opcheck.OpCheck:
     writer.writerows(rows)
     tracker.log_text(out.getvalue(), HISTOGRAM_ARTIFACT)
     tracker.log_metrics({"atc_op_check_offenders": result.refused_nodes, "onnx_nodes": sum(result.histogram.values())})
+    tracker.set_tags({"onnx_opset": str(result.opset)})
     if result.ok:
+        print(f"ATC op check: opset {result.opset}, {sum(result.histogram.values())} nodes of "
+              f"{len(result.histogram)} op types, every one in ascend_lab/compile/{opcheck.TABLE_FILE.name} at "
+              f"that opset (precision {result.precision})", flush=True)
         return result
     foreign = any(o.problem == "domain" for o in result.offenders)
+    fitting = result.fitting_opset() if any(o.problem == "opset" for o in result.offenders) else None
     advice = [
+        f"export at an opset ATC parses every op at: export.opset={fitting}" if fitting else None,
         "use another export.graph (export.graph=kv_cache is made for ATC)",
         "drop export.quantize (its int8 ops are onnxruntime's own, com.microsoft domain)" if foreign else None,
         "for int8 on the NPU, quantise with Ascend's own AMCT instead of export.quantize",
@@ -139,7 +145,7 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     atc_cfg, tracker = cfg.atc, ctx.tracker
     plan = plan or plan_compile(cfg, ctx.path(atc_cfg.output_dir), exported)
     tracker.set_tags({"onnx_sha256": plan.onnx_sha256, "atc_command": plan.command_line, "atc.cache_key": plan.key,
-                      "atc.tuning": atc_cfg.tuning})
+                      "atc.tuning": atc_cfg.tuning, "atc.cache_layout": getattr(exported, "cache_layout", "rank5")})
 
     if atc_cfg.dry_run:
         check_ops(cfg, tracker, plan.onnx_path)
@@ -185,11 +191,18 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
             ran["aoe"] = report.summary()
             env = aoe.tuning_environment(environment.env or dict(os.environ), staging)
         tracker.log_text(f"{shlex.join(argv)}\n\n{environment.describe(sourced=True)}\n", "atc_command.txt")
-        print(f"ATC: {shlex.join(argv)}", flush=True)
-        result = run_atc(argv, env, atc_cfg.timeout_s, log_path)
+        work_dir = ctx.output_dir / workdir.WORK_FOLDER  # this job's: fusion_result.json, kernel_meta/, plog
+        work_dir.mkdir(parents=True, exist_ok=True)
+        env, chosen = workdir.atc_environment(env or os.environ, work_dir, _npu_count())
+        tracker.set_tags({f"atc.env.{k}": v for k, v in chosen.items()})
+        print(f"ATC: {shlex.join(argv)}" + "".join(f"\n  {k}={v}" for k, v in chosen.items()), flush=True)
+        result = run_atc(argv, env, atc_cfg.timeout_s, log_path, cwd=work_dir)
         ran["result"] = result
         tracker.log_artifact(log_path)
-        om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
+        try:
+            om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
+        except AtcError as exc:
+            raise AtcError(f"{exc}\n{workdir.failure_hint(env, work_dir)}") from None
         shutil.copy2(log_path, staging / "atc.log")
         return {"files": [om.name], "om": om.name, "om_bytes": om.stat().st_size, "onnx_sha256": plan.onnx_sha256,
                 "onnx_path": str(plan.onnx_path), "argv": plan.argv, "compile_seconds": result.seconds,
@@ -205,6 +218,14 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     compiled = _compiled(plan, entry.meta, hit=False)
     _record(tracker, compiled, atc_cfg)
     return compiled
+
+
+def _npu_count() -> int:
+    """NPUs on this host (TE_PARALLEL_COMPILER's rule divides the cores among them); 1 where npu-smi says none."""
+    try:
+        return max(len(npu_smi.npu_smi_overview().chips), 1)
+    except Exception:  # noqa: BLE001 - a host without npu-smi compiles for one processor
+        return 1
 
 
 def tune(cfg: "AppConfig", ctx, environment: toolkit.CannEnvironment, atc_argv: list[str], staging: Path,

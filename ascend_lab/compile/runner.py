@@ -44,8 +44,9 @@ class CompileResult:
     tail: str = ""
 
 
-def run_atc(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float, log_path: Path) -> CompileResult:
-    """Run ATC, streaming its output to the console and ``log_path``; on timeout kill its whole
+def run_atc(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float, log_path: Path,
+            cwd: Path | None = None) -> CompileResult:
+    """Run ATC in ``cwd``, streaming its output to the console and ``log_path``; on timeout kill its whole
     process group (ATC forks parallel kernel compilers)."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def run_atc(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float
         try:
             proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=dict(env) if env is not None else None,
-                                    start_new_session=True)
+                                    start_new_session=True, cwd=cwd)
         except OSError as exc:
             raise ToolchainError(f"cannot start {argv[0]}: {exc}") from exc
 

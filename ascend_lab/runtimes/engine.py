@@ -93,6 +93,17 @@ class CacheBackend(Protocol):
     def to_host(self, tokens: Any) -> np.ndarray:
         """Tokens returned by :meth:`execute` as int64 numpy."""
 
+    # Optional (torch and onnxruntime): what iteration-level batching (:mod:`ascend_lab.serve.scheduler`) needs to
+    # place a prompt prefilled apart into one row of a running batch, and to slide the rows along the slots.
+
+    def read_slots(self, start: int, stop: int, row: int | None = None) -> Any:
+        """A copy of cache slots ``[start, stop)`` of ``row`` ([stop - start, 2·layers, kv_heads, dim]) or of every
+        row (``row`` None: [stop - start, batch, ...]), in the backend's own form (what :meth:`write_slots` takes)."""
+
+    def write_slots(self, start: int, values: Any, row: int | None = None) -> None:
+        """Write ``values`` (from :meth:`read_slots` of a backend of the same runtime) into the slots from ``start``
+        of ``row``, or of every row."""
+
     def last_logits(self) -> np.ndarray:
         """The last execution's logits [batch, vocab] on the host (a copy from the device)."""
 
@@ -148,9 +159,13 @@ class CacheEngine:
 
     # -- sizing ---------------------------------------------------------------------------------
 
+    def plan(self, prompt_len: int, new_tokens: int) -> gc.PrefillPlan:
+        """The prefill plan, its padding bounded by the cache slots the generation leaves for the prompt."""
+        return gc.plan_prefill(prompt_len, self.prefill_chunks, self.capacity_limit - max(new_tokens - 1, 0))
+
     def slots_needed(self, prompt_len: int, new_tokens: int) -> int:
         """Cache slots one generation uses: the padded prompt and every generated token but the last."""
-        return gc.plan_prefill(prompt_len, self.prefill_chunks).padded_len + max(new_tokens - 1, 0)
+        return self.plan(prompt_len, new_tokens).padded_len + max(new_tokens - 1, 0)
 
     def prepare(self, batch: int, prompt_len: int, new_tokens: int) -> None:
         """Allocate the cache for this shape now (outside any timing)."""
@@ -159,7 +174,7 @@ class CacheEngine:
             raise ConfigError(
                 "export.kv_capacity", self.capacity_limit,
                 f"a {prompt_len}-token prompt (padded to whole prefill chunks: "
-                f"{gc.plan_prefill(prompt_len, self.prefill_chunks).padded_len}) plus {new_tokens} new tokens "
+                f"{self.plan(prompt_len, new_tokens).padded_len}) plus {new_tokens} new tokens "
                 f"needs {needed} cache slots; raise export.kv_capacity (and compile again) or shorten "
                 "benchmark.seq_len / benchmark.new_tokens")
         if self.backend.batch == batch and self.backend.capacity >= needed:
@@ -176,9 +191,10 @@ class CacheEngine:
             pads = gc.left_pad_lengths(attention_mask)
         except ValueError as exc:
             raise AscendLabError(f"generation: {exc}") from None
-        plan = gc.plan_prefill(prompt_len, self.prefill_chunks)
+        new_tokens = max(self.max_tokens - prompt_len, 1)
+        plan = self.plan(prompt_len, new_tokens)
         # A no-op when prepare() already sized the cache for this generation.
-        self.prepare(batch, prompt_len, max(self.max_tokens - prompt_len, 1))
+        self.prepare(batch, prompt_len, new_tokens)
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         if plan.extra_pad:
             ids = np.concatenate([np.zeros((batch, plan.extra_pad), dtype=np.int64), ids], axis=1)

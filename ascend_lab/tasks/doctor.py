@@ -131,7 +131,8 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
         "device memory reserved (MB)": memory.reserved_mb,
         "npu-smi": str(smi.path) if smi.path else "not found",
         "npu-smi chips": ", ".join(smi.names) or "-",
-        "suggested atc.soc_version": smi.soc_version or "-",
+        "suggested atc.soc_version": "{} (from {})".format(*cann_npu_smi.detected_soc_version()) if smi.path or acl_ok
+        else "-",
         "atc": str(atc_path) if atc_path else "not found",
         "set_env.sh": str(set_env) if set_env else "not found",
         "pyACL (import acl)": "ok" if acl_ok else acl_why,

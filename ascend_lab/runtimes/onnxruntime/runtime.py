@@ -246,6 +246,16 @@ class OrtCacheBackend:
     def to_host(self, tokens) -> np.ndarray:
         return np.asarray(tokens, dtype=np.int64)
 
+    def read_slots(self, start: int, stop: int, row: int | None = None) -> np.ndarray:
+        return (self.cache[start:stop] if row is None else self.cache[start:stop, row]).copy()
+
+    def write_slots(self, start: int, values: np.ndarray, row: int | None = None) -> None:
+        # In place: the bound OrtValue shares this memory.
+        if row is None:
+            self.cache[start:start + values.shape[0]] = values
+        else:
+            self.cache[start:start + values.shape[0], row] = values
+
     def last_logits(self) -> np.ndarray:
         return np.array(self._logits, copy=True)
 
