@@ -57,9 +57,9 @@ class Claim:
 def host_devices(kind: str) -> list[str]:
     """Physical ids of the host's ``kind`` devices (npu-smi / nvidia-smi), [] where the tool is missing."""
     if kind == "npu":
-        from ascend_lab import cann
+        from ascend_lab.cann import npu_smi
 
-        return [str(chip.npu_id) for chip in cann.npu_smi_overview().chips]
+        return [str(chip.npu_id) for chip in npu_smi.npu_smi_overview().chips]
     tool = shutil.which("nvidia-smi")
     if tool is None:
         return []

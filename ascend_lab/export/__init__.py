@@ -76,11 +76,11 @@ def ensure_exported(cfg, ctx, dtype: str | None = None) -> ExportedModel:
                              f"(got model.dtype={cfg.model.dtype}).")
     start = time.perf_counter()
     cfg = dataclasses.replace(cfg, model=with_launch_paths(cfg.model, ctx.path))
-    from ascend_lab import cann
+    from ascend_lab.cann import toolkit
     from ascend_lab.export import cache_layout
 
     if cfg.export.graph == "kv_cache":  # the layout this CANN takes, resolved before the cache key
-        layout, why = cache_layout.resolve(cfg.export.cache_layout, cann.toolkit_version(cfg.atc.toolkit_home))
+        layout, why = cache_layout.resolve(cfg.export.cache_layout, toolkit.toolkit_version(cfg.atc.toolkit_home))
         cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, cache_layout=layout))
         ctx.tracker.set_tags({"export.cache_layout": f"{layout} ({why})"})
     material = key_material(cfg.model, cfg.export, cfg.seed)
