@@ -138,7 +138,11 @@ class Scheduler:
 
     def slots_needed(self, prompt_len: int, max_tokens: int) -> int:
         """Cache slots one request needs (its prompt padded to whole prefill chunks, then its new tokens)."""
-        return gc.plan_prefill(prompt_len, self.prefill_chunks).padded_len + max_tokens - 1
+        return self._plan(prompt_len, max_tokens).padded_len + max_tokens - 1
+
+    def _plan(self, prompt_len: int, max_tokens: int) -> gc.PrefillPlan:
+        """The prefill plan of a prompt, its padding bounded by the slots its new tokens leave (as CacheEngine.plan)."""
+        return gc.plan_prefill(prompt_len, self.prefill_chunks, self.capacity - max(max_tokens - 1, 0))
 
     def submit(self, request: Request) -> None:
         with self._cond:
@@ -290,7 +294,7 @@ class Scheduler:
         engine = self.prefill_engine
         engine.prefill(ids, np.ones_like(ids))
         first = int(engine.generated()[0, -1])
-        extra = gc.plan_prefill(prompt_len, engine.prefill_chunks).extra_pad
+        extra = engine.plan(prompt_len, 1).extra_pad  # the plan engine.prefill just ran (its max_tokens is 0)
         values = self.scratch.read_slots(extra, extra + prompt_len, row=0)
         if not self.running():
             self.write_pos = prompt_len
@@ -320,7 +324,7 @@ class Scheduler:
         if not batch:
             return
         longest = max(len(r.prompt_ids) for r in batch)
-        plan = gc.plan_prefill(longest, self.prefill_chunks)
+        plan = self._plan(longest, max(r.sampling.max_tokens for r in batch))
         width = plan.padded_len
         ids = np.zeros((self.max_batch, width), dtype=np.int64)
         pads = np.full(self.max_batch, width - 1, dtype=np.int64)  # an idle row: one token 0 at the end
