@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import all_runs, cli_env, stand_in_env
+from conftest import all_runs, cli_env, run_cli_in, stand_in_env
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
@@ -34,8 +34,7 @@ def acl_env() -> dict[str, str]:
 
 
 def cli(cwd: Path, *overrides: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ascend_lab.run", *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env or cli_env(), check=False)
+    return run_cli_in(cwd, *overrides, env=env, timeout=timeout)
 
 
 def assert_clear_failure(proc: subprocess.CompletedProcess, *named: str) -> str:
