@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
+import types
 
 import pytest
 from conftest import cli_env
 
 from ascend_lab.config import Task
-from ascend_lab.run import unread_group_overrides
+from ascend_lab.run import TASK_MODULES, unread_group_overrides
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 NO_NPU = "device=npu is not usable here: torch_npu is not installed"
@@ -56,22 +56,12 @@ def test_hydra_full_error_still_gives_the_traceback_of_a_user_error(run_cli):
     assert "Traceback" in result.stderr and NO_NPU in result.stderr
 
 
-# A task module whose run() crashes: a genuine bug, not a user error, through the real entry point.
-CRASHING_CLI = """
-import sys, types
-import ascend_lab.run as run
-from ascend_lab.config import Task
-sys.modules["crashing_task"] = types.SimpleNamespace(run=lambda cfg, ctx: 1 / 0)
-run.TASK_MODULES[Task.doctor] = "crashing_task"
-run.main()
-"""
-
-
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
-def test_a_crash_keeps_hydras_report(tmp_path, multirun):
-    argv = ["-m"] * multirun + ["task=doctor", "tracking=off"]
-    result = subprocess.run([sys.executable, "-c", CRASHING_CLI, *argv], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env=cli_env())
+def test_a_crash_keeps_hydras_report(run_cli, monkeypatch, multirun):
+    # A task module whose run() crashes: a genuine bug, not a user error, through the real entry point.
+    monkeypatch.setitem(sys.modules, "crashing_task", types.SimpleNamespace(run=lambda cfg, ctx: 1 / 0))
+    monkeypatch.setitem(TASK_MODULES, Task.doctor, "crashing_task")
+    result = run_cli(*["-m"] * multirun, "task=doctor", "tracking=off", timeout=120)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
     assert HYDRA_HINT in result.stderr

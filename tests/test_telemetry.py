@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAKES, all_runs, cli_env
+from conftest import FAKES, all_runs, cli_env, run_cli_in
 from browser_helpers import free_port, shots_folder, wait_for_text
 
 from ascend_lab import cann
@@ -368,10 +368,9 @@ def npu_bench(tmp_path_factory, export_cache):
     launch = tmp_path_factory.mktemp("npu_bench")
     env = cli_env([FAKES / "bin"])
     env["FAKE_NPU_SMI_POWER"] = "80"
-    proc = subprocess.run([sys.executable, "-m", "ascend_lab.run", "task=bench", "runtime=onnxruntime", export_cache,
-                           SMALL_BANDWIDTH, "telemetry.interval_s=0.5", f"telemetry.rapl_root={launch / 'no-rapl'}",
-                           "benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=1.5",
-                           "benchmark.new_tokens=8"], cwd=launch, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_cli_in(launch, "task=bench", "runtime=onnxruntime", export_cache, SMALL_BANDWIDTH,
+                      "telemetry.interval_s=0.5", f"telemetry.rapl_root={launch / 'no-rapl'}", "benchmark.warmup=1",
+                      "benchmark.iterations=3", "benchmark.min_duration_s=1.5", "benchmark.new_tokens=8", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client, (run,) = all_runs(launch)
     assert run.info.status == "FINISHED"
