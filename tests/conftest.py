@@ -345,6 +345,13 @@ def _captured_output() -> Iterator[_Output]:
             output.stdout, output.stderr = (path.read_text(encoding="utf-8") for path in paths)
 
 
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory) -> str:
+    """``export.cache_dir=<folder>`` shared by this worker's CLI tests: the cache is content-addressed, so each
+    graph is exported once per worker, not once per test or module."""
+    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
+
+
 def mlflow_client(launch_dir: Path):
     from mlflow import MlflowClient
 

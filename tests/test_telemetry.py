@@ -329,11 +329,6 @@ def test_summary_shows_j_per_token_peak_memory_and_the_roofline_fraction_and_plo
 # ------------------------------------------------------------------------------------------------ the real CLI
 
 
-@pytest.fixture(scope="module")
-def export_cache(tmp_path_factory):
-    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
-
-
 def bench_run(run_cli, tmp_path, mlflow_runs, export_cache, *overrides, env=None):
     proc = run_cli("task=bench", "runtime=onnxruntime", export_cache, SMALL_BANDWIDTH, "telemetry.interval_s=0.5",
                    f"telemetry.rapl_root={tmp_path / 'no-rapl'}", *overrides, env=env)
