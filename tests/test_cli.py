@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 
@@ -161,3 +162,20 @@ def test_failed_job_gives_failed_child_and_terminated_parent(run_cli, tmp_path, 
     assert "device=cuda is not usable here" in children["cuda"].data.tags["error"]
     assert parent.info.status == "FAILED"
     assert parent.data.tags["jobs_failed"] == "1"
+
+
+def test_an_in_process_run_prints_and_exits_as_a_fresh_process(run_cli, tmp_path):
+    """The other CLI tests run the CLI inside pytest (tests/conftest.py): a sweep with a failed job (Hydra's
+    logging, the user error's exit, the parent closed at exit) gives the same status and output as
+    ``python -m ascend_lab.run``, run ids, paths and figures aside."""
+    argv = ("-m", "task=doctor", "device=cpu,cuda", "doctor.matmul_size=64", "doctor.repeats=1")
+
+    def masked(text: str) -> list[str]:
+        return [" ".join(re.sub(r"[0-9a-f]{32}|/tmp/\S+|[\d.]+", "#", line).split()) for line in text.splitlines()]
+
+    (tmp_path / "fresh").mkdir(), (tmp_path / "in_process").mkdir()
+    fresh = run_cli(*argv, cwd=tmp_path / "fresh", subprocess=True)
+    in_process = run_cli(*argv, cwd=tmp_path / "in_process")
+    assert in_process.returncode == fresh.returncode == 1
+    assert masked(in_process.stdout) == masked(fresh.stdout) and "Sweep recorded as MLflow run" in fresh.stdout
+    assert masked(in_process.stderr) == masked(fresh.stderr)
