@@ -244,8 +244,7 @@ def _fresh_warnings() -> None:
 def _forget_acl() -> dict[str, object]:
     """Drop pyACL (the simulator, or nothing) from ``sys.modules`` so the next ``import acl`` finds it afresh on
     the path in force; returns what was dropped."""
-    dropped = {name: sys.modules.pop(name) for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]}
-    return dropped
+    return {name: sys.modules.pop(name) for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]}
 
 
 def _end_mlflow_runs() -> None:
@@ -397,17 +396,13 @@ def sim(monkeypatch):
     after the test, no runtime may still hold ``acl.init`` (every path releases what it took)."""
     from ascend_lab.runtimes import pyacl
 
-    def forget_acl() -> None:
-        for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-            del sys.modules[name]
-
     monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
-    forget_acl()
+    _forget_acl()
     import acl
 
     acl._sim.reset()
     yield acl
-    forget_acl()
+    _forget_acl()
     users = pyacl._init_users
     pyacl._init_users, pyacl._init_owned = 0, False  # keep later tests independent of a failure here
     assert users == 0, "a runtime was left open"
