@@ -45,6 +45,7 @@ Three graphs (``export.graph``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -183,6 +184,15 @@ class PrefillPlan:
     @property
     def padded_len(self) -> int:
         return self.prompt_len + self.extra_pad
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """A prepared graph a runtime loads (its artifact): an exported ``.onnx`` or a compiled ``.om``, and the
+    contract its inputs and outputs keep."""
+
+    path: Path
+    contract: GraphContract
 
 
 def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...]) -> PrefillPlan:

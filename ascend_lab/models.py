@@ -37,6 +37,17 @@ class LoadedModel:
     config: Any  # transformers config
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What runtime=torch builds in process (its artifact): the model, the seed of random weights and the graph
+    module around it (``export.graph``, with ``export.layer_outputs``), so it runs the export's contract."""
+
+    model: ModelConfig
+    seed: int
+    graph: str
+    layer_outputs: bool = False
+
+
 def torch_dtype(name: str):
     import torch
 
@@ -163,6 +174,9 @@ def resolve_pretrained_folder(model_cfg: ModelConfig) -> Path:
     """``model.path`` when given, else a ModelScope snapshot of ``model.model_id`` (downloaded once)."""
     if model_cfg.path:
         folder = Path(model_cfg.path).expanduser()
+        if not folder.exists():
+            raise AscendLabError(f"model.path={model_cfg.path}: {folder.resolve()} does not exist. Point model.path "
+                                 "at the folder of a checkpoint (config.json, weights and tokenizer files).")
         if not (folder / "config.json").is_file():
             raise AscendLabError(
                 f"model.path={model_cfg.path}: no config.json in {folder.resolve()}. Point model.path at a "

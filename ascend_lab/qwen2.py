@@ -2,7 +2,7 @@
 
 One copy of the math serves the exported generation graph (:class:`CacheGraphDecoder`, also what the
 torch runtime runs) and the static-cache engine whose decode step is captured as a device graph
-(:mod:`ascend_lab.runtimes.static_decoder`). The operations and their order are those of transformers'
+(:mod:`ascend_lab.runtimes.torch.static_decoder`). The operations and their order are those of transformers'
 Qwen2 code (RMSNorm in float32, rotary from the model's own ``inv_freq`` in float32, softmax in
 float32, SiLU MLP), so in float32 the greedy tokens are Hugging Face's.
 

@@ -56,7 +56,8 @@ def compose(args):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ascend_lab.config import register_configs, validate
+    from ascend_lab.config import validate
+    from ascend_lab.runtimes.registry import register_configs
 
     register_configs()
     overrides = [f"model={args.model}", "model.weights=random", f"benchmark.batch_size={args.batch}", "tracking=off",
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     from ascend_lab.compile import ensure_compiled
     from ascend_lab.context import JobContext
     from ascend_lab.export import ensure_exported
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
     from ascend_lab.tracking import Tracker
 
     cfg = compose(args)

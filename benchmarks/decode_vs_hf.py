@@ -22,8 +22,8 @@ Rows (``--rows``):
 - ``ort_plain``: the CLI with ``runtime.transformer_optimize=false``: the export as it is, without
   onnxruntime's transformer optimizer (the ``ort`` row loads the optimised graph, the default).
 - ``ort_int8_<method>``: the int8 graph (:func:`ascend_lab.export.optimize.int8_graph`), derived from the
-  CLI's export and opened exactly as the CLI opens its export (``open_runtime`` over a plan naming the
-  derived file: :class:`~ascend_lab.runtimes.onnxruntime_runtime.OnnxRuntime`, whose session comes from
+  CLI's export and opened exactly as the CLI opens its export (``open_engine`` over a plan naming the
+  derived file: :class:`~ascend_lab.runtimes.onnxruntime.runtime.OnnxRuntime`, whose session comes from
   ``open_session``, the one session factory), then timed by the CLI's own generate scenario (``task=bench``'s
   ``engine_for`` → ``Runtime.engine`` → ``CacheEngine``, ``run_generate``).
 
@@ -190,7 +190,8 @@ def compose(launch_dir: Path, overrides: list[str], tracker=None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ascend_lab.config import register_configs, validate
+    from ascend_lab.config import validate
+    from ascend_lab.runtimes.registry import register_configs
     from ascend_lab.context import JobContext
     from ascend_lab.tracking import Tracker
 
@@ -254,15 +255,17 @@ def run_cli_bench(launch_dir: Path, overrides: list[str], quiet: bool = True) ->
                   row.batch_size, row.runtime)
 
 
+@contextlib.contextmanager
 def open_graph(cfg, ctx, exported, onnx_path: Path):
     """``onnx_path`` (a graph derived from ``exported``) opened exactly as the CLI opens its export:
-    ``open_runtime`` over a plan naming it (→ ``OnnxRuntime`` → ``open_session``, ``runtime.*`` settings)."""
-    from ascend_lab.prepare import RuntimePlan
-    from ascend_lab.runtimes.select import open_runtime
+    ``open_engine`` over a plan naming it (→ ``OnnxRuntime`` → ``open_session``, ``runtime.*`` settings)."""
+    from ascend_lab.graph_contract import GraphFile
+    from ascend_lab.prepare import RuntimePlan, open_engine
 
-    plan = RuntimePlan("onnxruntime", f"derived graph {Path(onnx_path).parent.name}",
-                       dataclasses.replace(exported, onnx_path=Path(onnx_path)))
-    return open_runtime(plan, cfg, ctx.device)
+    plan = RuntimePlan(cfg.runtime, f"derived graph {Path(onnx_path).parent.name}",
+                       GraphFile(Path(onnx_path), exported.contract), exported)
+    with open_engine(cfg, ctx, plan) as loaded:
+        yield loaded.runtime
 
 
 def cli_plan(cfg, ctx):
@@ -272,25 +275,25 @@ def cli_plan(cfg, ctx):
     return plan_runtime(cfg, ctx)
 
 
+@contextlib.contextmanager
 def open_cli_runtime(cfg, ctx):
-    """The runtime ``task=bench`` / ``task=infer`` open for ``cfg`` (:func:`cli_plan`, then load)."""
-    from ascend_lab.runtimes.select import open_runtime
+    """The runtime ``task=bench`` / ``task=infer`` open for ``cfg`` (``open_engine``)."""
+    from ascend_lab.prepare import open_engine
 
-    return open_runtime(cli_plan(cfg, ctx), cfg, ctx.device)
+    with open_engine(cfg, ctx) as loaded:
+        yield loaded.runtime
 
 
 def time_generate(runtime, cfg, ctx, batch: int) -> dict[str, float]:
     """task=bench's generate scenario on an open runtime at ``batch``: the same inputs, engine, timer and
     statistics as :func:`ascend_lab.tasks.bench.run`."""
     from ascend_lab.bench.scenarios import make_inputs, run_generate
-    from ascend_lab.tasks.bench import engine_for, timer_for
-    from ascend_lab.tracking import Tracker
+    from ascend_lab.runtimes.engine import engine_for
 
     bench = dataclasses.replace(cfg.benchmark, batch_size=batch)
     ids, mask = make_inputs(bench, batch, runtime.contract.dims.vocab_size, cfg.seed)
-    engine = engine_for(runtime, cfg, ids.shape[1] + bench.new_tokens, Tracker())
-    result = run_generate(engine, ids, mask, bench, timer_for(runtime.name, ctx.device), runtime, ctx.device,
-                          runtime.name)
+    engine = engine_for(runtime, cfg.export, ids.shape[1] + bench.new_tokens)
+    result = run_generate(engine, ids, mask, bench, runtime.timer(ctx.device), runtime, ctx.device, runtime.name)
     return result.metrics
 
 
@@ -298,19 +301,17 @@ def greedy_tokens(runtime, cfg, ids: np.ndarray, new_tokens: int) -> np.ndarray:
     """Greedy tokens [rows, new_tokens] of ``runtime``'s engine (task=bench's) on ``ids``."""
     from ascend_lab.bench.generation import greedy_generate
     from ascend_lab.device import HostTimer
-    from ascend_lab.tasks.bench import engine_for
-    from ascend_lab.tracking import Tracker
+    from ascend_lab.runtimes.engine import engine_for
 
-    engine = engine_for(runtime, cfg, ids.shape[1] + new_tokens, Tracker())
+    engine = engine_for(runtime, cfg.export, ids.shape[1] + new_tokens)
     return greedy_generate(engine, ids, np.ones_like(ids), new_tokens, HostTimer).tokens
 
 
 def last_prompt_logits(runtime, cfg, ids: np.ndarray) -> np.ndarray:
     """Logits [rows, vocab] at the last prompt position (the prefill's last execution)."""
-    from ascend_lab.tasks.bench import engine_for
-    from ascend_lab.tracking import Tracker
+    from ascend_lab.runtimes.engine import engine_for
 
-    engine = engine_for(runtime, cfg, ids.shape[1] + 1, Tracker())
+    engine = engine_for(runtime, cfg.export, ids.shape[1] + 1)
     engine.prefill(ids, np.ones_like(ids))
     return engine.backend.last_logits()
 
@@ -481,17 +482,14 @@ def plain_loop(spec_json: str) -> None:
     from ascend_lab.config.benchmark import BenchmarkConfig
     from ascend_lab.device import HostTimer
     from ascend_lab.graph_contract import GraphContract, ModelDims
-    from ascend_lab.huge_pages import huge_pages_for_new_memory
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     spec = json.loads(spec_json)
     contract = GraphContract(spec["graph"], ModelDims(**spec["dims"]), spec["dtype"])
     results = {}
     for batch in spec["batches"]:
         bench = BenchmarkConfig(**{**spec["benchmark"], "batch_size": batch})
-        with huge_pages_for_new_memory(spec["huge_pages"]):  # what open_runtime does for the sweep's jobs
-            runtime = OnnxRuntime(spec["onnx_path"], contract, spec["device"], 0, *spec["runtime"])
-        with runtime:
+        with OnnxRuntime(spec["onnx_path"], contract, spec["device"], 0, *spec["runtime"]) as runtime:
             ids, mask = make_inputs(bench, batch, contract.dims.vocab_size, spec["seed"])
             engine = runtime.engine(ids.shape[1] + bench.new_tokens, tuple(spec["prefill_chunks"]),
                                     spec["kv_capacity"])
@@ -513,8 +511,7 @@ def runner_overhead(cfg, args, exported, onnx_path: Path) -> dict:
     spec = {"graph": exported.graph, "dims": dataclasses.asdict(exported.dims), "dtype": exported.dtype,
             "batches": batches, "benchmark": bench, "onnx_path": str(onnx_path), "device": args.device,
             "seed": cfg.seed, "prefill_chunks": list(cfg.export.prefill_chunks), "kv_capacity": cfg.export.kv_capacity,
-            "runtime": [cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization],
-            "huge_pages": cfg.runtime.huge_pages and args.device == "cpu"}
+            "runtime": [cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization]}
     plain = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", json.dumps(spec)]
 
     def wall(cmd) -> float:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Decode throughput of Qwen1.5-1.8B shapes (random weights, bf16) on one GPU: Hugging Face
-``generate`` against :class:`ascend_lab.runtimes.static_decoder.StaticDecoderEngine` eager, with
+``generate`` against :class:`ascend_lab.runtimes.torch.static_decoder.StaticDecoderEngine` eager, with
 the decode step captured as a CUDA graph, and compiled + captured; beside the bandwidth roofline.
 
 Run once on a lent H100/H200 (no network needed; needs only torch and transformers — this script
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from ascend_lab.runtimes.static_decoder import StaticDecoderEngine
+    from ascend_lab.runtimes.torch.static_decoder import StaticDecoderEngine
 
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"

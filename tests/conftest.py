@@ -32,6 +32,21 @@ CONF_DIR = REPO / "conf"
 FAKES = Path(__file__).resolve().parent / "fakes"
 
 
+def load_torch_runtime(cfg=None, device=None, **runtime_keys):
+    """runtime=torch for ``cfg`` (an AppConfig; default: the defaults) on ``device`` (default: the CPU), with
+    ``runtime_keys`` of :class:`TorchRuntimeConfig` set: the model and runtime config it receives, as the CLI
+    passes them."""
+    from ascend_lab.config import AppConfig
+    from ascend_lab.device import Device
+    from ascend_lab.models import ModelSource
+    from ascend_lab.runtimes.torch.config import TorchRuntimeConfig
+    from ascend_lab.runtimes.torch.runtime import TorchRuntime
+
+    cfg = cfg or AppConfig()
+    source = ModelSource(cfg.model, cfg.seed, cfg.export.graph, cfg.export.layer_outputs)
+    return TorchRuntime.load(TorchRuntimeConfig(**runtime_keys), source, device or Device("cpu", 0, "test"))
+
+
 def cli_env(extra_path: list[Path] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)
@@ -378,7 +393,7 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ascend_lab.config import register_configs
+    from ascend_lab.runtimes.registry import register_configs
 
     register_configs()
 
@@ -394,7 +409,7 @@ def compose():
 def sim(monkeypatch):
     """The pyACL simulator (``tests/fakes/pyacl``) imported as ``acl`` for this test only, with fresh state;
     after the test, no runtime may still hold ``acl.init`` (every path releases what it took)."""
-    from ascend_lab.runtimes import pyacl
+    from ascend_lab.runtimes.acl import pyacl
 
     monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
     _forget_acl()

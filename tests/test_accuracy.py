@@ -13,7 +13,7 @@ import pytest
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.accuracy import metrics
-from ascend_lab.accuracy.compare import Prompt, compare_runtimes, decode, layer_drift, layer_hidden
+from ascend_lab.accuracy.compare import Prompt, compare, decode, layer_drift, layer_hidden
 from ascend_lab.accuracy.gate import AccuracyGateError, evaluate
 from ascend_lab.accuracy.prompts import read_prompts_file
 from ascend_lab.config import AppConfig
@@ -23,7 +23,7 @@ from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import Device
 from ascend_lab.errors import ConfigError
 
-from conftest import stand_in_env
+from conftest import load_torch_runtime, stand_in_env
 
 CHUNKS, CAPACITY = (16, 128), 1024
 CPU = Device("cpu", 0, "test")
@@ -32,8 +32,17 @@ FAULTY_LAYER = 2
 FAULTY_WEIGHT = f"model.model.layers.{FAULTY_LAYER}.mlp.down_proj.weight"
 
 
+
+def compare_runtimes(reference, candidate, prompts, new_tokens, chunks, capacity):
+    """Both sides open together: the reference's tokens, the candidate teacher-forced and free-running."""
+    ref = decode(reference, prompts, new_tokens, chunks, capacity)
+    tf = decode(candidate, prompts, new_tokens, chunks, capacity, [r.tokens for r in ref])
+    return compare(prompts, ref, tf, decode(candidate, prompts, new_tokens, chunks, capacity))
+
+
 # ------------------------------------------------------------------------------------------------
 # Metrics
+
 
 
 def test_identical_rows_score_exactly_perfect():
@@ -148,9 +157,7 @@ def prompts() -> list[Prompt]:
 @pytest.fixture(scope="module")
 def torch_debug():
     """The 4-layer tiny model on torch, its graph with the layer outputs."""
-    from ascend_lab.runtimes.torch_runtime import TorchRuntime
-
-    with TorchRuntime.load(tiny_cfg(layer_outputs=True), CPU) as runtime:
+    with load_torch_runtime(tiny_cfg(layer_outputs=True), CPU) as runtime:
         yield runtime
 
 
@@ -189,18 +196,14 @@ def test_a_candidate_identical_to_its_reference_passes_with_cosine_one(torch_deb
 
 
 def test_the_static_decoder_is_refused_for_teacher_forcing():
-    from ascend_lab.runtimes.torch_runtime import TorchRuntime
-
-    cfg = AppConfig()
-    cfg.runtime.graph_capture = True
-    with TorchRuntime.load(cfg, CPU) as runtime:
+    with load_torch_runtime(AppConfig(), CPU, graph_capture=True) as runtime:
         with pytest.raises(ConfigError, match=r"runtime\.graph_capture=True.*teacher forcing"):
             runtime.engine(20, CHUNKS, CAPACITY, keep_logits=True)
         runtime.engine(20, CHUNKS, CAPACITY)  # without keep_logits it still selects the static decoder
 
 
 def test_the_debug_graph_keeps_the_plain_graphs_outputs(exported_debug, torch_debug):
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     contract = exported_debug.contract
     assert contract.layer_outputs and contract.output_names()[-1] == gc.LAYER_HIDDEN_STATES
@@ -211,9 +214,7 @@ def test_the_debug_graph_keeps_the_plain_graphs_outputs(exported_debug, torch_de
         drift = layer_drift(layer_hidden(torch_debug, prompts(), CHUNKS, CAPACITY), hidden, 1e-3)
         assert drift.first_over is None and float(np.max(drift.worst_rel_error)) < 1e-5
     with pytest.raises(Exception, match="export.layer_outputs=true"):
-        from ascend_lab.runtimes.torch_runtime import TorchRuntime
-
-        with TorchRuntime.load(tiny_cfg(), CPU) as plain:
+        with load_torch_runtime(tiny_cfg(), CPU) as plain:
             layer_hidden(plain, prompts(), CHUNKS, CAPACITY)
 
 
@@ -246,7 +247,7 @@ def scaled_copy(exported, out_dir: Path, name: str, factor: float) -> Path:
 def test_fault_injection_fails_the_gate_and_names_the_layer(exported_debug, torch_debug, tmp_path):
     """One decoder layer's down projection scaled by 1.5 in the ONNX file: the gate fails naming the metric,
     and the layer report names exactly that layer as the first to drift (the ones before it are exact)."""
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     faulty = scaled_copy(exported_debug, tmp_path, FAULTY_WEIGHT, 1.5)
     thresholds = default_gates()["float32"]

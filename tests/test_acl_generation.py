@@ -17,7 +17,7 @@ from ascend_lab.config import AppConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
-from conftest import stand_in_env
+from conftest import load_torch_runtime, stand_in_env
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 CHUNKS, CAPACITY = (16, 128), 1024
@@ -73,10 +73,8 @@ PADS = {1: (), 4: (0, 3, 6, 1), 8: (2, 0, 0, 5, 1, 0, 7, 3)}
 
 @pytest.mark.parametrize("batch", [1, 4, 8])
 def test_acl_onnxruntime_and_torch_pick_the_same_tokens(sim, compiled, batch):
-    from ascend_lab.device import Device
-    from ascend_lab.runtimes.acl import AclRuntime
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
-    from ascend_lab.runtimes.torch_runtime import TorchRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     exported, om = compiled[batch]
     assert om.dims_gears == [[1, 1], [16, 16], [128, 128]] and exported.dtype == "float16"
@@ -88,7 +86,7 @@ def test_acl_onnxruntime_and_torch_pick_the_same_tokens(sim, compiled, batch):
     with OnnxRuntime(exported.onnx_path, exported.contract) as ort_runtime:
         _, on_ort = generate(ort_runtime, ids, mask, 24)
     cfg = AppConfig(model=ModelConfig(dtype="float16"))
-    with TorchRuntime.load(cfg, Device("cpu", 0, "test")) as torch_runtime:
+    with load_torch_runtime(cfg) as torch_runtime:
         _, on_torch = generate(torch_runtime, ids, mask, 24)
     np.testing.assert_array_equal(on_npu.tokens, on_ort.tokens)
     np.testing.assert_array_equal(on_npu.tokens, on_torch.tokens)
@@ -97,8 +95,8 @@ def test_acl_onnxruntime_and_torch_pick_the_same_tokens(sim, compiled, batch):
 
 
 def test_a_context_above_256_in_a_few_executions(sim, compiled):
-    from ascend_lab.runtimes.acl import AclRuntime
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     exported, om = compiled[4]
     ids, mask = prompts(3, 4, 300, (0, 40, 7, 100))
@@ -136,7 +134,7 @@ def test_traffic_per_token_does_not_grow_with_the_context(sim, compiled):
     """The cache stays in device memory: per token the host sends the token, its position and the slot
     count, and gets one token id back, at context 64 as at 480 — a few dozen bytes, where copying the
     cache each step would cost capacity × slot bytes."""
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     exported, om = compiled[1]
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
@@ -154,7 +152,7 @@ def test_traffic_per_token_does_not_grow_with_the_context(sim, compiled):
 
 def test_old_cann_without_bytes_to_ptr_generates_the_same(sim, compiled, monkeypatch):
     """CANN before 6.0.1 has only numpy_to_ptr/ptr_to_numpy (Ascend/samples acllite falls back the same way)."""
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     exported, om = compiled[4]
     ids, mask = prompts(4, 4, 9, PADS[4])
@@ -170,7 +168,7 @@ def test_old_cann_without_bytes_to_ptr_generates_the_same(sim, compiled, monkeyp
 
 
 def test_output_names_are_normalised_from_op_index_name(sim, compiled):
-    from ascend_lab.runtimes.acl import AclRuntime, output_name
+    from ascend_lab.runtimes.acl.runtime import AclRuntime, output_name
 
     assert output_name("/ArgMax:0:next_token") == "next_token" and output_name("logits") == "logits"
     exported, om = compiled[1]
@@ -181,7 +179,7 @@ def test_output_names_are_normalised_from_op_index_name(sim, compiled):
 
 
 def test_a_failing_step_releases_everything(sim, compiled):
-    from ascend_lab.runtimes.acl import AclError, AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclError, AclRuntime
 
     exported, om = compiled[4]
     ids, mask = prompts(5, 4, 9)
@@ -198,7 +196,7 @@ def test_a_failing_step_releases_everything(sim, compiled):
 
 def test_a_batch_the_om_was_not_compiled_for_is_a_clear_error(sim, compiled):
     from ascend_lab.errors import ConfigError
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     exported, om = compiled[4]
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
@@ -289,7 +287,7 @@ def float32_min_mask_graph(tmp_path_factory) -> Path:
 
 
 def test_force_fp16_turns_a_float32_min_mask_into_nan(sim, float32_min_mask_graph, tmp_path):
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     scores = np.random.default_rng(0).standard_normal((2, 4, 4)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1], [0, 0, 0, 0]], np.int64)  # row 1: only padding
@@ -308,7 +306,7 @@ def test_the_shipped_graph_stays_finite_with_padding_in_either_precision(sim, co
     """ascend_lab's kv_cache graph masks with a float16-safe value (and exports in float16): a row that is
     almost all padding, and the padding slots themselves, stay finite whatever the precision mode."""
     from ascend_lab import graph_contract as gc
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     exported, om = compiled[4]
     if precision != "must_keep_origin_dtype":

@@ -80,6 +80,18 @@ def cached_files(lab: Path) -> tuple[Path, Path]:
     return onnx_file, om
 
 
+@pytest.mark.slow
+def test_the_acl_run_names_the_npu_that_runs_it(lab):
+    """runtime=acl runs the .om on the NPU through pyACL: the device line and tag name it, not torch's CPU."""
+    _, runs = all_runs(lab)
+    first = min(runs, key=lambda run: run.info.start_time)
+    tags = first.data.tags
+    assert tags["device"] == "npu:0", tags["device"]
+    assert tags["device.reason"].startswith("runtime=acl runs the .om on NPU 0 with pyACL; torch's own work stays on cpu")
+    log_text = "".join(p.read_text() for p in lab.glob("outputs/runs/*/*/*.log"))
+    assert "device: npu:0 (runtime=acl runs the .om on NPU 0" in log_text
+
+
 # ------------------------------------------------------------------------------------------------
 # Malformed overrides, out-of-range numbers: rejected before any run is opened
 
@@ -389,7 +401,7 @@ def ids(shape, dtype=np.int64):
      "inputs 'input_ids' and 'attention_mask' disagree on dim 'batch': 2 vs 3"),
 ], ids=["dtype", "rank", "missing", "batch"])
 def test_onnxruntime_names_the_input_that_does_not_match(small_onnx, feeds, message):
-    from ascend_lab.runtimes.onnxruntime_runtime import FeedError, OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import FeedError, OnnxRuntime
 
     with OnnxRuntime(small_onnx, HIDDEN) as runtime:
         with pytest.raises(FeedError) as caught:
@@ -400,7 +412,7 @@ def test_onnxruntime_names_the_input_that_does_not_match(small_onnx, feeds, mess
 
 
 def test_onnxruntime_refuses_a_truncated_file_naming_it(small_onnx, tmp_path):
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(small_onnx.read_bytes()[:200])

@@ -292,7 +292,7 @@ def test_cli_bench_and_benchmark_script_build_sessions_through_the_same_function
     are identical for both (threads, execution mode, spinning, optimisation level)."""
     import onnxruntime as ort
 
-    import ascend_lab.runtimes.onnxruntime_runtime as ortrt
+    import ascend_lab.runtimes.onnxruntime.runtime as ortrt
     from ascend_lab.export import ensure_exported
     from ascend_lab.export.optimize import int8_graph
     from ascend_lab.run import run_job

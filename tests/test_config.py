@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from ascend_lab.config import AppConfig, RuntimeConfig, Task, validate
+from ascend_lab.config import AppConfig, Task, validate
 from ascend_lab.config.atc import SOC_VERSIONS
-from ascend_lab.config.runtime import RUNTIME_FIELDS, RUNTIME_NAMES, ignored_runtime_keys
 from ascend_lab.errors import ConfigError
+from ascend_lab.runtimes.registry import RUNTIME_CONFIGS
 from tests.conftest import CONF_DIR
 
-GROUP_OPTIONS = {
+# Option files per group; the runtime group's options are its ConfigStore nodes (one schema per runtime).
+GROUP_FILES = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    for group in ("device", "model", "export", "atc", "runtime", "benchmark", "tracking", "mnist", "doctor", "profile",
-                  "search")
+    for group in ("device", "model", "export", "atc", "benchmark", "tracking", "mnist", "doctor", "profile", "search")
 }
+GROUP_OPTIONS = {**GROUP_FILES, "runtime": sorted(RUNTIME_CONFIGS)}
 
 
 def test_defaults_compose_and_validate(compose):
@@ -47,9 +48,10 @@ def test_every_schema_field_is_documented():
             "device", "model", "export", "atc", "runtime", "benchmark", "tracking", "mnist", "doctor", "profile",
             "search", "telemetry", "accuracy"), field.name
         if field.name in GROUP_OPTIONS:
-            schema = type(getattr(AppConfig(), field.name))
-            for sub in dataclasses.fields(schema):
-                assert sub.metadata.get("help"), f"{field.name}.{sub.name} has no help text"
+            schemas = RUNTIME_CONFIGS.values() if field.name == "runtime" else [type(getattr(AppConfig(), field.name))]
+            for schema in schemas:
+                for sub in dataclasses.fields(schema):
+                    assert sub.metadata.get("help") or sub.name == "_target_", f"{field.name}.{sub.name} has no help"
 
 
 # Preset keys a model option states even where they equal the schema default: the checkpoint's identity
@@ -59,7 +61,7 @@ MODEL_PRESET_KEYS = ("name", "weights", "model_id", "dtype", "num_hidden_layers"
                      "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings")
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_FILES.items() for o in opts])
 def test_group_yaml_states_only_differences(group, option):
     """The dataclasses are the one source of defaults: an option file states what selects it (name) and
     what differs, never a default restated (which would drift from the schema unnoticed)."""
@@ -79,43 +81,41 @@ def test_trimmed_yaml_composes_to_the_schema_defaults(compose):
         assert composed[group] == schema_default, group
 
 
-def test_runtime_table_names_real_fields_and_covers_them():
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(RuntimeConfig)} - {"name"}
-    listed = {name for names in RUNTIME_FIELDS.values() for name in names}
-    assert listed <= fields
-    assert fields <= listed, f"runtime fields no runtime reads: {fields - listed}"
-    assert set(RUNTIME_FIELDS) == set(RUNTIME_NAMES) - {"auto"}
-
-
-@pytest.mark.parametrize("overrides,runtime,expected", [
-    ({"graph_capture": True}, "onnxruntime",
-     {"runtime.graph_capture": "runtime.graph_capture=true has no effect on runtime=onnxruntime (only "
-                               "runtime=torch reads it); drop it or choose runtime=torch"}),
-    ({"graph_optimization": "basic", "intra_op_threads": 4}, "acl",
-     {"runtime.intra_op_threads": "runtime.intra_op_threads=4 has no effect on runtime=acl (only runtime=torch "
-                                  "or runtime=onnxruntime reads it); drop it or choose runtime=torch or "
-                                  "runtime=onnxruntime",
-      "runtime.graph_optimization": "runtime.graph_optimization=basic has no effect on runtime=acl (only "
-                                    "runtime=onnxruntime reads it); drop it or choose runtime=onnxruntime"}),
-    ({"inter_op_threads": 2, "compile": True}, "torch",
-     {"runtime.inter_op_threads": "runtime.inter_op_threads=2 has no effect on runtime=torch (only "
-                                  "runtime=onnxruntime reads it); drop it or choose runtime=onnxruntime"}),
-    ({"compile_backend": "inductor"}, "torch",
-     {"runtime.compile_backend": "runtime.compile_backend=inductor has no effect without runtime.compile=true; "
-                                 "set both or drop it"}),
-    ({"graph_capture": True, "compile": True, "compile_backend": "inductor", "intra_op_threads": 8}, "torch", {}),
-    ({"intra_op_threads": 8, "inter_op_threads": 2, "graph_optimization": "basic"}, "onnxruntime", {}),
-    ({}, "acl", {}),
+@pytest.mark.parametrize("runtime,key", [
+    ("onnxruntime", "graph_capture"), ("onnxruntime", "compile"), ("torch", "inter_op_threads"),
+    ("torch", "graph_optimization"), ("acl", "intra_op_threads"), ("auto", "transformer_optimize"),
 ])
-def test_ignored_runtime_keys(overrides, runtime, expected):
-    assert ignored_runtime_keys(RuntimeConfig(name="auto", **overrides), runtime) == expected
+def test_a_key_the_runtime_does_not_read_cannot_be_set(compose, runtime, key):
+    """Each runtime's keys are its own schema: another runtime's key fails at composition, naming it."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as failure:
+        compose(f"runtime={runtime}", f"runtime.{key}=1")
+    assert f"runtime.{key}" in str(failure.value)
 
 
-def test_ignored_runtime_keys_needs_the_resolved_runtime():
-    with pytest.raises(ValueError, match="resolved"):
-        ignored_runtime_keys(RuntimeConfig(), "auto")
+def test_the_cli_refuses_a_key_of_another_runtime(run_cli):
+    proc = run_cli("task=bench", "runtime=onnxruntime", "runtime.graph_capture=true", "tracking=off", timeout=120)
+    assert proc.returncode != 0
+    assert "runtime.graph_capture" in proc.stderr and "OnnxRuntimeConfig" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides,key,problem", [
+    (("runtime=torch", "runtime.compile_backend=inductor"), "runtime.compile_backend", "runtime.compile=true"),
+    (("runtime.name=torch",), "runtime.name", "use runtime=torch"),
+    (("runtime=onnxruntime", "runtime.name=acl"), "runtime.name", "use runtime=acl"),
+])
+def test_runtime_choices_are_made_with_the_group(compose, overrides, key, problem):
+    with pytest.raises(ConfigError, match=problem) as failure:
+        validate(compose(*overrides))
+    assert failure.value.key == key
+
+
+def test_each_runtime_validates_to_its_own_schema(compose):
+    for name, schema in RUNTIME_CONFIGS.items():
+        runtime = validate(compose(f"runtime={name}")).runtime
+        assert type(runtime) is schema and runtime.name == name
 
 
 @pytest.mark.parametrize("override,key", [

@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 
 from ascend_lab.config.profile import ProfileConfig
-from ascend_lab.profiling import msprof, ort_trace, torch_trace
+from ascend_lab.profiling import msprof
 from ascend_lab.profiling.events import (COMPUTE, COPY, DECODE, MSPROF, PREFILL, OpEvent, TraceFile, busy_and_span,
                                          range_name)
 from ascend_lab.profiling.profiled_pass import parse_traces
 from ascend_lab.profiling.table import OpTable
+from ascend_lab.runtimes.onnxruntime import trace as ort_trace
+from ascend_lab.runtimes.torch import trace as torch_trace
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 FAST = ("benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", "benchmark.new_tokens=8",
@@ -218,10 +220,9 @@ def test_profiled_latency_is_logged_apart_and_the_timed_figures_come_first(tmp_p
     logged timed figures are exactly the scenario's, and every figure of the profiled pass is a profile_* one."""
     from ascend_lab.config import AppConfig
     from ascend_lab.config.benchmark import BenchmarkConfig
-    from ascend_lab.config.runtime import RuntimeConfig
     from ascend_lab.config.telemetry import TelemetryConfig
     from ascend_lab.context import JobContext
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
     from ascend_lab.tasks import bench as bench_task
     from ascend_lab.tracking import Tracker
 
@@ -247,7 +248,9 @@ def test_profiled_latency_is_logged_apart_and_the_timed_figures_come_first(tmp_p
 
     monkeypatch.setattr(bench_task, "run_generate", run_generate)
     monkeypatch.setattr(OnnxRuntime, "profiled", profiled)
-    cfg = AppConfig(runtime=RuntimeConfig(name="onnxruntime"), profile=ProfileConfig(enabled=True),
+    from ascend_lab.runtimes.onnxruntime.config import OnnxRuntimeConfig
+
+    cfg = AppConfig(runtime=OnnxRuntimeConfig(), profile=ProfileConfig(enabled=True),
                     telemetry=TelemetryConfig(enabled=False, roofline=False),
                     benchmark=BenchmarkConfig(new_tokens=6, warmup=1, iterations=2, min_duration_s=0))
     tracker = Recorder()
@@ -277,7 +280,8 @@ def check_profile_artifacts(client, run, tmp_path: Path, trace_format: str) -> l
         assert sum(float(r[f"{phase}_share_pct"]) for r in rows) == pytest.approx(100.0, abs=0.01)
     traces = [p for p in (local / "traces").iterdir() if p.suffix == ".json"]
     assert len(traces) == 1
-    events, _ = parse_traces([TraceFile(traces[0], trace_format)])
+    parser = {"torch": torch_trace.parse, "onnxruntime": ort_trace.parse}[trace_format]
+    events, _ = parse_traces([TraceFile(traces[0], trace_format, parser=parser)])
     assert events and sum(e.dur_us for e in events) > 0
     m = run.data.metrics
     for key in ("profile_top_op_share", "profile_copy_share", "profile_idle_share", "profile_decode_top_op_share",
@@ -360,7 +364,7 @@ PROF_ORDER = ["prof.init", "prof.create_config", "prof.start", "prof.stop", "pro
 
 
 def test_acl_profiling_through_the_simulator(sim, compiled, tmp_path):
-    from ascend_lab.runtimes.acl import AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     exported, om = compiled
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
@@ -382,7 +386,7 @@ def test_acl_profiling_through_the_simulator(sim, compiled, tmp_path):
 
 @pytest.mark.parametrize("failing", ["mdl.execute", "prof.start", "prof.create_config"])
 def test_acl_profiling_releases_everything_when_a_step_fails(sim, compiled, failing):
-    from ascend_lab.runtimes.acl import AclError, AclRuntime
+    from ascend_lab.runtimes.acl.runtime import AclError, AclRuntime
 
     exported, om = compiled
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:

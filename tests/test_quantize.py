@@ -9,6 +9,7 @@ import collections
 import numpy as np
 import pytest
 
+from ascend_lab import artifact_cache
 from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import HostTimer
 
@@ -28,7 +29,7 @@ def exported(tmp_path_factory):
 
 def engine_on(path, exported, new_tokens: int = 32):
     """The generation engine over an onnxruntime session of ``path`` (a graph with ``exported``'s contract)."""
-    from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime
+    from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     runtime = OnnxRuntime(path, exported.contract, intra_op_threads=1)
     engine = runtime.engine(64 + new_tokens, (16, 128), 1024)
@@ -77,11 +78,11 @@ def test_fold_weight_transposes_is_exact_and_keeps_shared_tables():
 @pytest.mark.parametrize("method, quant_op", [("matmul_nbits", "MatMulNBits"), ("dynamic", "MatMulInteger")])
 def test_int8_graph_quantises_every_weight_and_generates(exported, method, quant_op):
     from ascend_lab.bench.roofline import step_weight_bytes
-    from ascend_lab.export.optimize import derived_meta, int8_graph
+    from ascend_lab.export.optimize import int8_graph
 
     path = int8_graph(exported, method)
     assert path.parent.name == f"{exported.onnx_path.parent.name}~int8-{method}"
-    assert derived_meta(path)["source_sha256"] == exported.sha256
+    assert artifact_cache.read_meta(path.parent)["source_sha256"] == exported.sha256
     ops = _op_counts(path)
     assert ops[quant_op] == WEIGHT_MATMULS
     assert ops["MatMul"] == 2 * 4  # only the attention matmuls (scores and × values, cache and new) stay float
@@ -123,7 +124,7 @@ def test_derived_graphs_are_built_once(exported, monkeypatch):
     first = optimize.derived_graph(exported.onnx_path, "copy", build, exported.sha256)
     second = optimize.derived_graph(exported.onnx_path, "copy", build, exported.sha256)
     assert first == second and len(calls) == 1
-    assert optimize.derived_meta(first)["variant"] == "copy"
+    assert artifact_cache.read_meta(first.parent)["variant"] == "copy"
     # The export cache entry itself is untouched (its sha256 covers the files beside model.onnx).
     assert sorted(p.name for p in exported.onnx_path.parent.iterdir()) == ["meta.json", "model.onnx"]
 
@@ -148,7 +149,7 @@ def test_derived_graph_of_an_older_format_is_rebuilt(exported, monkeypatch, capl
     with caplog.at_level("WARNING"):
         again = optimize.derived_graph(exported.onnx_path, "stale", build, exported.sha256)
     assert again == path and len(calls) == 2
-    assert optimize.derived_meta(again)["format"] == optimize.DERIVED_FORMAT
+    assert artifact_cache.read_meta(again.parent)["format"] == optimize.DERIVED_FORMAT
     assert "was built by older code (its format is" in caplog.text
     optimize.derived_graph(exported.onnx_path, "stale", build, exported.sha256)
     assert len(calls) == 2  # the rebuilt entry is a hit

@@ -10,7 +10,7 @@ import pytest
 from ascend_lab import graph_contract as gc
 from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import HostTimer
-from ascend_lab.runtimes.onnxruntime_runtime import OnnxRuntime, choose_providers
+from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime, choose_providers
 
 CHUNKS, CAPACITY = (16, 128), 1024
 
@@ -89,16 +89,14 @@ def test_onnxruntime_notes_a_missing_device_provider(small_onnx, caplog):
 
 @pytest.fixture(scope="module")
 def torch_runtime():
-    from ascend_lab.config import AppConfig
-    from ascend_lab.device import Device
-    from ascend_lab.runtimes.torch_runtime import TorchRuntime
+    from conftest import load_torch_runtime
 
-    with TorchRuntime.load(AppConfig(), Device("cpu", 0, "test")) as runtime:
+    with load_torch_runtime() as runtime:
         yield runtime
 
 
 def test_session_options_use_physical_cores():
-    from ascend_lab.runtimes.onnxruntime_runtime import physical_cores, session_options
+    from ascend_lab.runtimes.onnxruntime.runtime import physical_cores, session_options
 
     assert physical_cores() >= 1
     options = session_options()
@@ -214,7 +212,7 @@ def test_graph_capture_engine_is_wired_and_agrees(torch_runtime, monkeypatch):
 
 def test_compile_backend_follows_the_device():
     from ascend_lab.errors import ToolchainError
-    from ascend_lab.runtimes.torch_runtime import compile_backend
+    from ascend_lab.runtimes.torch.runtime import compile_backend
 
     assert compile_backend("auto", "cpu") == "inductor" and compile_backend("auto", "cuda") == "inductor"
     assert compile_backend("inductor", "npu") == "inductor"
@@ -240,8 +238,9 @@ def launch_dir(tmp_path_factory):
 def _context(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
 
-    from ascend_lab.config import register_configs, validate
+    from ascend_lab.config import validate
     from ascend_lab.context import JobContext
+    from ascend_lab.runtimes.registry import register_configs
     from ascend_lab.tracking import Tracker
     from conftest import CONF_DIR
 
@@ -254,13 +253,13 @@ def _context(tmp_path, *overrides):
 def test_onnxruntime_gives_the_torch_runtimes_tokens(launch_dir, torch_runtime):
     """tiny_qwen at batch 1, 4 and 8 with left padding: the exported graph through onnxruntime, its cache
     bound in place, picks the tokens the torch runtime (and Hugging Face) picks."""
-    from ascend_lab.prepare import plan_runtime
-    from ascend_lab.runtimes.select import open_runtime
+    from ascend_lab.prepare import open_engine, plan_runtime
 
     cfg, ctx = _context(launch_dir, "runtime=onnxruntime")
     plan = plan_runtime(cfg, ctx)
     assert plan.name == "onnxruntime" and len(plan.tags()["onnx_sha256"]) == 64
-    with open_runtime(plan, cfg, ctx.device) as ort_runtime:
+    with open_engine(cfg, ctx, plan) as loaded:
+        ort_runtime = loaded.runtime
         assert ort_runtime.contract == torch_runtime.contract
         for batch, pads in ((1, ()), (4, (0, 3, 6, 1)), (8, (2, 0, 0, 5, 1, 0, 7, 3))):
             ids, mask = prompts(10 + batch, batch, 9, pads)
@@ -280,8 +279,7 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     runtime loads it, and its greedy tokens are the torch runtime's."""
     import onnx
 
-    from ascend_lab.prepare import plan_runtime
-    from ascend_lab.runtimes.select import open_runtime
+    from ascend_lab.prepare import open_engine, plan_runtime
 
     cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=true")
     plan = plan_runtime(cfg, ctx)
@@ -290,7 +288,8 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     plain, fused = (onnx.load(str(p), load_external_data=False).graph.node
                     for p in (plan.exported.onnx_path, plan.onnx_path))
     assert "SimplifiedLayerNormalization" in {n.op_type for n in fused} and len(fused) < len(plain)
-    with open_runtime(plan, cfg, ctx.device) as ort_runtime:
+    with open_engine(cfg, ctx, plan) as loaded:
+        ort_runtime = loaded.runtime
         assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path
         ids, mask = prompts(14, 4, 9, (0, 3, 6, 1))
         _, optimized = generate(ort_runtime, ids, mask, 20)
@@ -299,11 +298,11 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
 
 
 def test_the_backend_writes_exactly_the_new_slots(launch_dir):
-    from ascend_lab.prepare import plan_runtime
-    from ascend_lab.runtimes.select import open_runtime
+    from ascend_lab.prepare import open_engine, plan_runtime
 
     cfg, ctx = _context(launch_dir, "runtime=onnxruntime")
-    with open_runtime(plan_runtime(cfg, ctx), cfg, ctx.device) as ort_runtime:
+    with open_engine(cfg, ctx) as loaded:
+        ort_runtime = loaded.runtime
         ids, mask = prompts(4, 2, 5)
         engine = ort_runtime.engine(12, (8,), CAPACITY)
         engine.prepare(2, 5, 4)
@@ -316,6 +315,35 @@ def test_the_backend_writes_exactly_the_new_slots(launch_dir):
         written = np.abs(cache).reshape(cache.shape[0], -1).sum(axis=1) > 0
         assert written[:10].all() and not written[10:].any()
         assert engine.generated().shape == (2, 3)
+
+
+def test_open_engine_loads_the_configs_target_with_its_own_config(launch_dir):
+    """The one call a task makes: the runtime is the class runtime._target_ names, built from its own config and the
+    prepared artifact; the tokenizer, the timer and the engine come with it, the engine's kind as a tag."""
+    import dataclasses
+
+    from ascend_lab.prepare import open_engine
+    from ascend_lab.runtimes.torch.runtime import TorchRuntime
+    from ascend_lab.tracking import Tracker
+
+    class Tags(Tracker):
+        def __init__(self):
+            self.tags = {}
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+    cfg, ctx = _context(launch_dir, "runtime=torch")
+    ctx = dataclasses.replace(ctx, tracker=Tags())
+    with open_engine(cfg, ctx) as loaded:
+        assert type(loaded.runtime) is TorchRuntime and loaded.plan.config is cfg.runtime
+        assert loaded.plan.artifact.model == cfg.model and loaded.load_seconds > 0
+        assert loaded.timer == ctx.device.timer  # torch's calls return before the device finishes
+        ids = np.asarray([loaded.tokenizer("你好, world")["input_ids"]], dtype=np.int64)
+        engine = loaded.engine(ids.shape[1] + 4)
+        assert greedy_generate(engine, ids, np.ones_like(ids), 4, loaded.timer).tokens.shape == (1, 4)
+    assert loaded.runtime.wrapper is None  # closed with the block
+    assert ctx.tracker.tags["runtime"] == "torch" and ctx.tracker.tags["engine"] == "CacheEngine"
 
 
 def test_auto_without_pyacl_chooses_onnxruntime_and_says_why(launch_dir):

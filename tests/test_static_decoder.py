@@ -17,8 +17,8 @@ import pytest
 
 from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import Device, HostTimer
-from ascend_lab.runtimes import static_decoder
-from ascend_lab.runtimes.static_decoder import GraphApi, StaticDecoderEngine
+from ascend_lab.runtimes.torch import static_decoder
+from ascend_lab.runtimes.torch.static_decoder import GraphApi, StaticDecoderEngine
 
 REPO = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 24
@@ -73,7 +73,7 @@ def _engine_tokens(engine, ids, mask, new_tokens=NEW_TOKENS):
 def test_greedy_tokens_equal_hf_generate_and_the_torch_engine(compose, overrides):
     import torch
 
-    from ascend_lab.runtimes.torch_runtime import TorchRuntime
+    from ascend_lab.runtimes.torch.runtime import TorchRuntime
 
     cfg, loaded = _load(compose, *overrides)
     model = loaded.model
@@ -275,7 +275,7 @@ def test_sliding_window_models_are_refused():
 
 def test_the_module_imports_without_hydra():
     code = BLOCK_HEAVY_IMPORTS + (
-        "import ascend_lab.runtimes.static_decoder as m\n"
+        "import ascend_lab.runtimes.torch.static_decoder as m\n"
         "from ascend_lab.errors import ToolchainError\n"
         "assert m.ToolchainError is ToolchainError\n"
         "assert 'hydra' not in [k for k, v in sys.modules.items() if v is not None]\n")

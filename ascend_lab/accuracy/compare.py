@@ -126,16 +126,6 @@ def compare(prompts: list[Prompt], reference: list[Decoded], teacher_forced: lis
     return Comparison(rows, len(reference[0].tokens) if reference else 0)
 
 
-def compare_runtimes(reference, candidate, prompts: list[Prompt], new_tokens: int, prefill_chunks,
-                     capacity_limit: int) -> Comparison:
-    """:func:`decode` both sides (candidate teacher-forced and free-running) and :func:`compare` them; for
-    runtimes that are open together (the task opens one side at a time to halve peak memory)."""
-    ref = decode(reference, prompts, new_tokens, prefill_chunks, capacity_limit)
-    tf = decode(candidate, prompts, new_tokens, prefill_chunks, capacity_limit, [r.tokens for r in ref])
-    fr = decode(candidate, prompts, new_tokens, prefill_chunks, capacity_limit)
-    return compare(prompts, ref, tf, fr)
-
-
 # ------------------------------------------------------------------------------------------------
 # Layer drift
 

@@ -1,5 +1,5 @@
 """Timing a greedy generation: :func:`greedy_generate` runs one generation on an engine
-(:class:`ascend_lab.runtimes.base.Engine`, any runtime's) and reads each token's time.
+(:class:`ascend_lab.runtimes.engine.Engine`, any runtime's) and reads each token's time.
 
 TTFT is the prefill — however many graph executions the prompt takes — plus the first token's pick;
 each later token is one decode step.

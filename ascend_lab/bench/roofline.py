@@ -26,9 +26,9 @@ bytes read / median time of ``repeats`` timed passes after one untimed pass. The
 of these medians (a sum can be compute-bound on one core before it is memory-bound; a max is cheaper per
 byte; a tuned GEMV may prefetch better than either): the most this machine was seen to read. A copy's
 bandwidth (bytes read + written / time) is measured beside it for reference only. numpy backs arrays this large
-with transparent huge pages (it advises them ``MADV_HUGEPAGE``); the runtimes' weights are moved to huge pages at
-load too (``runtime.huge_pages``, :mod:`ascend_lab.huge_pages`), so the decode and the kernels it is judged against
-read through the same page size.
+with transparent huge pages (it advises them ``MADV_HUGEPAGE``); the runtimes' weights are in huge pages too only
+where the host runs THP in ``always`` mode (benchmarks/README.md), otherwise the kernels read through larger pages
+than the decode.
 
 **On a device** the same figure comes from the device's own memory: :func:`measure_torch_read_bandwidth`
 (CUDA, or an NPU through torch_npu: ``sum`` and ``amax`` over a float32 tensor in device memory, synchronised
@@ -106,7 +106,7 @@ class Bandwidth:
 
 def default_threads() -> int:
     """Physical cores: the thread count ``runtime.intra_op_threads=0`` gives onnxruntime's sessions."""
-    from ascend_lab.runtimes.onnxruntime_runtime import physical_cores
+    from ascend_lab.runtimes.onnxruntime.runtime import physical_cores
 
     return physical_cores()
 
@@ -206,8 +206,8 @@ def measure_acl_d2d_bandwidth(device_id: int = 0, gb: float = DEFAULT_ARRAY_GB,
     """HBM bandwidth of NPU ``device_id`` where only pyACL is there: a ``gb`` GB device-to-device
     ``acl.rt.memcpy`` (synchronous), median of ``repeats`` passes after one untimed pass; GB/s counts the bytes
     read and written (see the module docstring). pyACL's process-wide init is shared with the pyACL runtime
-    (:mod:`ascend_lab.runtimes.pyacl`); everything acquired here is released, also on failure."""
-    from ascend_lab.runtimes.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE, AclError,
+    (:mod:`ascend_lab.runtimes.acl.pyacl`); everything acquired here is released, also on failure."""
+    from ascend_lab.runtimes.acl.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE, AclError,
                                            acquire_acl, import_acl, release_acl)
 
     if gb <= 0 or repeats < 1:

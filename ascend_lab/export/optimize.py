@@ -51,10 +51,6 @@ def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path],
     return artifact_cache.ensure(folder, make, required={"format": DERIVED_FORMAT}).path(MODEL_FILE)
 
 
-def derived_meta(onnx_path: Path) -> dict:
-    return artifact_cache.read_meta(Path(onnx_path).parent) or {}
-
-
 def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
     """Write the transformer-optimised form of ``source`` to ``out``; returns the fused-op counts."""
     import onnx

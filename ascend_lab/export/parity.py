@@ -106,7 +106,7 @@ def compare(cases: list[ParityCase], onnx_path) -> ParityResult:
     (in float16 the two runtimes round that all-masked softmax differently), and the keys/values at
     padded positions are never attended to.
     """
-    from ascend_lab.runtimes.onnxruntime_runtime import open_session
+    from ascend_lab.runtimes.onnxruntime.runtime import open_session
 
     try:
         session = open_session(onnx_path, intra_op_threads=1)

@@ -1,8 +1,8 @@
 """The one event format every trace parser produces, and what a runtime's profiling hook hands back.
 
-A runtime profiles in its own way and writes its own trace format; each parser
-(:mod:`~ascend_lab.profiling.torch_trace`, :mod:`~ascend_lab.profiling.ort_trace`,
-:mod:`~ascend_lab.profiling.msprof`) turns one format into :class:`OpEvent` rows: an operator type, whether it
+A runtime profiles in its own way and writes its own trace format; each parser (the runtime's own,
+``ascend_lab/runtimes/<name>/trace.py``, or :mod:`~ascend_lab.profiling.msprof` for CANN's tables, which
+torch_npu and pyACL both write) turns one format into :class:`OpEvent` rows: an operator type, whether it
 computes or copies between host and device, when it started and how long it took, and the phase of the
 profiled pass it belongs to (``prefill``, ``decode``, ``forward``). Everything downstream
 (:mod:`~ascend_lab.profiling.table`) works on these rows only, so the runtimes compare side by side.
@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 COMPUTE, COPY = "compute", "copy"
 KINDS = (COMPUTE, COPY)
@@ -30,7 +30,7 @@ KINDS = (COMPUTE, COPY)
 PREFILL, DECODE, FORWARD = "prefill", "decode", "forward"
 # Events the trace could not place in any marked phase (e.g. a stray run outside the marks).
 UNMARKED = "unmarked"
-# Trace formats, each with its parser.
+# Trace formats (each TraceFile carries its format's parser).
 TORCH, ONNXRUNTIME, MSPROF = "torch", "onnxruntime", "msprof"
 FORMATS = (TORCH, ONNXRUNTIME, MSPROF)
 # Prefix of the record_function ranges that mark phases inside a torch trace.
@@ -74,6 +74,10 @@ class TraceFile:
     phase: str | None = None  # the one phase this trace covers; None: phases are marked inside or in `marks`
     marks: tuple[PhaseMark, ...] = ()  # host wall-clock phase intervals (formats without ranges of their own)
     origin_ns: int | None = None  # the trace clock's zero on the host wall clock (time.time_ns), where known
+    # The format's parser, set by the profiler that wrote the trace (profiling imports no runtime):
+    # parser(trace, exporter) → ParsedTrace; ``exporter`` turns raw sessions into tables where the format has them
+    # (msprof), other parsers ignore it.
+    parser: Optional[Callable[["TraceFile", Optional[Callable[[Path], None]]], "ParsedTrace"]] = None
 
 
 @dataclass

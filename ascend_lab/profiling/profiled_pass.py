@@ -25,8 +25,8 @@ import numpy as np
 
 from ascend_lab.bench.stats import summarize
 from ascend_lab.config.profile import ProfileConfig
-from ascend_lab.profiling import msprof, ort_trace, torch_trace
-from ascend_lab.profiling.events import DECODE, FORWARD, MSPROF, ONNXRUNTIME, PREFILL, TORCH, OpEvent, TraceFile
+from ascend_lab.profiling import msprof
+from ascend_lab.profiling.events import DECODE, FORWARD, PREFILL, OpEvent, TraceFile
 from ascend_lab.profiling.table import METRIC_PREFIX, OpTable
 
 log = logging.getLogger(__name__)
@@ -150,18 +150,13 @@ def _profile(runtime, settings: ProfileConfig, out_dir: Path, work: Callable, la
 
 
 def parse_traces(traces: list[TraceFile], exporter=None) -> tuple[list[OpEvent], list[str]]:
-    """Every trace through the parser of its format."""
+    """Every trace through the parser its profiler named (:attr:`TraceFile.parser`)."""
     events: list[OpEvent] = []
     notes: list[str] = []
     for trace in traces:
-        if trace.format == TORCH:
-            parsed = torch_trace.parse(trace)
-        elif trace.format == ONNXRUNTIME:
-            parsed = ort_trace.parse(trace)
-        elif trace.format == MSPROF:
-            parsed = msprof.parse(trace, exporter)
-        else:
-            raise ValueError(f"unknown trace format {trace.format!r}")
+        if trace.parser is None:
+            raise ValueError(f"trace {trace.path} ({trace.format}) names no parser")
+        parsed = trace.parser(trace, exporter)
         events += parsed.events
         notes += [n for n in parsed.notes if n not in notes]
     return events, notes

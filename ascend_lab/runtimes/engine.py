@@ -16,15 +16,110 @@ same work.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
 import numpy as np
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError, ConfigError
-from ascend_lab.runtimes.base import CacheBackend
 
 # Capacity granularity where the backend allocates on demand: a little headroom means a slightly
 # longer prompt does not reallocate the cache.
 CAPACITY_ALIGN = 16
+
+
+@dataclass
+class Traffic:
+    """Bytes and calls between host and device, as the runtime issued them (pyACL counts them; the
+    torch and onnxruntime backends on the CPU have no such boundary and leave them at 0)."""
+
+    h2d_bytes: int = 0
+    d2h_bytes: int = 0
+    d2d_bytes: int = 0
+    calls: int = 0  # every runtime API call (pyACL: acl.* calls)
+    by_call: dict[str, int] = field(default_factory=dict)
+
+    def count(self, call: str, h2d: int = 0, d2h: int = 0, d2d: int = 0) -> None:
+        self.h2d_bytes += h2d
+        self.d2h_bytes += d2h
+        self.d2d_bytes += d2d
+        self.calls += 1
+        self.by_call[call] = self.by_call.get(call, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        return {"h2d_bytes": self.h2d_bytes, "d2h_bytes": self.d2h_bytes, "d2d_bytes": self.d2d_bytes,
+                "calls": self.calls}
+
+
+class Engine(Protocol):
+    """One generation's state: ``prefill`` consumes the prompt and picks the first token, ``step`` feeds
+    the last token and picks the next, ``generated`` returns the token ids so far on the host."""
+
+    notes: list[str]
+    traffic: Traffic | None  # host↔device bytes and runtime calls, where the runtime counts them
+    prefill_executions: int  # graph executions the last prompt took
+
+    def prepare(self, batch: int, prompt_len: int, new_tokens: int) -> None: ...
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> None: ...
+
+    def step(self) -> None: ...
+
+    def generated(self) -> np.ndarray: ...
+
+
+class CacheBackend(Protocol):
+    """Where one runtime keeps the kv_cache graph's cache and how it runs one execution over it."""
+
+    traffic: Traffic
+    fixed_capacity: int | None  # compiled into the artifact (an .om), else None: allocated as needed
+    seq_gears: tuple[int, ...] | None  # the only seq lengths the artifact runs, else None: any
+    batch: int  # of the allocated cache (0: none yet)
+    capacity: int  # slots of the allocated cache
+
+    def allocate(self, batch: int, capacity: int) -> None:
+        """A new zeroed cache of ``capacity`` slots for ``batch`` rows (zeroed once: slots a generation has
+        not written are masked, and stale finite values from an earlier one are harmless, but never-
+        initialised memory could hold NaN, which a zero attention weight would still spread)."""
+
+    def execute(self, input_ids: Any, position_ids: np.ndarray, past_length: int,
+                pad_lengths: np.ndarray | None) -> Any:
+        """Run the graph on the new tokens, write their keys/values into cache slots
+        ``[past_length, past_length + seq)`` and return the next tokens [batch] in the backend's own form.
+        ``input_ids``: [batch, seq] int64 numpy, or the [batch] tokens the last call returned (one step);
+        ``pad_lengths`` None: unchanged since the last call."""
+
+    def to_host(self, tokens: Any) -> np.ndarray:
+        """Tokens returned by :meth:`execute` as int64 numpy."""
+
+    def last_logits(self) -> np.ndarray:
+        """The last execution's logits [batch, vocab] on the host (a copy from the device)."""
+
+    def last_layer_hidden(self) -> np.ndarray:
+        """The last execution's ``layer_hidden_states`` [layers, batch, hidden] on the host: each decoder
+        layer's hidden state at the last position, an output of the graph's debug variant only
+        (``export.layer_outputs``; :func:`no_layer_outputs` otherwise)."""
+
+
+def no_layer_outputs(runtime: str) -> Exception:
+    """What :meth:`CacheBackend.last_layer_hidden` raises on a graph without the debug outputs."""
+    from ascend_lab.errors import AscendLabError
+
+    return AscendLabError(f"runtime={runtime}: this graph has no {gc.LAYER_HIDDEN_STATES} output; layer-by-layer "
+                          "figures need the kv_cache graph's debug variant (export.layer_outputs=true)")
+
+
+def engine_for(runtime, export, max_tokens: int, tracker=None, keep_logits: bool = False) -> Engine:
+    """``runtime``'s generation engine (:meth:`~ascend_lab.runtimes.base.Runtime.engine`) for ``max_tokens`` (prompt +
+    new tokens) with ``export.prefill_chunks`` and ``export.kv_capacity``; its kind and notes become ``engine`` /
+    ``engine.notes`` tags on ``tracker`` where one is given."""
+    engine = runtime.engine(max_tokens, tuple(export.prefill_chunks), export.kv_capacity, keep_logits=keep_logits)
+    if tracker is not None:
+        tracker.set_tags({"engine": type(engine).__name__,
+                          **({"engine.notes": "; ".join(engine.notes)} if engine.notes else {})})
+    return engine
+
 
 
 class CacheEngine:

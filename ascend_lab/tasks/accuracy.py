@@ -3,7 +3,7 @@
 The candidate is what the usual groups select (``runtime``, ``model.dtype``, ``export.quantize``,
 ``device``, ``atc.*``); the reference is ``accuracy.reference_*`` (torch, float32, CPU by default). Both are
 planned and opened by the same code as every other task (:func:`ascend_lab.prepare.plan_runtime`, export →
-op check → compile through the caches; :func:`ascend_lab.runtimes.select.open_runtime`), one side at a
+op check → compile through the caches; :func:`ascend_lab.prepare.open_engine`), one side at a
 time so only one model is in memory. Each prompt is generated alone (batch 1, so an ``.om`` is compiled for
 batch 1), teacher-forced and free-running (:mod:`ascend_lab.accuracy.compare`).
 
@@ -34,11 +34,10 @@ from ascend_lab.accuracy.gate import GATE_METRIC, Verdict, evaluate
 from ascend_lab.accuracy.prompts import prompt_texts, tokenize
 from ascend_lab.config import AppConfig, check_sequence_fits
 from ascend_lab.config.device import DeviceConfig
-from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.context import JobContext
 from ascend_lab.errors import AscendLabError, require
-from ascend_lab.prepare import plan_runtime
-from ascend_lab.runtimes.select import open_runtime, tokenizer_for
+from ascend_lab.prepare import open_engine, plan_runtime
+from ascend_lab.runtimes.registry import RUNTIME_CONFIGS
 from ascend_lab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -121,21 +120,22 @@ def measure(cfg: AppConfig, ctx: JobContext, candidate_prefix: str = "",
     candidate_text = f"{candidate.name} {precision} on {ctx.device.torch_device}"
     reference_text = (f"{reference.name} {precision_of(reference_cfg, reference.name)} on "
                       f"{reference_ctx.device.torch_device}")
-    candidate_ctx.tracker.set_tags(candidate.tags())
-    reference_ctx.tracker.set_tags({**reference.tags(), "device": str(reference_ctx.device.torch_device)})
+    reference_ctx.tracker.set_tags({"device": str(reference_ctx.device.torch_device)})
     ctx.tracker.set_tags({"accuracy.precision": precision, "accuracy.candidate": candidate_text,
                           "accuracy.reference": reference_text})
     print(f"candidate: {candidate_text} ({candidate.reason})\nreference: {reference_text} ({reference.reason})")
 
     chunks, capacity = tuple(cfg.export.prefill_chunks), cfg.export.kv_capacity
-    with open_runtime(reference, reference_cfg, reference_ctx.device) as runtime:
+    with open_engine(reference_cfg, reference_ctx, reference) as loaded:
+        runtime = loaded.runtime
         source = "accuracy.prompts_file" if acc.prompts_file else "accuracy.prompts"
-        prompts = tokenize(texts, tokenizer_for(reference_cfg, runtime), source)
+        prompts = tokenize(texts, loaded.tokenizer, source)
         longest = max(len(p.ids) for p in prompts)
         check_sequence_fits(cfg.model, longest + acc.new_tokens, "accuracy.new_tokens", acc.new_tokens,
                             f"the longest prompt's {longest} tokens + accuracy.new_tokens")
         reference_side = cmp.decode(runtime, prompts, acc.new_tokens, chunks, capacity)
-    with open_runtime(candidate, candidate_cfg, ctx.device) as runtime:
+    with open_engine(candidate_cfg, candidate_ctx, candidate) as loaded:
+        runtime = loaded.runtime
         teachers = [r.tokens for r in reference_side]
         teacher_forced = cmp.decode(runtime, prompts, acc.new_tokens, chunks, capacity, teachers)
         free_running = cmp.decode(runtime, prompts, acc.new_tokens, chunks, capacity)
@@ -155,10 +155,8 @@ def layer_report(ctx: JobContext, candidate_cfg: AppConfig, reference_cfg: AppCo
                                      (candidate_cfg, ctx.device, "layers.")):
         debug_cfg = dataclasses.replace(side_cfg, export=dataclasses.replace(side_cfg.export, layer_outputs=True))
         debug_ctx = side_context(ctx, debug_cfg, prefix, device)
-        plan = plan_runtime(debug_cfg, debug_ctx)
-        debug_ctx.tracker.set_tags(plan.tags())
-        with open_runtime(plan, debug_cfg, debug_ctx.device) as runtime:
-            hidden.append(cmp.layer_hidden(runtime, prompts, chunks, capacity))
+        with open_engine(debug_cfg, debug_ctx) as loaded:
+            hidden.append(cmp.layer_hidden(loaded.runtime, prompts, chunks, capacity))
     return cmp.layer_drift(hidden[0], hidden[1], tolerance)
 
 
@@ -179,7 +177,7 @@ def reference_config(cfg: AppConfig) -> AppConfig:
     return dataclasses.replace(
         base, model=dataclasses.replace(base.model, dtype=acc.reference_dtype),
         export=dataclasses.replace(base.export, quantize=acc.reference_quantize),
-        runtime=RuntimeConfig(name=acc.reference_runtime),
+        runtime=RUNTIME_CONFIGS[acc.reference_runtime](),
         device=DeviceConfig(name=acc.reference_device, index=cfg.device.index))
 
 

@@ -8,8 +8,6 @@ included). ``profile=on`` generates once more under the runtime's profiler (:mod
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from ascend_lab.bench.generation import greedy_generate
@@ -17,37 +15,31 @@ from ascend_lab.bench.stats import per_second, summarize
 from ascend_lab.config import AppConfig, check_sequence_fits
 from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
-from ascend_lab.prepare import plan_runtime
-from ascend_lab.runtimes.select import open_runtime, tokenizer_for
-from ascend_lab.tasks.bench import engine_for, load_figures, profiled_pass, timer_for
+from ascend_lab.prepare import open_engine
 from ascend_lab.text import display_text, weights_note
 
 
 def run(cfg: AppConfig, ctx: JobContext) -> str:
     bench = cfg.benchmark
-    plan = plan_runtime(cfg, ctx)
-    ctx.tracker.set_tags({**plan.tags(), "model": cfg.model.name})
-    started = time.perf_counter()
-    runtime = open_runtime(plan, cfg, ctx.device)
-    load_seconds = time.perf_counter() - started
-    with runtime:
-        tokenizer = tokenizer_for(cfg, runtime)
+    ctx.tracker.set_tags({"model": cfg.model.name})
+    with open_engine(cfg, ctx) as loaded:
+        tokenizer = loaded.tokenizer
         ids = tokenizer(bench.prompt)["input_ids"]
         if not ids:
             raise ConfigError("benchmark.prompt", bench.prompt, "tokenizes to no tokens; give a non-empty prompt")
         check_sequence_fits(cfg.model, len(ids) + bench.new_tokens, "benchmark.new_tokens", bench.new_tokens,
                             f"the prompt's {len(ids)} tokens + benchmark.new_tokens")
         input_ids = np.asarray([ids], dtype=np.int64)
-        engine = engine_for(runtime, cfg, input_ids.shape[1] + bench.new_tokens, ctx.tracker)
+        engine = loaded.engine(input_ids.shape[1] + bench.new_tokens)
         engine.prepare(1, input_ids.shape[1], bench.new_tokens)
-        timer = timer_for(plan.name, ctx.device)
-        result = greedy_generate(engine, input_ids, np.ones_like(input_ids), bench.new_tokens, timer)
+        result = greedy_generate(engine, input_ids, np.ones_like(input_ids), bench.new_tokens, loaded.timer)
         # profile=on: the same generation once more, under the runtime's profiler, after the measured one.
-        profile = profiled_pass(cfg, ctx, runtime, engine, input_ids, np.ones_like(input_ids), timer,
-                                scenario="generate") if cfg.profile.enabled else None
+        profile = loaded.profile(engine, input_ids, np.ones_like(input_ids), scenario="generate") \
+            if cfg.profile.enabled else None
+    plan = loaded.plan
     text = display_text(tokenizer, result.tokens[0].tolist())
     note = weights_note(cfg.model.weights)
-    metrics = {"load_seconds": load_seconds, **load_figures(runtime), "ttft_ms": result.ttft_ms, "prompt_tokens": len(ids),
+    metrics = {"load_seconds": loaded.load_seconds, "ttft_ms": result.ttft_ms, "prompt_tokens": len(ids),
                "new_tokens": bench.new_tokens}
     if result.step_ms:
         metrics.update(summarize(result.step_ms).as_metrics("tpot_ms", ("mean", "p50", "p99")))

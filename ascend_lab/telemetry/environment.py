@@ -118,14 +118,21 @@ def driver_facts(timeout_s: float) -> dict[str, Any]:
 def hardware_facts() -> dict[str, Any]:
     import psutil
 
-    from ascend_lab.huge_pages import thp_mode
-
     return {"cpu_model": cpu_model(), "cpu_cores_logical": psutil.cpu_count(logical=True),
             "cpu_cores_physical": psutil.cpu_count(logical=False),
             "memory_total_gb": round(psutil.virtual_memory().total / GB, 1), "os": _os_name(),
             "kernel": platform.release(), "machine": platform.machine(),
-            # how much of a decode's weight memory can be in 2 MiB pages (runtime.huge_pages)
+            # whether loaded weights can sit in 2 MiB pages (always: yes; benchmarks/README.md)
             "transparent_huge_pages": thp_mode()}
+
+
+def thp_mode() -> str:
+    """The host's transparent huge page mode (``always``, ``madvise`` or ``never``); '' where there is none."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
 
 
 def environment_snapshot(launch_dir: Path, toolkit_home: str | None = None, npu_smi_timeout_s: float = 10.0) -> dict:

@@ -17,15 +17,21 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 
 from ascend_lab.config import AppConfig
+from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.errors import ConfigError
+from ascend_lab.runtimes.registry import RUNTIME_CONFIGS
 
 PARAMS_KEY = "hydra.sweeper.params"
 
 
 def default_of(key: str) -> Any:
-    """The schema default of a dotted config key (``runtime.intra_op_threads`` → 0)."""
+    """The schema default of a dotted config key (``runtime.intra_op_threads`` → 0). A ``runtime.*`` key is read
+    from the runtime config that has it (the runtimes that share a key share its default)."""
     node: Any = AppConfig()
     for part in key.split("."):
+        if isinstance(node, RuntimeConfig) and part not in {f.name for f in dataclasses.fields(node)}:
+            node = next((schema() for schema in RUNTIME_CONFIGS.values()
+                         if part in {f.name for f in dataclasses.fields(schema)}), node)
         if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
             raise ConfigError(f"{PARAMS_KEY}.{key}", key, "is not a config key; `python -m ascend_lab.run --cfg job` "
                                                          "lists them")

@@ -6,7 +6,7 @@ TensorBoard's profiler plugin looks for, and a file Perfetto opens; the phases s
 
 NPU: ``torch_npu.profiler.profile`` with ``experimental_config=_ExperimentalConfig(profiler_level=...,
 aic_metrics=...)`` and ``on_trace_ready=tensorboard_trace_handler(dir)`` (hiascend Pytorch docs ptaoplist_000253,
-ptaoplist_000996; shared/reference/ascend.md §4/§7), one session per phase so that each phase's
+ptaoplist_000996), one session per phase so that each phase's
 ``ASCEND_PROFILER_OUTPUT/kernel_details.csv`` holds only its own kernels (CANN's device timestamps and the host's
 ranges are on different clocks).
 """
@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Iterator
 
 from ascend_lab.config.profile import ProfileConfig
+from ascend_lab.profiling import msprof
 from ascend_lab.profiling.events import MSPROF, TORCH, TraceFile, range_name
+from ascend_lab.runtimes.torch import trace
 
 CHROME_TRACE = "torch.pt.trace.json"
 
@@ -46,13 +48,17 @@ class TorchProfiling:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.device_kind == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
+        else:
+            from ascend_lab.quiet import quiet_profiler_probe
+
+            quiet_profiler_probe()
         with torch.profiler.profile(activities=activities, record_shapes=self.settings.record_shapes,
                                     with_stack=self.settings.with_stack) as profiler:
             self._profiler = profiler
             yield self
         path = self.out_dir / CHROME_TRACE
         profiler.export_chrome_trace(str(path))
-        self.traces.append(TraceFile(path, TORCH))
+        self.traces.append(TraceFile(path, TORCH, parser=trace.parse))
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -65,7 +71,7 @@ class TorchProfiling:
         trace_dir = self.out_dir / name
         with _npu_profiler(self.settings, trace_dir):
             yield
-        self.traces.append(TraceFile(trace_dir, MSPROF, phase=name))
+        self.traces.append(TraceFile(trace_dir, MSPROF, phase=name, parser=msprof.parse))
 
 
 def _npu_profiler(settings: ProfileConfig, trace_dir: Path):

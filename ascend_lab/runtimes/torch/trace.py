@@ -42,7 +42,8 @@ def load(path: Path) -> list[dict]:
     return data["traceEvents"] if isinstance(data, dict) else data
 
 
-def parse(trace: TraceFile) -> ParsedTrace:
+def parse(trace: TraceFile, exporter=None) -> ParsedTrace:
+    """The trace's operator events (``exporter``: unused, the file is parsed as written)."""
     events = [e for e in load(trace.path) if e.get("ph") == "X" and "dur" in e]
     host_ranges = _ranges(events, HOST_RANGES)
     device = [e for e in events if e.get("cat") in DEVICE_CATEGORIES]

@@ -1,6 +1,6 @@
 """pyACL runtime: runs an offline ``.om`` model on an Ascend NPU through CANN's ``import acl``.
 
-Written against the documented pyACL Python API (shared/reference/ascend.md §1; CANN aclpythondevg):
+Written against the documented pyACL Python API (CANN "pyACL API reference", aclpythondevg pages 0007, 0124, 0147, 0201):
 ``(value, ret)`` tuples where the C API has an out-parameter, bare values otherwise; every ``ret`` is
 checked and turned into :class:`AclError` naming the call and the code.
 
@@ -39,8 +39,8 @@ Policies:
   * Host memory: ``acl.util.bytes_to_ptr`` / ``ptr_to_bytes`` (documented from CANN 6.0.1); on older
     CANN, ``numpy_to_ptr`` into numpy arrays, as Ascend/samples ``python/common/acllite`` falls back.
   * ``acl.init`` runs once per process and is reference counted over its users
-    (:func:`~ascend_lab.runtimes.pyacl.acquire_acl`, with the constants, errors and host-memory bridge this
-    module shares with the roofline and the profiler in :mod:`ascend_lab.runtimes.pyacl`): the last
+    (:func:`~ascend_lab.runtimes.acl.pyacl.acquire_acl`, with the constants, errors and host-memory bridge this
+    module shares with the roofline and the profiler in :mod:`ascend_lab.runtimes.acl.pyacl`): the last
     ``close()`` calls ``acl.finalize``. When pyACL was already initialised by someone else in this
     process (``acl.init`` returns 100002, e.g. torch_npu), that owner finalizes it, not this runtime.
   * Every handle is released in ``close()`` (idempotent), also when construction fails midway:
@@ -64,8 +64,10 @@ from ascend_lab import cann
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
 from ascend_lab.graph_contract import GraphContract
-from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic, no_layer_outputs
-from ascend_lab.runtimes.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE,
+from ascend_lab.runtimes.acl.config import AclRuntimeConfig
+from ascend_lab.runtimes.base import Runtime, TensorSpec
+from ascend_lab.runtimes.engine import Traffic, no_layer_outputs
+from ascend_lab.runtimes.acl.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE,
                                        ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE, ACL_SUCCESS,
                                        DYNAMIC_TENSOR_NAME, AclError, AclInputError, HostBridge, acquire_acl,
                                        import_acl, numpy_dtype, output_name, release_acl)
@@ -138,6 +140,12 @@ class AclRuntime(Runtime):
 
     # -------------------------------------------------------------- Runtime interface
 
+    @classmethod
+    def load(cls, config: AclRuntimeConfig, graph, device) -> "AclRuntime":
+        """The compiled ``graph`` (an ``ascend_lab.graph_contract.GraphFile`` naming the ``.om``) on NPU
+        ``device.index``; ``config`` has no keys of its own (ATC fixed the rest)."""
+        return cls(graph.path, device_id=device.index, contract=graph.contract)
+
     @property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec(t.name, tuple(t.dims), t.dtype) for t in self._graph_inputs]
@@ -145,10 +153,6 @@ class AclRuntime(Runtime):
     @property
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec(t.name, tuple(t.dims), t.dtype) for t in self._outputs]
-
-    def reset_timings(self) -> None:
-        for values in self.timings.values():
-            values.clear()
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         with self.bound():
@@ -178,8 +182,8 @@ class AclRuntime(Runtime):
     @contextmanager
     def profiled(self, out_dir, settings) -> Iterator:
         """The pyACL profiling API around the pass's executions, one profiling session per phase
-        (:mod:`ascend_lab.profiling.acl_capture`); the pass runs on this runtime."""
-        from ascend_lab.profiling.acl_capture import AclProfiling
+        (:mod:`ascend_lab.runtimes.acl.profiler`); the pass runs on this runtime."""
+        from ascend_lab.runtimes.acl.profiler import AclProfiling
 
         self._require_open()
         yield AclProfiling(self, Path(out_dir), settings)

@@ -31,7 +31,8 @@ def load(path: Path) -> list[dict]:
         return json.load(handle)
 
 
-def parse(trace: TraceFile) -> ParsedTrace:
+def parse(trace: TraceFile, exporter=None) -> ParsedTrace:
+    """The trace's operator events (``exporter``: unused, the file is parsed as written)."""
     events = [e for e in load(trace.path) if e.get("ph") == "X" and "dur" in e]
     runs = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")

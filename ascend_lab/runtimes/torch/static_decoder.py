@@ -2,9 +2,10 @@
 one device graph (CUDA graphs / torch_npu NPU graphs) and fused by ``torch.compile``.
 
 Why: eager PyTorch decoding of a 1.8B model is launch-bound, not bandwidth-bound (about a
-thousand small kernels per token; 6 % of the H200's bandwidth roofline with Hugging Face
-``generate``). Graph capture removes the per-kernel host launch cost and ``torch.compile`` cuts
-the kernel count; together they reach about half the roofline (``shared/reference/anchors.md``).
+thousand small kernels per token with Hugging Face
+``generate``). Graph capture removes the per-kernel host launch cost and ``torch.compile`` cuts the
+kernel count; the same design as pytorch-labs/gpt-fast (`generate.py`: a compiled one-token step over a
+cache written in place).
 
 What makes the step capturable: every buffer is allocated once per (batch, capacity) and only
 mutated in place, and everything that changes per step lives on the device — the last token, each
@@ -16,7 +17,7 @@ back to the host, so a replayed graph does exactly what the eager step does.
 The engine reuses the Hugging Face module weights as they are (no copies) and computes with the
 same operations as ``transformers``' Qwen2 code (RMSNorm in float32, rotary from the model's own
 ``inv_freq``, SiLU MLP), so in float32 its greedy tokens are the model's. It implements the
-:class:`ascend_lab.bench.generation.Engine` protocol.
+:class:`ascend_lab.runtimes.engine.Engine` protocol.
 
 Backends: ``graph_capture`` uses ``torch.<kind>.<KIND>Graph`` and ``torch.<kind>.graph``
 (``torch.cuda.CUDAGraph`` / ``torch.npu.NPUGraph``, same capture/replay semantics). On the CPU
@@ -42,14 +43,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ascend_lab.errors import ToolchainError
+from ascend_lab import graph_contract as gc
+from ascend_lab.errors import AscendLabError, ToolchainError
 from ascend_lab.qwen2 import LayerWeights, apply_rotary, mlp_block, project, read_qwen2, rms_norm, rotary
+from ascend_lab.runtimes.engine import CAPACITY_ALIGN  # also what efficient-attention kernels want of the mask
 
 log = logging.getLogger(__name__)
 
-# Cache length granularity: efficient-attention kernels want the mask's last dim 16-aligned,
-# and a little headroom means a slightly longer prompt does not force a new capture.
-CAPACITY_ALIGN = 16
 COMPILE_SCOPES = ("layer", "step")
 
 
@@ -156,14 +156,6 @@ class StaticDecoderEngine:
         self._count = 0
         self._step_fn = self._build_step(torch)
 
-    def tags(self) -> dict[str, str]:
-        """How this engine ran, for run tags and logs."""
-        return {"static_decoder.graph_capture": str(self.graph_capture).lower(),
-                "static_decoder.compile": (self.compile_scope if self.compile else "off"),
-                "static_decoder.fused_projections": str(self.compile).lower(),
-                "static_decoder.capacity": str(self._capacity), "static_decoder.captures": str(self.captures),
-                "static_decoder.notes": "; ".join(self.notes)}
-
     def _note(self, text: str) -> None:
         self.notes.append(text)
         log.warning("%s", text)
@@ -253,12 +245,16 @@ class StaticDecoderEngine:
         import torch
         import torch.nn.functional as F
 
+        try:  # the positions of the kv_cache graph's engine (CacheEngine), from the same left-padding rule
+            pads = gc.left_pad_lengths(attention_mask)
+        except ValueError as exc:
+            raise AscendLabError(f"generation: {exc}") from None
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.torch_device)
         mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(self.torch_device)
         batch, plen = ids.shape
         self._ensure(batch, plen)
         with torch.no_grad():
-            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            positions = torch.from_numpy(gc.positions(0, plen, pads)).to(self.torch_device)
             h = F.embedding(ids, self._embed)
             cos, sin = rotary(positions, self._inv_freq, self._rope_scaling, h.dtype)
             additive = self._prompt_mask(mask, plen)

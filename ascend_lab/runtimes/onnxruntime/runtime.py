@@ -2,7 +2,7 @@
 
 :func:`open_session` is the one place sessions are made — the CLI, the generation engine, the export's
 parity check and the benchmark scripts all call it — with the settings that suit decoding as the
-documented defaults (``runtime.*``): intra-op threads = physical cores (an extra thread per SMT sibling
+documented defaults (:class:`~ascend_lab.runtimes.onnxruntime.config.OnnxRuntimeConfig`): intra-op threads = physical cores (an extra thread per SMT sibling
 only competes for the same core's load ports, and decode is memory-bound), one inter-op thread (the
 graph is a chain), sequential execution, and worker threads that spin between kernels (steps come back
 to back: a spinning worker wakes faster than a sleeping one).
@@ -28,7 +28,9 @@ import numpy as np
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
-from ascend_lab.runtimes.base import Runtime, TensorSpec, Traffic, no_layer_outputs
+from ascend_lab.runtimes.base import Runtime, TensorSpec
+from ascend_lab.runtimes.engine import Traffic, no_layer_outputs
+from ascend_lab.runtimes.onnxruntime.config import OnnxRuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,13 @@ class OnnxRuntime(Runtime):
         self._outputs = [_spec(o) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
 
+    @classmethod
+    def load(cls, config: OnnxRuntimeConfig, graph, device) -> "OnnxRuntime":
+        """An ``InferenceSession`` of ``graph`` (an ``ascend_lab.graph_contract.GraphFile``: the export, or its
+        transformer-optimised form) with ``config``'s threads and optimisation level, on ``device``'s provider."""
+        return cls(graph.path, graph.contract, device.kind, device.index, config.intra_op_threads,
+                   config.inter_op_threads, config.graph_optimization)
+
     @property
     def inputs(self) -> list[TensorSpec]:
         return list(self._inputs)
@@ -167,13 +176,9 @@ class OnnxRuntime(Runtime):
         the same graph and settings (from :func:`open_session`), with phases on the host's wall clock; the trace
         is the JSON ``end_profiling()`` writes. The profiling session is closed however the block ends."""
         from ascend_lab.profiling.events import ONNXRUNTIME, TraceFile, WallClockSession
+        from ascend_lab.runtimes.onnxruntime import trace
 
-        from ascend_lab.huge_pages import huge_pages_for_new_memory
-
-        # in the page size the timed session's weights are in (runtimes.select.open_runtime)
-        with huge_pages_for_new_memory(self.huge_pages is not None and not self.huge_pages.unavailable):
-            profiling = OnnxRuntime(contract=self.contract, **self._opened_with,
-                                    profile_prefix=Path(out_dir) / "onnxruntime")
+        profiling = OnnxRuntime(contract=self.contract, **self._opened_with, profile_prefix=Path(out_dir) / "onnxruntime")
         session = WallClockSession(profiling)
         try:
             yield session
@@ -181,7 +186,8 @@ class OnnxRuntime(Runtime):
             origin = profiling.session.get_profiling_start_time_ns()
             path = Path(profiling.session.end_profiling())
             profiling.close()
-        session.traces.append(TraceFile(path, ONNXRUNTIME, marks=tuple(session.clock.marks), origin_ns=origin))
+        session.traces.append(TraceFile(path, ONNXRUNTIME, marks=tuple(session.clock.marks), origin_ns=origin,
+                                        parser=trace.parse))
 
     def close(self) -> None:
         self._session = None

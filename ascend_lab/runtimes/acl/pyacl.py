@@ -1,9 +1,9 @@
 """pyACL's conventions, shared by every module that calls CANN's ``import acl``: the runtime
-(:mod:`ascend_lab.runtimes.acl`), the device-to-device bandwidth of the roofline
+(:mod:`ascend_lab.runtimes.acl.runtime`), the device-to-device bandwidth of the roofline
 (:func:`ascend_lab.bench.roofline.measure_acl_d2d_bandwidth`) and the profiler capture
-(:mod:`ascend_lab.profiling.acl_capture`).
+(:mod:`ascend_lab.runtimes.acl.profiler`).
 
-Written against the documented pyACL Python API (shared/reference/ascend.md §1; CANN aclpythondevg):
+Written against the documented pyACL Python API (CANN "pyACL API reference", aclpythondevg pages 0007, 0124, 0147, 0201):
 ``(value, ret)`` tuples where the C API has an out-parameter, bare values otherwise.
 
 - the return codes, memory and copy kinds this project uses, and ``aclDataType`` → numpy;

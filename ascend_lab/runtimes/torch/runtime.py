@@ -4,7 +4,8 @@ It runs the export's graph modules (:func:`ascend_lab.graphs.wrapper_for`), so t
 onnxruntime and pyACL execute the same graph contract; its cache backend keeps the kv_cache graph's
 cache and the generated tokens on the device between steps. With ``runtime.graph_capture`` or
 ``runtime.compile`` the engine is instead the static-cache decoder whose decode step is compiled and
-captured as one CUDA/NPU graph (:mod:`ascend_lab.runtimes.static_decoder`).
+captured as one CUDA/NPU graph (:mod:`ascend_lab.runtimes.torch.static_decoder`). Its options:
+:class:`~ascend_lab.runtimes.torch.config.TorchRuntimeConfig`; its profiler: :mod:`~ascend_lab.runtimes.torch.profiler`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import numpy as np
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import ConfigError, ToolchainError
-from ascend_lab.runtimes.base import Engine, Runtime, TensorSpec, Traffic, no_layer_outputs
+from ascend_lab.runtimes.base import Runtime, TensorSpec
+from ascend_lab.runtimes.engine import Engine, Traffic, no_layer_outputs
+from ascend_lab.runtimes.torch.config import TorchRuntimeConfig
 
 
 def compile_backend(choice: str, device_kind: str):
     """The ``torch.compile`` backend for ``runtime.compile_backend`` on this device.
 
-    auto: torchair on an NPU (torch_npu's inductor support is missing or very slow there: sglang saw a
-    17 s → 110 s step until it switched to torchair), inductor elsewhere.
+    auto: torchair on an NPU (torch_npu's inductor support is missing or very slow there, which is why sglang's
+    Ascend backend compiles with torchair), inductor elsewhere.
     """
     if choice == "inductor" or (choice == "auto" and device_kind != "npu"):
         return "inductor"
@@ -58,17 +61,21 @@ class TorchRuntime(Runtime):
         self.wrapper = wrapper_for(contract.graph, model, layer_outputs=contract.layer_outputs).eval()
 
     @classmethod
-    def load(cls, cfg, device) -> "TorchRuntime":
-        """Build the configured model on ``device`` (an ``ascend_lab.device.Device``)."""
+    def load(cls, config: TorchRuntimeConfig, source, device) -> "TorchRuntime":
+        """Build the model ``source`` (an ``ascend_lab.models.ModelSource``) describes on ``device`` (an
+        ``ascend_lab.device.Device``)."""
         from ascend_lab.models import load_model
 
-        loaded = load_model(cfg.model, cfg.seed, device=device.torch_device)
-        contract = gc.GraphContract(cfg.export.graph, gc.ModelDims.of(loaded.config), cfg.model.dtype,
-                                    cfg.export.layer_outputs)
-        runtime = cls(loaded.model, contract, device.torch_device, cfg.runtime.intra_op_threads,
-                      graph_capture=cfg.runtime.graph_capture, compile=cfg.runtime.compile,
-                      compile_backend_choice=cfg.runtime.compile_backend, tokenizer=loaded.tokenizer)
-        return runtime
+        loaded = load_model(source.model, source.seed, device=device.torch_device)
+        contract = gc.GraphContract(source.graph, gc.ModelDims.of(loaded.config), source.model.dtype,
+                                    source.layer_outputs)
+        return cls(loaded.model, contract, device.torch_device, config.intra_op_threads,
+                   graph_capture=config.graph_capture, compile=config.compile,
+                   compile_backend_choice=config.compile_backend, tokenizer=loaded.tokenizer)
+
+    def timer(self, device):
+        """Device events (or a synchronised host clock): torch's calls return before the device finishes."""
+        return device.timer
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -138,7 +145,7 @@ class TorchRuntime(Runtime):
                                          "be fed the reference's tokens (teacher forcing), which task=accuracy "
                                          "needs; compare runtime=torch without runtime.graph_capture / "
                                          "runtime.compile (the same graph, eager)")
-        from ascend_lab.runtimes.static_decoder import StaticDecoderEngine
+        from ascend_lab.runtimes.torch.static_decoder import StaticDecoderEngine
 
         self.contract.require_generative()
         backend = compile_backend(self.compile_backend_choice, self.device.type) if self.compile else None
@@ -147,9 +154,9 @@ class TorchRuntime(Runtime):
 
     @contextmanager
     def profiled(self, out_dir, settings) -> Iterator:
-        """torch.profiler on the CPU/CUDA, torch_npu.profiler on an NPU (:mod:`ascend_lab.profiling.torch_capture`);
+        """torch.profiler on the CPU/CUDA, torch_npu.profiler on an NPU (:mod:`ascend_lab.runtimes.torch.profiler`);
         the pass runs on this runtime."""
-        from ascend_lab.profiling.torch_capture import TorchProfiling
+        from ascend_lab.runtimes.torch.profiler import TorchProfiling
 
         with TorchProfiling(self, self.device.type, out_dir, settings).session() as session:
             yield session

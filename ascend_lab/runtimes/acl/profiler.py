@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ascend_lab.errors import ToolchainError
+from ascend_lab.profiling import msprof
 from ascend_lab.profiling.events import MSPROF, TraceFile
-from ascend_lab.runtimes.pyacl import ACL_SUCCESS
+from ascend_lab.runtimes.acl.pyacl import ACL_SUCCESS
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class AclProfiling:
         problems = self._release(acquired)
         if problems:
             raise ToolchainError("runtime=acl: releasing the pyACL profiling session failed: " + "; ".join(problems))
-        self.traces.append(TraceFile(folder, MSPROF, phase=name))
+        self.traces.append(TraceFile(folder, MSPROF, phase=name, parser=msprof.parse))
 
     def _release(self, acquired: list[tuple[str, Any]]) -> list[str]:
         """stop → destroy_config → finalize (the reverse of acquisition), each attempted; returns the failures."""

@@ -1,0 +1,1 @@
+"""runtime=acl: the compiled .om through pyACL (config, runtime, pyACL conventions, profiler)."""

@@ -1,0 +1,1 @@
+"""runtime=onnxruntime: the exported graph in an InferenceSession (config, runtime, trace parser)."""

@@ -1,0 +1,1 @@
+"""runtime=torch: the model in PyTorch (config, runtime, static-cache decoder, profiler)."""
