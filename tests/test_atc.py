@@ -1190,12 +1190,6 @@ def test_float32_export_passes_under_force_fp16(tmp_path, job, calls, tiny_expor
 # task=compile through the real CLI
 
 
-@pytest.fixture(scope="module")
-def export_cache(tmp_path_factory) -> str:
-    """One export cache for the CLI tests: each graph is exported once, not once per test."""
-    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
-
-
 def kv_shape_of_tiny_qwen(batch: int = 1) -> str:
     slots, kv_heads, head_dim = tiny_dims()
     return (f"input_ids:{batch},-1;position_ids:{batch},-1;past_length:1;pad_lengths:{batch};"

@@ -148,12 +148,6 @@ def test_swept_group_name_stands_for_its_group():
 # The real CLI
 
 
-@pytest.fixture(scope="module")
-def export_cache(tmp_path_factory):
-    """``export.cache_dir=<shared folder>``: the CLI tests here export tiny_qwen once between them."""
-    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
-
-
 @pytest.mark.slow
 def test_batch_sweep_gives_children_and_a_summarised_parent(run_cli, mlflow_runs, tmp_path, export_cache):
     proc = run_cli("-m", "task=bench", "benchmark.scenario=forward", "benchmark.batch_size=1,2,4", "runtime=onnxruntime",

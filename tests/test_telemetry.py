@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAKES, all_runs, cli_env
+from conftest import FAKES, all_runs, cli_env, run_cli_in
 from browser_helpers import free_port, shots_folder, wait_for_text
 
 from ascend_lab.cann import npu_smi
@@ -334,11 +334,6 @@ def test_summary_shows_j_per_token_peak_memory_and_the_roofline_fraction_and_plo
 # ------------------------------------------------------------------------------------------------ the real CLI
 
 
-@pytest.fixture(scope="module")
-def export_cache(tmp_path_factory):
-    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
-
-
 def bench_run(run_cli, tmp_path, mlflow_runs, export_cache, *overrides, env=None):
     proc = run_cli("task=bench", "runtime=onnxruntime", export_cache, SMALL_BANDWIDTH, "telemetry.interval_s=0.5",
                    f"telemetry.rapl_root={tmp_path / 'no-rapl'}", *overrides, env=env)
@@ -373,10 +368,9 @@ def npu_bench(tmp_path_factory, export_cache):
     launch = tmp_path_factory.mktemp("npu_bench")
     env = cli_env([FAKES / "bin"])
     env["FAKE_NPU_SMI_POWER"] = "80"
-    proc = subprocess.run([sys.executable, "-m", "ascend_lab.run", "task=bench", "runtime=onnxruntime", export_cache,
-                           SMALL_BANDWIDTH, "telemetry.interval_s=0.5", f"telemetry.rapl_root={launch / 'no-rapl'}",
-                           "benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=1.5",
-                           "benchmark.new_tokens=8"], cwd=launch, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_cli_in(launch, "task=bench", "runtime=onnxruntime", export_cache, SMALL_BANDWIDTH,
+                      "telemetry.interval_s=0.5", f"telemetry.rapl_root={launch / 'no-rapl'}", "benchmark.warmup=1",
+                      "benchmark.iterations=3", "benchmark.min_duration_s=1.5", "benchmark.new_tokens=8", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client, (run,) = all_runs(launch)
     assert run.info.status == "FINISHED"
