@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ascend_lab.bench.summary import markdown
-from ascend_lab.report import format_table
+from ascend_lab.report import format_table, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def publish(tracker, rows: Sequence[LoadRow], title: str) -> str:
         for r in rows:
             writer.writerow([r.label, r.concurrency, r.rate, *(r.metrics.get(k, "") for k in keys)])
         paths[0].write_text(out.getvalue(), encoding="utf-8")
-        paths[1].write_text(f"# {title}\n\n" + markdown(headers, cells), encoding="utf-8")
+        paths[1].write_text(markdown_table(headers, cells, title=title), encoding="utf-8")
         save_plot(rows, paths[2])
         for path in paths:
             tracker.log_artifact(path)

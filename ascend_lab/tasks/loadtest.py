@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ascend_lab.bench.summary import figure_text
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.errors import AscendLabError, ConfigError
@@ -52,7 +51,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict[str, float]:
         figures = _measure(cfg, ctx, base, model, lt.api_key, lt.tokenizer_path, out_dir)
     title = (f"loadtest: {lt.requests} requests, concurrency {lt.concurrency}"
              + (f", rate {lt.rate:g}/s" if lt.rate else "") + f", {lt.output_tokens} output tokens each")
-    print(format_table(["figure", "value"], [(k, figure_text(figures[k])) for k in SHOWN if k in figures],
+    print(format_table(["figure", "value"], [(k, figures[k]) for k in SHOWN if k in figures],
                        title=title))
     return figures
 
