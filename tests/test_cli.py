@@ -25,7 +25,7 @@ BAD_INPUTS = [
     ("benchmark.batch_size=-1", "benchmark.batch_size"),
     ("atc.soc_version=Ascend910X", "Ascend910B3"),
     ("device=tpu", "Available options in 'device'"),
-    ("task=trian", "expected one of [doctor, mnist, export, compile, infer, bench, accuracy, pipeline]"),
+    ("task=trian", "expected one of [doctor, mnist, export, compile, infer, bench, accuracy, pipeline, serve, loadtest]"),
     ("tracking.uri=notauri", "tracking.uri"),
 ]
 
