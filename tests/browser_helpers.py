@@ -1,4 +1,4 @@
-"""Headless Chromium for the MLflow UI checks (tests/test_mlflow_ui.py, tests/test_telemetry.py): what the
+"""Headless Chromium for the MLflow UI checks (tests/tracking/test_mlflow_ui.py, tests/telemetry/test_telemetry.py): what the
 browser needs, a free port for `mlflow ui`, where screenshots go, and waiting for a page's text. The
 ``browser`` fixture itself is in conftest.py."""
 

@@ -20,7 +20,7 @@ from ascend_lab.device import Device, HostTimer
 from ascend_lab.runtimes.torch import static_decoder
 from ascend_lab.runtimes.torch.static_decoder import GraphApi, StaticDecoderEngine
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 NEW_TOKENS = 24
 CPU = Device("cpu", 0, "test")
 BLOCK_HEAVY_IMPORTS = "import sys\nfor name in ('hydra', 'omegaconf', 'mlflow'):\n    sys.modules[name] = None\n"

@@ -243,7 +243,7 @@ def test_external_data_and_int8(tmp_path):
     # The projection weights, not only the embedding, are int8 (MatMulNBits: export.quantize's method).
     assert ops & {"MatMulNBits", "MatMulInteger"}
     # The float embedding table stays for the token lookup (a large share of tiny_qwen's 0.6 MB), so the
-    # file shrinks less than the bytes read per step (tests/test_quantize.py bounds those at < 40 %).
+    # file shrinks less than the bytes read per step (tests/export/test_quantize.py bounds those at < 40 %).
     assert quantized.extra["onnx_size_mb"] < 0.6 * exported.extra["onnx_size_mb"]
     assert 0 < tracker.metrics["parity_max_abs_diff"] < 1.0
 

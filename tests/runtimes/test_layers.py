@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 LINT = "from importlinter.cli import lint_imports_command; lint_imports_command()"
 
 

@@ -19,7 +19,7 @@ from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
 from conftest import load_torch_runtime, restart_simulated_process, stand_in_env
 
-FAKES = Path(__file__).resolve().parent / "fakes"
+from conftest import FAKES  # noqa: E402
 CHUNKS, CAPACITY = (16, 128), 1024
 
 

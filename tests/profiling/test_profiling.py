@@ -30,7 +30,7 @@ from ascend_lab.profiling.table import OpTable
 from ascend_lab.runtimes.onnxruntime import trace as ort_trace
 from ascend_lab.runtimes.torch import trace as torch_trace
 
-FAKES = Path(__file__).resolve().parent / "fakes"
+from conftest import FAKES  # noqa: E402
 FAST = ("benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", "benchmark.new_tokens=8",
         "telemetry=off")
 

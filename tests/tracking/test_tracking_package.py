@@ -42,7 +42,7 @@ def test_names_the_rest_of_the_project_imports_still_resolve():
     # Every `from ascend_lab.tracking import ...` in the tree, and the callback conf/config.yaml names.
     repo = PACKAGE.parent.parent
     wanted = {"SweepCallback"}
-    for path in [*repo.glob("ascend_lab/**/*.py"), *repo.glob("tests/*.py"), *repo.glob("benchmarks/*.py")]:
+    for path in [*repo.glob("ascend_lab/**/*.py"), *repo.glob("tests/**/*.py"), *repo.glob("benchmarks/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "ascend_lab.tracking":
                 wanted.update(alias.name for alias in node.names)

@@ -17,7 +17,7 @@ from ascend_lab.errors import ConfigError
 from conftest import stand_in_env
 from sweep_helpers import split_runs, store_client
 
-FAKES = Path(__file__).resolve().parent / "fakes"
+from conftest import FAKES  # noqa: E402
 
 
 @pytest.fixture

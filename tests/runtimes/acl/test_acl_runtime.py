@@ -15,7 +15,7 @@ from ascend_lab.errors import AscendLabError, ToolchainError
 from ascend_lab.runtimes.acl.runtime import AclError, AclInputError, AclRuntime
 from fakes.om_format import write_om  # tests/ is on sys.path (rootdir conftest)
 
-FAKES = Path(__file__).resolve().parent / "fakes"
+from conftest import FAKES  # noqa: E402
 
 VOCAB, HIDDEN, SEQ = 50, 16, 8
 
@@ -375,7 +375,7 @@ def test_soc_version_comes_from_pyacl_where_it_is_present(sim, monkeypatch):
     pyACL is missing or returns nothing."""
     from ascend_lab.cann import npu_smi as cann
 
-    monkeypatch.setenv("PATH", f"{Path(__file__).resolve().parent / 'fakes' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_NPU_SMI_NAME", "910B3")
     sim._sim.configure(chip="Ascend910_9391")
     assert cann.detected_soc_version() == ("Ascend910_9391", "acl.get_soc_name()")

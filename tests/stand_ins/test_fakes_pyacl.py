@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FAKES = Path(__file__).resolve().parent / "fakes"
+from conftest import FAKES  # noqa: E402
 ATC = FAKES / "bin" / "atc"
 sys.path.insert(0, str(FAKES))
 from om_format import write_om  # noqa: E402

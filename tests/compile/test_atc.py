@@ -39,7 +39,7 @@ from ascend_lab.tracking import Tracker
 
 from conftest import cli_env
 
-FAKES = Path(__file__).resolve().parent / "fakes"
+from conftest import FAKES  # noqa: E402
 FAKE_BIN = FAKES / "bin"
 sys.path.insert(0, str(FAKES))
 from om_format import read_om  # noqa: E402

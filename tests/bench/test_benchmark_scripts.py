@@ -20,7 +20,7 @@ import pytest
 
 from ascend_lab.bench import roofline
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 SCRIPT = REPO / "benchmarks" / "decode_vs_hf.py"
 
 
