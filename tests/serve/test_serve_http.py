@@ -184,7 +184,9 @@ def test_200_connections_against_a_queue_of_32_get_429s_and_no_crash(server):
     body = {"model": MODEL, "prompt": "load", "max_tokens": 48, "ignore_eos": True}
     results = asyncio.run(_many(server.url, [(body,)] * 200, concurrency=200))
     codes = [code for code, _, _ in results]
-    assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 36
+    # Every request that found room in the queue is served. How many had already left the queue for a row when
+    # it filled depends on timing (a request joins the batch between two decode steps), so 32 is the bound.
+    assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 32
     assert all(after == "1" for code, after, _ in results if code == 429)
     assert all(finish == "length" for code, _, finish in results if code == 200)
     assert call(server.url, "/health", key=None)[0] == 200

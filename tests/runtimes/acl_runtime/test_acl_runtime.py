@@ -382,5 +382,8 @@ def test_soc_version_comes_from_pyacl_where_it_is_present(sim, monkeypatch):
     assert "init" not in sim._sim.state.calls  # no acl.init needed
     sim._sim.fail_next("get_soc_name", 1)
     assert cann.detected_soc_version() == ("Ascend910B3", "npu-smi info")
-    monkeypatch.setitem(sys.modules, "acl", None)  # no pyACL
-    assert cann.detected_soc_version() == ("Ascend910B3", "npu-smi info")
+    # A context of its own: undone before the sim fixture forgets the simulator, or the undo would put the
+    # simulator back into sys.modules for the tests after this one.
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "acl", None)  # no pyACL
+        assert cann.detected_soc_version() == ("Ascend910B3", "npu-smi info")
