@@ -125,8 +125,9 @@ def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
     check(0 <= count <= dest_max, ACL_ERROR_INVALID_PARAM)
     check(dest_max <= dst_region.size - dst_off, ACL_ERROR_INVALID_PARAM)
     check(count <= src_region.size - src_off, ACL_ERROR_INVALID_PARAM)
-    # bytes() first: source and destination may be the same allocation (overlapping slots).
-    dst_region.data[dst_off:dst_off + count] = bytes(src_region.data[src_off:src_off + count])
+    # One copy through memoryviews, which move overlapping ranges (source and destination may be slots of the
+    # same allocation) as memmove does.
+    memoryview(dst_region.data)[dst_off:dst_off + count] = memoryview(src_region.data)[src_off:src_off + count]
     _sim.count_copy(kind, count)
     return 0
 
