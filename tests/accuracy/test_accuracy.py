@@ -296,8 +296,8 @@ def accuracy_runs(mlflow_runs, launch):
 
 
 @pytest.mark.slow
-def test_cli_onnxruntime_candidate_passes_and_records_everything(run_cli, mlflow_runs, tmp_path):
-    proc = run_cli("task=accuracy", "runtime=onnxruntime", "accuracy.new_tokens=6")
+def test_cli_onnxruntime_candidate_passes_and_records_everything(run_cli, mlflow_runs, tmp_path, export_cache):
+    proc = run_cli("task=accuracy", "runtime=onnxruntime", "accuracy.new_tokens=6", export_cache)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "candidate: onnxruntime float32 on cpu" in proc.stdout and "reference: torch float32 on cpu" in proc.stdout
     assert "| all prompts" in proc.stdout and "The capital of France is" in proc.stdout
@@ -328,12 +328,12 @@ def test_cli_chinese_prompt_file_and_an_identical_candidate(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_sweep_with_a_failed_gate(run_cli, mlflow_runs, tmp_path):
+def test_cli_sweep_with_a_failed_gate(run_cli, mlflow_runs, tmp_path, export_cache):
     """Under -m the job whose gate fails is FAILED (after logging everything, its layer report included), the
     parent reports 1 of 2 failed, the exit status is non-zero with the gate's line, and the summary table shows
     the accuracy columns for both jobs."""
     proc = run_cli("-m", "task=accuracy", "runtime=onnxruntime", "export.quantize=none,int8", "accuracy.new_tokens=4",
-                   "accuracy.gate.int8.min_cosine=1.0")
+                   "accuracy.gate.int8.min_cosine=1.0", export_cache)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output
     assert "Traceback" not in output
@@ -351,11 +351,11 @@ def test_cli_sweep_with_a_failed_gate(run_cli, mlflow_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_acl_candidate_end_to_end_with_the_layer_report(run_cli, tmp_path):
+def test_cli_acl_candidate_end_to_end_with_the_layer_report(run_cli, tmp_path, export_cache):
     """The .om (fake atc, pyACL simulator) against torch float32: float16 thresholds, and the layer report's
     debug graph goes the same way (export with the layer outputs → op check → compile → pyACL)."""
     proc = run_cli("task=accuracy", "runtime=acl", "tracking=off", "accuracy.new_tokens=4",
-                   "accuracy.layer_report=always", "accuracy.gate.float16.min_top1_agreement=0.5",
+                   "accuracy.layer_report=always", "accuracy.gate.float16.min_top1_agreement=0.5", export_cache,
                    env=stand_in_env(tmp_path / "leaks.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "candidate: acl float16" in proc.stdout and "accuracy gate passed (float16 thresholds)" in proc.stdout

@@ -199,6 +199,8 @@ def test_script_ort_row_is_the_issue_command(tmp_path):
         script.parse_args(["--bandwidth-gb", "0.5"])  # a roofline needs an array larger than the caches
     with pytest.raises(SystemExit):
         script.parse_args(["--rows", "ort_feeds"])  # the numpy-feeds row is gone
+    quick = script.parse_args(["--launch-dir", str(tmp_path), "--quick"])
+    assert (quick.batches, quick.reps, quick.rounds, quick.skip_overhead) == ([1], 1, 1, True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def test_script_ort_row_is_the_issue_command(tmp_path):
 
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory) -> Path:
-    """One launch folder (export cache) for the end-to-end tests here."""
+    """The launch folder (export cache, MLflow store) of the end-to-end run here."""
     return tmp_path_factory.mktemp("decode_vs_hf")
 
 
@@ -219,11 +221,12 @@ def _run_script(launch: Path, *argv: str, timeout: float = 600) -> subprocess.Co
 
 @pytest.mark.slow
 def test_decode_vs_hf_smoke(launch):
-    """--tiny --quick: every row runs, each CLI row's figures are its task=bench job's metrics (roofline
-    included), and the ratios and agreement come out."""
+    """--tiny: every row runs, each CLI row's figures are its task=bench job's metrics (roofline included), the
+    ratios and agreement come out, and the runner-overhead part times the -m sweep, the plain loop and --help
+    (one script run for both: each run pays the script's start, the export and its own bandwidth passes)."""
     out = launch / "smoke.json"
-    done = _run_script(launch, "--quick", "--batches", "1,8", "--agreement-tokens", "6", "--rounds", "2",
-                       "--json", str(out))
+    done = _run_script(launch, "--reps", "1", "--batches", "1,8", "--agreement-tokens", "6", "--rounds", "2",
+                       "--overhead-new-tokens", "2", "--overhead-iterations", "1", "--json", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
     rows = {(f["row"], f["batch"]) for f in results["figures"]}
@@ -263,19 +266,8 @@ def test_decode_vs_hf_smoke(launch):
     assert all(0 <= v["tf_top1_agreement_mean"] <= 1 for v in agree.values())
     # The exported graph on onnxruntime decodes the PyTorch model's greedy tokens exactly.
     assert agree["ort"]["tf_top1_agreement_mean"] == agree["ort_plain"]["tf_top1_agreement_mean"] == 1.0
-    assert results["overhead"] is None  # --quick skips it
     for text in ("% roofline", "ort_roofline_fraction", "ort row = python -m ascend_lab.run", "agreement"):
         assert text in done.stdout, text
-
-
-@pytest.mark.slow
-def test_decode_vs_hf_runner_overhead(launch):
-    """The runner-overhead part: the -m sweep, the plain loop and --help are timed."""
-    out = launch / "overhead.json"
-    done = _run_script(launch, "--rows", "ort", "--batches", "1", "--reps", "1", "--overhead-new-tokens", "2",
-                       "--overhead-iterations", "1", "--json", str(out))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(out.read_text())
     overhead = results["overhead"]
     assert overhead["sweep_seconds"] > 0 and len(overhead["plain_loop_runs"]) == 2
     assert overhead["help_seconds"] > 0 and "task=bench" in overhead["sweep_command"]

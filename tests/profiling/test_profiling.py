@@ -293,12 +293,13 @@ def check_profile_artifacts(client, run, tmp_path: Path, trace_format: str) -> l
 
 
 @pytest.mark.slow
-def test_profiled_bench_on_torch_and_onnxruntime_side_by_side(run_cli, mlflow_runs, tmp_path):
+def test_profiled_bench_on_torch_and_onnxruntime_side_by_side(run_cli, mlflow_runs, tmp_path, export_cache):
     """`-m task=bench runtime=torch,onnxruntime profile=on` on the CPU: each job logs a trace that parses again, ops.csv
     whose shares sum to 100 % and the chart, prints its top-10 table; the sweep's summary compares their shares."""
     from sweep_helpers import split_runs
 
-    proc = run_cli("-m", "task=bench", "benchmark.scenario=generate", "runtime=torch,onnxruntime", "profile=on", *FAST)
+    proc = run_cli("-m", "task=bench", "benchmark.scenario=generate", "runtime=torch,onnxruntime", "profile=on", export_cache,
+                   *FAST)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("profile: bench: tiny_qwen") == 2 and "| op type" in proc.stdout
     assert "top operator" in proc.stdout and "host gaps between device work" in proc.stdout
@@ -315,9 +316,9 @@ def test_profiled_bench_on_torch_and_onnxruntime_side_by_side(run_cli, mlflow_ru
 
 
 @pytest.mark.slow
-def test_profiled_infer(run_cli, mlflow_runs, tmp_path):
+def test_profiled_infer(run_cli, mlflow_runs, tmp_path, export_cache):
     proc = run_cli("task=infer", "runtime=onnxruntime", "profile=on", "benchmark.prompt=hello",
-                   "benchmark.new_tokens=6", "telemetry=off")
+                   "benchmark.new_tokens=6", "telemetry=off", export_cache)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "profile: infer tiny_qwen on onnxruntime" in proc.stdout
     client, runs = mlflow_runs(tmp_path)

@@ -245,13 +245,13 @@ def test_a_batch_the_om_was_not_compiled_for_is_a_clear_error(sim, compiled):
 
 
 @pytest.mark.slow
-def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
+def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path, export_cache):
     """task=infer runtime=acl generates through the compiled .om; its text is onnxruntime's on the same
     (float16) graph, and here also the float32 one's."""
     import json
 
     def generated(*overrides, env=None):
-        proc = run_cli("task=infer", "tracking=off", *overrides, env=env)
+        proc = run_cli("task=infer", "tracking=off", export_cache, *overrides, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return [line for line in proc.stdout.splitlines() if line.startswith("generated: ")][0]
 
@@ -265,7 +265,7 @@ def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_runs, tmp_path):
+def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_runs, tmp_path, export_cache):
     import json
 
     # torch_npu "installed" (a stand-in that only records its import): runtime=acl must never import it.
@@ -275,7 +275,7 @@ def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_
     env = stand_in_env(tmp_path / "leaks.json")
     env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{stub}"
     proc = run_cli("-m", "task=bench", "runtime=acl", "benchmark.scenario=generate", "benchmark.batch_size=1,4,8",
-                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", env=env)
+                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", export_cache, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, runs = mlflow_runs(tmp_path)
     children = [r for r in runs if r.data.tags.get("sweep") != "parent"]
