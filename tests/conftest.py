@@ -35,6 +35,27 @@ FAKES = Path(__file__).resolve().parent / "fakes"
 os.environ.setdefault("FAKE_ATC_HOST_ARCH", "x86_64")
 
 
+def _sqlite_without_fsync(dbapi_connection, _record) -> None:
+    """SQLite in this process (the in-process CLI runs' MLflow stores, the tests' readers) skips fsync
+    (``PRAGMA synchronous=OFF``, https://www.sqlite.org/pragma.html#pragma_synchronous): a fresh store's schema
+    migrations and every logged figure commit without waiting on a shared disk. Locking, what is written and
+    what a killed process leaves are SQLite's as usual; only durability against power loss, which no test
+    checks, differs. Runs in child processes keep SQLite's default."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        dbapi_connection.execute("PRAGMA synchronous=OFF")
+
+
+def _register_sqlite_without_fsync() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _sqlite_without_fsync):
+        event.listen(Engine, "connect", _sqlite_without_fsync)
+
+
+_register_sqlite_without_fsync()
+
+
 def load_torch_runtime(cfg=None, device=None, **runtime_keys):
     """runtime=torch for ``cfg`` (an AppConfig; default: the defaults) on ``device`` (default: the CPU), with
     ``runtime_keys`` of :class:`TorchRuntimeConfig` set: the model and runtime config it receives, as the CLI
