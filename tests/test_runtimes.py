@@ -154,15 +154,25 @@ def test_torch_engine_gives_hugging_face_greedy_tokens(torch_runtime, batch, pad
 
 
 def test_prefill_chunking_does_not_change_the_tokens(torch_runtime):
-    """A 40-token prompt fed as one 48-chunk, as 3 × 16, or token by token: the same generation."""
+    """A 40-token prompt on a graph that takes any length: one execution of 40, unpadded, whatever
+    export.prefill_chunks says. On a backend with gears (a compiled .om's) it is fed as one 48-chunk, as
+    3 × 16, or token by token: the same generation every way."""
+    from ascend_lab.runtimes.engine import CacheEngine
+
     ids, mask = prompts(7, 2, 40, (0, 11))
+    engine, dynamic = generate(torch_runtime, ids, mask, 8, (16,))
+    assert engine.prefill_executions == 1 and engine.plan(40) == gc.PrefillPlan(40, 0, (40,))
+    assert engine.backend.capacity == 48  # 40 + 7, rounded up: no slot spent on padding
     results = {}
     for chunks in ((48,), (16,), (1,)):
-        engine, result = generate(torch_runtime, ids, mask, 8, chunks)
+        backend = torch_runtime.cache_backend()
+        backend.seq_gears = (1, *chunks)
+        engine = CacheEngine(backend, torch_runtime.contract, chunks, CAPACITY, 48)
+        result = greedy_generate(engine, ids, mask, 8, HostTimer)
         results[chunks] = (result.tokens, engine.prefill_executions)
     assert [n for _, n in results.values()] == [1, 3, 40]
     for tokens, _ in results.values():
-        np.testing.assert_array_equal(tokens, results[(48,)][0])
+        np.testing.assert_array_equal(tokens, dynamic.tokens)
 
 
 def test_the_cache_is_sized_for_the_generation_and_reused(torch_runtime):
@@ -182,7 +192,7 @@ def test_kv_capacity_bounds_a_generation(torch_runtime):
 
     ids, mask = prompts(2, 1, 14)
     engine = torch_runtime.engine(14 + 30, CHUNKS, 32)
-    with pytest.raises(ConfigError, match=r"export.kv_capacity.*needs 45 cache slots"):
+    with pytest.raises(ConfigError, match=r"export.kv_capacity.*14-token prompt plus 30 new tokens needs 43 cache slots"):
         engine.prepare(1, 14, 30)
 
 

@@ -24,8 +24,8 @@ from ascend_lab.errors import require, require_choice, require_positive
 
 REFERENCE_RUNTIMES = ("torch", "onnxruntime", "acl")
 LAYER_REPORT_MODES = ("never", "on_failure", "always")
-# What a candidate computes in: the model dtypes, and int8 for an export.quantize=int8 graph.
-PRECISIONS = (*MODEL_DTYPES, "int8")
+# What a candidate computes in: the model dtypes, and int8/int4 for an export.quantize=int8/int4 graph.
+PRECISIONS = (*MODEL_DTYPES, "int8", "int4")
 
 
 @dataclass
@@ -67,6 +67,7 @@ def default_gates() -> dict[str, GateThresholds]:
         "float16": GateThresholds(min_cosine=0.999, min_top1_agreement=0.95, max_mean_kl=5e-3, layer_tolerance=2e-2),
         "bfloat16": GateThresholds(min_cosine=0.99, min_top1_agreement=0.90, max_mean_kl=2e-2, layer_tolerance=5e-2),
         "int8": GateThresholds(min_cosine=0.99, min_top1_agreement=0.85, max_mean_kl=5e-2, layer_tolerance=1e-1),
+        "int4": GateThresholds(min_cosine=0.98, min_top1_agreement=0.7, max_mean_kl=0.2, layer_tolerance=0.3),
     }
 
 
@@ -93,7 +94,7 @@ class AccuracyConfig:
         metadata={"help": "The reference's model.dtype (float32, float16, bfloat16); acl computes in "
                           "atc.export_dtype whatever this says."})
     reference_quantize: str = field(
-        default="none", metadata={"help": "The reference's export.quantize (none, int8): onnxruntime only."})
+        default="none", metadata={"help": "The reference's export.quantize (none, int8, int4): onnxruntime only."})
     reference_device: str = field(
         default="cpu",
         metadata={"help": "The reference's device (auto, cpu, cuda, npu; index: device.index). cpu by default, so a "
@@ -116,7 +117,7 @@ class AccuracyConfig:
                           "on_failure (of the gate) or always."})
     gate: Dict[str, GateThresholds] = field(
         default_factory=default_gates,
-        metadata={"help": "Thresholds per candidate precision (float32, float16, bfloat16, int8); see "
+        metadata={"help": "Thresholds per candidate precision (float32, float16, bfloat16, int8, int4); see "
                           "default_gates() for the defaults and why. A failed gate ends the run with a non-zero "
                           "exit after everything is logged."})
 

@@ -135,12 +135,18 @@ class CacheEngine:
                 raise AscendLabError(f"the compiled graph has no 1-token gear for decode steps (gears {list(gears)});"
                                      " compile it with atc.dynamic_mode=auto")
             prefill_chunks = tuple(g for g in gears if g > 1) or (1,)
-        self.prefill_chunks = tuple(sorted(set(prefill_chunks)))
+        # A graph that takes any sequence length (onnxruntime, torch) runs a prompt in ONE execution: on a CPU
+        # every execution streams every weight, so chunking only multiplies that. export.prefill_chunks are
+        # the gears of a compiled artifact, which runs nothing else.
+        self.prefill_chunks: tuple[int, ...] | None = (tuple(sorted(set(prefill_chunks))) if gears is not None
+                                                       else None)
         self.capacity_limit = backend.fixed_capacity or capacity_limit
         self.max_tokens = max_tokens  # prompt + new tokens a generation is expected to need (sizes the cache)
         self.keep_logits = keep_logits  # copy each execution's logits to the host (accuracy checks)
         self.logits: list[np.ndarray] = []
-        self.notes: list[str] = [f"kv_cache engine: prefill chunks {list(self.prefill_chunks)}, cache capacity "
+        chunking = (f"prefill chunks {list(self.prefill_chunks)}" if self.prefill_chunks is not None
+                    else "prefill in one execution per prompt (any length)")
+        self.notes: list[str] = [f"kv_cache engine: {chunking}, cache capacity "
                                  + (f"{backend.fixed_capacity} (compiled)" if backend.fixed_capacity
                                     else f"allocated as needed up to {capacity_limit}")]
         self._tokens: list = []
@@ -148,18 +154,27 @@ class CacheEngine:
 
     # -- sizing ---------------------------------------------------------------------------------
 
+    def plan(self, prompt_len: int) -> gc.PrefillPlan:
+        """How a prompt is fed: the gears' plan on a compiled artifact, else one execution of the whole prompt."""
+        if self.prefill_chunks is None:
+            if prompt_len < 1:
+                raise ValueError("a prompt needs at least one token")
+            return gc.PrefillPlan(prompt_len, 0, (prompt_len,))
+        return gc.plan_prefill(prompt_len, self.prefill_chunks)
+
     def slots_needed(self, prompt_len: int, new_tokens: int) -> int:
         """Cache slots one generation uses: the padded prompt and every generated token but the last."""
-        return gc.plan_prefill(prompt_len, self.prefill_chunks).padded_len + max(new_tokens - 1, 0)
+        return self.plan(prompt_len).padded_len + max(new_tokens - 1, 0)
 
     def prepare(self, batch: int, prompt_len: int, new_tokens: int) -> None:
         """Allocate the cache for this shape now (outside any timing)."""
         needed = self.slots_needed(prompt_len, new_tokens)
         if needed > self.capacity_limit:
+            padded_len = self.plan(prompt_len).padded_len
+            padded = f" (padded to whole prefill chunks: {padded_len})" if padded_len != prompt_len else ""
             raise ConfigError(
                 "export.kv_capacity", self.capacity_limit,
-                f"a {prompt_len}-token prompt (padded to whole prefill chunks: "
-                f"{gc.plan_prefill(prompt_len, self.prefill_chunks).padded_len}) plus {new_tokens} new tokens "
+                f"a {prompt_len}-token prompt{padded} plus {new_tokens} new tokens "
                 f"needs {needed} cache slots; raise export.kv_capacity (and compile again) or shorten "
                 "benchmark.seq_len / benchmark.new_tokens")
         if self.backend.batch == batch and self.backend.capacity >= needed:
@@ -176,7 +191,7 @@ class CacheEngine:
             pads = gc.left_pad_lengths(attention_mask)
         except ValueError as exc:
             raise AscendLabError(f"generation: {exc}") from None
-        plan = gc.plan_prefill(prompt_len, self.prefill_chunks)
+        plan = self.plan(prompt_len)
         # A no-op when prepare() already sized the cache for this generation.
         self.prepare(batch, prompt_len, max(self.max_tokens - prompt_len, 1))
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)

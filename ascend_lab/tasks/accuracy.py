@@ -189,11 +189,11 @@ def reference_device(cfg: AppConfig):
 
 def precision_of(cfg: AppConfig, runtime: str) -> str:
     """What a side computes in, the key of its ``accuracy.gate`` row: the compiled graph's
-    ``atc.export_dtype`` on acl, int8 for a quantised graph on onnxruntime, else ``model.dtype``."""
+    ``atc.export_dtype`` on acl, int8/int4 for a quantised graph on onnxruntime, else ``model.dtype``."""
     if runtime == "acl":
         return cfg.atc.export_dtype
-    if runtime == "onnxruntime" and cfg.export.quantize == "int8":
-        return "int8"
+    if runtime == "onnxruntime" and cfg.export.quantize != "none":
+        return cfg.export.quantize
     return cfg.model.dtype
 
 
