@@ -278,10 +278,27 @@ def test_onnxruntime_gives_the_torch_runtimes_tokens(launch_dir, torch_runtime):
             _, from_torch = generate(torch_runtime, ids, mask, 20)
             np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
             assert len(np.unique(from_torch.tokens)) > 1  # not a degenerate constant stream
-        # The cache is one numpy array the session reads in place; only the new slots are written.
+        # The cache (per layer, in the attention's layout: the derived graph's) is two numpy arrays the session
+        # reads in place; only the new slots are written.
         backend = engine.backend
-        assert backend.cache.shape == ort_runtime.contract.cache_shape(backend.capacity, 8)
-        assert backend._cache_value.data_ptr() == backend.cache.ctypes.data
+        assert backend.split and backend.cache.shape == ort_runtime.contract.cache_shape(backend.capacity, 8)
+        parts = [part.ctypes.data for layer in zip(backend._keys, backend._values) for part in layer]
+        assert [value.data_ptr() for value in backend._cache_values] == parts
+
+
+def test_the_plain_export_reads_the_contracts_cache_in_place(launch_dir, torch_runtime):
+    """runtime.transformer_optimize=false loads the export as it is: one cache tensor in the contract's layout,
+    bound in place, and the same tokens."""
+    from ascend_lab.prepare import open_engine
+
+    cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=false")
+    with open_engine(cfg, ctx) as loaded:
+        ids, mask = prompts(12, 2, 9, (0, 3))
+        engine, from_onnx = generate(loaded.runtime, ids, mask, 12)
+        _, from_torch = generate(torch_runtime, ids, mask, 12)
+        np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
+        backend = engine.backend
+        assert not backend.split and backend._cache_value.data_ptr() == backend.cache.ctypes.data
 
 
 def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(launch_dir, torch_runtime):
@@ -298,6 +315,14 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     plain, fused = (onnx.load(str(p), load_external_data=False).graph.node
                     for p in (plan.exported.onnx_path, plan.onnx_path))
     assert "SimplifiedLayerNormalization" in {n.op_type for n in fused} and len(fused) < len(plain)
+    # The CPU cache layout: the attention's MatMuls read each layer's keys and values straight from the inputs
+    # (no Gather, no Transpose of the past per step).
+    graph = onnx.load(str(plan.onnx_path), load_external_data=False).graph
+    layer_inputs = [i.name for i in graph.input if i.name.startswith("past_key_values.")]
+    assert len(layer_inputs) == 2 * plan.exported.dims.num_layers and "past_key_values" not in {
+        i.name for i in graph.input}
+    readers = {n.op_type for n in graph.node for name in n.input if name in layer_inputs}
+    assert readers <= {"MatMul", "Shape"} and "MatMul" in readers
     with open_engine(cfg, ctx, plan) as loaded:
         ort_runtime = loaded.runtime
         assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path
@@ -323,6 +348,7 @@ def test_the_backend_writes_exactly_the_new_slots(launch_dir):
         assert engine.prefill_executions == 1
         engine.step()
         engine.step()
+        cache = engine.backend.cache
         written = np.abs(cache).reshape(cache.shape[0], -1).sum(axis=1) > 0
         assert written[:7].all() and not written[7:].any()
         assert engine.generated().shape == (2, 3)

@@ -11,7 +11,9 @@ export it fuses the RMSNorms (``SimplifiedLayerNormalization``) and each residua
 following RMSNorm (``SkipSimplifiedLayerNormalization``); it does not recognise the attention
 (the exported graph builds its own additive mask and repeats the KV heads for GQA), so no
 ``Attention``/``GroupQueryAttention``/``RotaryEmbedding`` fusion happens. The session's own level-``all``
-optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top.
+optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top. A kv_cache graph also gets
+the CPU cache layout (:func:`ascend_lab.export.cache_layout.split_cache_input`): one input per layer's keys and
+values in the layout the attention reads, so no decode step copies the past.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ascend_lab import artifact_cache
+from ascend_lab import graph_contract as gc
+from ascend_lab.export.cache_layout import split_cache_input
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # Bump when a derivation's code changes what it produces: entries of another format are rebuilt.
-DERIVED_FORMAT = 2  # 2: int8 dynamic quantisation per tensor (export/quantize.py)
+# 2: int8 dynamic quantisation per tensor (export/quantize.py); 3: ortopt splits the kv_cache graph's cache per layer
+DERIVED_FORMAT = 3
 
 
 def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],
@@ -65,6 +70,8 @@ def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: i
                            optimization_options=options, opt_level=0, only_onnxruntime=False)
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     log.info("transformer optimizer fused: %s", fused or "nothing")
+    if any(i.name == gc.PAST_KEY_VALUES for i in model.model.graph.input):
+        fused["cache_layer_inputs"] = split_cache_input(model.model)
     if external:
         onnx.save_model(model.model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=DATA_FILE, size_threshold=1024)

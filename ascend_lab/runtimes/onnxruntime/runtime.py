@@ -13,7 +13,9 @@ lacks (the CANN and CUDA providers ship in separate onnxruntime builds).
 
 Generation over the kv_cache graph (:class:`OrtCacheBackend`) binds the cache with I/O binding: on the
 CPU provider it is an ``OrtValue`` over a numpy array, so the session reads it in place and the new
-tokens' slots are written into it in place — nothing is copied per step but those slots.
+tokens' slots are written into it in place — nothing is copied per step but those slots. The
+transformer-optimised graph takes the cache per layer in the layout its attention reads
+(:mod:`ascend_lab.export.cache_layout`), so no step copies or transposes the past either.
 """
 
 from __future__ import annotations
@@ -194,15 +196,26 @@ class OnnxRuntime(Runtime):
 
 
 class OrtCacheBackend:
-    """The kv_cache graph on an ``InferenceSession`` with I/O binding (see the module docstring)."""
+    """The kv_cache graph on an ``InferenceSession`` with I/O binding (see the module docstring).
+
+    A graph with the CPU cache layout (:mod:`ascend_lab.export.cache_layout`, the transformer-optimised derived
+    graph) takes one input per layer's keys and values in the layout its attention reads: the backend then holds
+    the keys of every layer as one array [layers, batch, kv_heads, dim, capacity] and the values as
+    [layers, batch, kv_heads, capacity, dim], binds each layer's part in place once per allocation, and writes the
+    new tokens' slots into both after each execution (two numpy copies of the new slots, whatever the depth).
+    ``cache`` is then a slot-major view [capacity, batch, 2·layers, kv_heads, dim] of the same memory (as the
+    contract's), for readers that want the contract's layout."""
 
     fixed_capacity = None
     seq_gears = None
 
     def __init__(self, session, contract: gc.GraphContract) -> None:
+        from ascend_lab.export.cache_layout import is_split
+
         self.session, self.contract = session, contract
         self.traffic = Traffic()
         self.batch = self.capacity = 0
+        self.split = is_split([i.name for i in session.get_inputs()])
         self._binding = session.io_binding()
         self._pads: np.ndarray | None = None
         self._logits: np.ndarray | None = None
@@ -215,9 +228,36 @@ class OrtCacheBackend:
     def allocate(self, batch: int, capacity: int) -> None:
         import onnxruntime as ort
 
-        self.cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=self.contract.numpy_dtype)
-        self._cache_value = ort.OrtValue.ortvalue_from_numpy(self.cache)  # shares the numpy memory
+        from ascend_lab.export.cache_layout import LAYER_INPUT
+
+        binding, dtype = self._binding, self.contract.numpy_dtype
+        binding.clear_binding_inputs()
+        if self.split:
+            d = self.contract.dims
+            self._keys = np.zeros((d.num_layers, batch, d.num_kv_heads, d.head_dim, capacity), dtype=dtype)
+            self._values = np.zeros((d.num_layers, batch, d.num_kv_heads, capacity, d.head_dim), dtype=dtype)
+            # OrtValues over each layer's part of the two arrays: the session reads the cache where it lies.
+            self._cache_values = []
+            for layer in range(d.num_layers):
+                for j, part in ((2 * layer, self._keys[layer]), (2 * layer + 1, self._values[layer])):
+                    value = ort.OrtValue.ortvalue_from_numpy(part)
+                    binding.bind_ortvalue_input(LAYER_INPUT.format(j), value)
+                    self._cache_values.append(value)
+        else:
+            self._cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=dtype)
+            self._cache_value = ort.OrtValue.ortvalue_from_numpy(self._cache)  # shares the numpy memory
+            binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
         self.batch, self.capacity = batch, capacity
+
+    @property
+    def cache(self) -> np.ndarray:
+        """The cache in the contract's layout [capacity, batch, 2·layers, kv_heads, dim] (a copy with the CPU
+        layout)."""
+        if not self.split:
+            return self._cache
+        keys = self._keys.transpose(4, 1, 0, 2, 3)  # [capacity, batch, layers, kv_heads, dim]
+        values = self._values.transpose(3, 1, 0, 2, 4)
+        return np.stack([keys, values], axis=3).reshape(self.contract.cache_shape(self.capacity, self.batch))
 
     def execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
@@ -226,19 +266,23 @@ class OrtCacheBackend:
         if pad_lengths is not None:
             self._pads = np.ascontiguousarray(pad_lengths, dtype=np.int64)
         binding = self._binding
-        binding.clear_binding_inputs()
+        # The cache stays bound from allocate(); binding a name again replaces its earlier binding.
         binding.clear_binding_outputs()
         binding.bind_cpu_input(gc.INPUT_IDS, ids)
         binding.bind_cpu_input(gc.POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
         binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
         binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
-        binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
         for name in self.contract.output_names():
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.contract.output_names(), (value.numpy() for value in binding.get_outputs())))
-        present = outputs[gc.PRESENT_KEY_VALUES]
-        self.cache[past_length:past_length + present.shape[0]] = present
+        present = outputs[gc.PRESENT_KEY_VALUES]  # [seq, batch, 2·layers, kv_heads, dim]
+        end = past_length + present.shape[0]
+        if self.split:
+            self._keys[..., past_length:end] = present[:, :, 0::2].transpose(2, 1, 3, 4, 0)
+            self._values[:, :, :, past_length:end] = present[:, :, 1::2].transpose(2, 1, 3, 0, 4)
+        else:
+            self._cache[past_length:end] = present
         self._logits = outputs[gc.LOGITS]
         self._layer_hidden = outputs.get(gc.LAYER_HIDDEN_STATES)
         return outputs[gc.NEXT_TOKEN].astype(np.int64, copy=False)
