@@ -61,13 +61,15 @@ def default_gates() -> dict[str, GateThresholds]:
     layer error 0.1–0.2 %); bfloat16 keeps 8 mantissa bits (≈ 4e-3 per op); int8 weight quantisation moves
     every matmul by about 1 % (Qwen2.5-0.5B shapes: worst-step cosine 0.9988, mean KL 3e-4, layer error
     2–5 % growing with depth, top-1 0.89 with random weights, whose near-ties flip; tiny_qwen: cosine
-    0.99992, top-1 0.97). The top-1 floors leave room for near-ties and still catch a collapse."""
+    0.99992, top-1 0.97); 4-bit weights (MatMulNBits, block 32) move them about ten times more (tiny_qwen: worst-step
+    cosine 0.989, mean KL 2e-4, layer error up to 9 %, top-1 0.65–0.77 with random weights). The top-1 floors leave
+    room for near-ties and still catch a collapse."""
     return {
         "float32": GateThresholds(),  # the field defaults
         "float16": GateThresholds(min_cosine=0.999, min_top1_agreement=0.95, max_mean_kl=5e-3, layer_tolerance=2e-2),
         "bfloat16": GateThresholds(min_cosine=0.99, min_top1_agreement=0.90, max_mean_kl=2e-2, layer_tolerance=5e-2),
         "int8": GateThresholds(min_cosine=0.99, min_top1_agreement=0.85, max_mean_kl=5e-2, layer_tolerance=1e-1),
-        "int4": GateThresholds(min_cosine=0.98, min_top1_agreement=0.7, max_mean_kl=0.2, layer_tolerance=0.3),
+        "int4": GateThresholds(min_cosine=0.98, min_top1_agreement=0.5, max_mean_kl=5e-2, layer_tolerance=0.3),
     }
 
 
