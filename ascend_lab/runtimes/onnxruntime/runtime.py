@@ -131,6 +131,7 @@ class OnnxRuntime(Runtime):
         self._session = open_session(onnx_path, device_kind, device_index, intra_op_threads, inter_op_threads,
                                      graph_optimization, self.notes, profile_prefix=profile_prefix)
         self.providers: list[str] = self._session.get_providers()
+        self.threads = self._session.get_session_options().intra_op_num_threads
         self._inputs = [_spec(i) for i in self._session.get_inputs()]
         self._outputs = [_spec(o) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
