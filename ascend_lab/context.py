@@ -61,8 +61,8 @@ class JobContext:
             from ascend_lab.device import resolve_device
 
             self._device = resolve_device(self.cfg.device)
-            self.tracker.set_tags({"device": str(self._device.torch_device), "device.reason": self._device.reason})
-            log.info("device: %s (%s)", self._device.torch_device, self._device.reason)
+            self.tracker.set_tags({"device": self._device.label, "device.reason": self._device.reason})
+            log.info("device: %s (%s)", self._device.label, self._device.reason)
         return self._device
 
     def path(self, configured: str | Path) -> Path:

@@ -117,10 +117,10 @@ def measure(cfg: AppConfig, ctx: JobContext, candidate_prefix: str = "",
     candidate = plan_runtime(candidate_cfg, candidate_ctx)
     reference = plan_runtime(reference_cfg, reference_ctx)
     precision = precision_of(candidate_cfg, candidate.name)
-    candidate_text = f"{candidate.name} {precision} on {ctx.device.torch_device}"
+    candidate_text = f"{candidate.name} {precision} on {ctx.device.label}"
     reference_text = (f"{reference.name} {precision_of(reference_cfg, reference.name)} on "
-                      f"{reference_ctx.device.torch_device}")
-    reference_ctx.tracker.set_tags({"device": str(reference_ctx.device.torch_device)})
+                      f"{reference_ctx.device.label}")
+    reference_ctx.tracker.set_tags({"device": reference_ctx.device.label})
     ctx.tracker.set_tags({"accuracy.precision": precision, "accuracy.candidate": candidate_text,
                           "accuracy.reference": reference_text})
     print(f"candidate: {candidate_text} ({candidate.reason})\nreference: {reference_text} ({reference.reason})")

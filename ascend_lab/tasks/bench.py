@@ -77,7 +77,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
                           "telemetry.work_device": f"{work.kind}:{work.index}"})
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_dict({"scenario": bench.scenario, "samples_ms": result.samples_ms}, "latency_samples.json")
-    title = (f"bench: {cfg.model.name} on {plan.name} ({device.torch_device}), {bench.scenario}, "
+    title = (f"bench: {cfg.model.name} on {plan.name} ({device.label}), {bench.scenario}, "
              f"batch {bench.batch_size}, seq {input_ids.shape[1]}"
              + (f", {runtime.threads} threads" if runtime.threads else "")
              + (f", {bench.new_tokens} new tokens" if bench.scenario == "generate" else ""))
