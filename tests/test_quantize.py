@@ -201,9 +201,14 @@ def test_int4_export_quantises_every_weight_to_4_bits_and_generates(int4_context
     cfg, ctx = int4_context
     int4 = ensure_exported(cfg, ctx)
     assert int4.cache_key != exported.cache_key and int4.extra["key_material"]["export"]["int4_block_size"] == 16
-    nodes = [n for n in onnx.load(str(int4.onnx_path), load_external_data=False).graph.node
-             if n.op_type == "MatMulNBits"]
+    graph = onnx.load(str(int4.onnx_path)).graph
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert len(nodes) == WEIGHT_MATMULS
+    # The embedding table too, in 4 bits: no float table is left.
+    assert [n.op_type for n in graph.node if n.op_type.startswith("Gather") and n.input[1] == "input_ids"] == [
+        "GatherBlockQuantized"]
+    assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                and not i.name.endswith("_scales")]
     attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
     assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 16, 4)
     float_engine, int4_engine = engine_on(exported.onnx_path, exported), engine_on(int4.onnx_path, int4)
