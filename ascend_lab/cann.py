@@ -401,10 +401,11 @@ def field_number(fields: dict[str, str], *names: str) -> float | None:
     return None
 
 
-def missing_toolkit_message(what: str, toolkit_home: str | None = None) -> str:
-    looked = "\n  ".join(str(p) for p in set_env_locations(toolkit_home))
-    return (
-        f"{what}: the Ascend CANN toolkit is not installed or its environment is not loaded.\n"
-        f"Load it with `source <toolkit>/set_env.sh`, or set atc.toolkit_home=<folder with set_env.sh>.\n"
-        f"Looked for set_env.sh at:\n  {looked}"
-    )
+def missing_toolkit_message(what: str, toolkit_home: str | None = None, alternative: str | None = None) -> str:
+    """One line saying what is missing, then the fix and where we looked, indented (``alternative``: another way)."""
+    lines = [f"{what}: the Ascend CANN toolkit is not installed or its environment is not loaded.",
+             "  load it: source <toolkit>/set_env.sh, or set atc.toolkit_home=<folder with set_env.sh>",
+             "  looked for set_env.sh at: " + ", ".join(str(p) for p in set_env_locations(toolkit_home))]
+    if alternative:
+        lines.append(f"  or {alternative}")
+    return "\n".join(lines)

@@ -24,6 +24,7 @@ the task.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
+from ascend_lab import preflight
 from ascend_lab.config import TASK_GROUPS, AppConfig, Task
 from ascend_lab.models import LocalCheckpoint, local_checkpoint, with_launch_paths
 from ascend_lab.telemetry import job_telemetry
@@ -38,6 +40,7 @@ from ascend_lab.telemetry.environment import log_environment
 from ascend_lab.tracking import CONFIG_HASH_TAG, Store, Tracker, browse_hint, config_params, ending, \
     environment_tags, find_finished_run, identity_hash, open_run, prepare_store, read_sweep_file, reap_dead_runs, \
     record_skipped_job, task_params
+from ascend_lab.tracking import run_names
 from ascend_lab.writable import check_job_folders
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class JobContext:
     skipped_run_id: str | None = None  # resume: the FINISHED run that already did this job
     store: Store | None = None  # None with tracking=off
     checkpoint: LocalCheckpoint | None = None  # the model.path folder the job loads, if any
+    started_at: float = field(default_factory=time.time)  # wall clock; the program's start for its first job
     _device: object = field(default=None, repr=False)
 
     @property
@@ -61,8 +65,13 @@ class JobContext:
             from ascend_lab.device import resolve_device
 
             self._device = resolve_device(self.cfg.device)
-            self.tracker.set_tags({"device": self._device.label, "device.reason": self._device.reason})
-            log.info("device: %s (%s)", self._device.label, self._device.reason)
+            label, reason = self._device.label, self._device.reason
+            if getattr(self.cfg.runtime, "name", None) == "acl":  # pyACL runs the .om; torch only prepares inputs
+                index = self.cfg.device.index
+                label, reason = f"npu:{index}", f"runtime=acl runs the .om on NPU {index} with pyACL; " \
+                                                f"torch's own work stays on {label} ({reason})"
+            self.tracker.set_tags({"device": label, "device.reason": reason})
+            log.info("device: %s (%s)", label, reason)
         return self._device
 
     def path(self, configured: str | Path) -> Path:
@@ -81,17 +90,17 @@ class JobContext:
         return browse_hint(self.store.uri, self.store.experiment_id, self.launch_dir)
 
 
-def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, str, str | None]:
-    """(launch dir, output dir, multirun?, sweep dir, job name, override dirname, job num)."""
+def _hydra_runtime() -> tuple[Path, Path, bool, Path | None, str, list[str], str | None]:
+    """(launch dir, output dir, multirun?, sweep dir, job name, command-line overrides, job num)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():  # called outside @hydra.main (tests composing by hand)
-        return Path.cwd(), Path.cwd(), False, None, "ascend_lab", "", None
+        return Path.cwd(), Path.cwd(), False, None, "ascend_lab", [], None
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     return (Path(hc.runtime.cwd), Path(hc.runtime.output_dir), multirun,
-            Path(hc.sweep.dir).resolve() if multirun else None, hc.job.name, hc.job.override_dirname,
+            Path(hc.sweep.dir).resolve() if multirun else None, hc.job.name, list(hc.overrides.task),
             str(hc.job.num) if multirun else None)
 
 
@@ -128,11 +137,13 @@ def _reap(store: Store) -> None:
 
 
 @contextmanager
-def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
-    launch_dir, output_dir, multirun, sweep_dir, job_name, override_dirname, job_num = _hydra_runtime()
+def job_context(cfg: AppConfig, raw_cfg: DictConfig, started_at: float | None = None) -> Iterator[JobContext]:
+    started_at = started_at or time.time()
+    launch_dir, output_dir, multirun, sweep_dir, job_name, overrides, job_num = _hydra_runtime()
     check_job_folders(cfg, launch_dir)  # before anything is created or recorded
+    preflight.check(cfg, lambda configured: _from_launch_dir(launch_dir, configured))
     if not cfg.tracking.enabled:
-        yield JobContext(cfg, Tracker(), launch_dir, output_dir)
+        yield JobContext(cfg, Tracker(), launch_dir, output_dir, started_at=started_at)
         return
 
     parent_run_id = None
@@ -158,10 +169,11 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
                 record_skipped_job(store, parent_run_id, job_num, finished)
             print(f"Skipped: this config ({CONFIG_HASH_TAG}={digest}) already has the FINISHED MLflow run "
                   f"{finished}; drop tracking.skip_finished to run it again.")
-            yield JobContext(cfg, Tracker(), launch_dir, output_dir, skipped_run_id=finished, store=store)
+            yield JobContext(cfg, Tracker(), launch_dir, output_dir, skipped_run_id=finished, store=store,
+                             started_at=started_at)
             return
     task = cfg.task.value
-    run_name = cfg.tracking.run_name or "-".join(filter(None, [task, override_dirname]))[:250]
+    run_name = cfg.tracking.run_name or run_names.job_name(task, overrides, sweep.get("swept") if sweep else None)
     tags = {"task": task, "output_dir": str(output_dir), CONFIG_HASH_TAG: digest, **environment_tags(launch_dir),
             **(checkpoint.tags() if checkpoint is not None else {})}
     if job_num is not None:
@@ -180,7 +192,8 @@ def job_context(cfg: AppConfig, raw_cfg: DictConfig) -> Iterator[JobContext]:
             sampled_run = tracker.run_id if "device" in TASK_GROUPS[cfg.task] else None
             with job_telemetry(cfg.telemetry, sampled_run, store.uri):
                 try:
-                    yield JobContext(cfg, tracker, launch_dir, output_dir, store=store, checkpoint=checkpoint)
+                    yield JobContext(cfg, tracker, launch_dir, output_dir, store=store, checkpoint=checkpoint,
+                                     started_at=started_at)
                 finally:
                     _log_job_log(tracker, output_dir, job_name)
     finally:

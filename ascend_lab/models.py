@@ -174,6 +174,9 @@ def resolve_pretrained_folder(model_cfg: ModelConfig) -> Path:
     """``model.path`` when given, else a ModelScope snapshot of ``model.model_id`` (downloaded once)."""
     if model_cfg.path:
         folder = Path(model_cfg.path).expanduser()
+        if not folder.exists():
+            raise AscendLabError(f"model.path={model_cfg.path}: {folder.resolve()} does not exist. Point model.path "
+                                 "at the folder of a checkpoint (config.json, weights and tokenizer files).")
         if not (folder / "config.json").is_file():
             raise AscendLabError(
                 f"model.path={model_cfg.path}: no config.json in {folder.resolve()}. Point model.path at a "

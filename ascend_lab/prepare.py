@@ -182,14 +182,14 @@ def _om(cfg, ctx, config, reason: str) -> RuntimePlan:
     """The .om, or a ToolchainError saying what is missing (pyACL or a compiled graph)."""
     acl_ok, acl_why = cann.acl_importable()
     if not acl_ok:
-        raise ToolchainError(f"runtime=acl needs pyACL (`import acl`): {acl_why}. "
-                             + cann.missing_toolkit_message("pyACL", cfg.atc.toolkit_home)
-                             + " Or use runtime=onnxruntime / runtime=torch.")
+        raise ToolchainError(cann.missing_toolkit_message(
+            f"runtime=acl needs pyACL (`import acl`: {acl_why})", cfg.atc.toolkit_home,
+            "use runtime=onnxruntime or runtime=torch"))
     plan = _compiled(cfg, ctx, config, reason)
     if plan is None:
-        raise ToolchainError(f"runtime=acl needs a compiled .om, but there is none ({_why_no_om(cfg)}). "
-                             + cann.missing_toolkit_message("atc", cfg.atc.toolkit_home)
-                             + " Or use runtime=onnxruntime.")
+        raise ToolchainError(cann.missing_toolkit_message(
+            f"runtime=acl needs a compiled .om, but there is none ({_why_no_om(cfg)})", cfg.atc.toolkit_home,
+            "use runtime=onnxruntime"))
     return plan
 
 

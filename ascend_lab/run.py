@@ -8,6 +8,7 @@ dispatches ``task``. Heavy libraries are imported by the task that needs them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import logging
@@ -15,15 +16,17 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import hydra
-from omegaconf import DictConfig
-
-from ascend_lab.config import TASK_GROUPS, Task, validate
+from ascend_lab import explain, quiet
+from ascend_lab.config import TASK_GROUPS, AppConfig, Task, validate
 from ascend_lab.errors import AscendLabError
 from ascend_lab.runtimes.registry import register_configs
+
+if TYPE_CHECKING:  # Hydra loads when a job is composed, after `--help` has had its chance to answer alone
+    from omegaconf import DictConfig
 
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
 # A checkout (editable install or `python -m` from the repo) uses its conf/ directly; an installed
@@ -33,14 +36,14 @@ CONFIG_PATH = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").is_file() 
 # task → module whose `run(cfg, ctx)` does the work; imported only when chosen.
 TASK_MODULES = {task: f"ascend_lab.tasks.{task.value}" for task in Task}
 
-register_configs()
-
-
 log = logging.getLogger("ascend_lab.run")  # not __main__ under python -m
 # Groups that say how a job runs or is recorded, never what it computes, and the root keys every task
 # reads: an override of them is never out of place.
-_READ_BY_EVERY_TASK = ("task", "seed", "tracking", "telemetry", "profile", "search", "hydra")
+_READ_BY_EVERY_TASK = ("task", "seed", "verbose", "tracking", "telemetry", "profile", "search", "hydra")
 _warned: set[str] = set()
+_SCHEMA_GROUPS = {f.name for f in dataclasses.fields(AppConfig)}
+# When the program started (wall clock), for the first job's honest duration; None once taken.
+_program_started: float | None = None
 
 
 def unread_group_overrides(task: Task, overrides: Sequence[str]) -> list[str]:
@@ -55,7 +58,9 @@ def unread_group_overrides(task: Task, overrides: Sequence[str]) -> list[str]:
     for override in overrides:
         key = override.lstrip("+~").partition("=")[0].split("@")[0].strip()
         group = re.split(r"[./]", key, maxsplit=1)[0]
-        if group in _READ_BY_EVERY_TASK or group in read:
+        # A group outside the schema is a preset (+hparams_search=..., +experiment=...): it sets keys of other
+        # groups, and composing it checked them.
+        if group in _READ_BY_EVERY_TASK or group in read or group not in _SCHEMA_GROUPS:
             continue
         readers = [t.value for t, groups in TASK_GROUPS.items() if group in groups]
         warnings.append(f"{override} has no effect: task={task.value} reads only the {_listed(read)} groups"
@@ -76,7 +81,10 @@ def _warn_once(message: str) -> None:
 
 def run_job(cfg: DictConfig) -> object:
     """Validate, open the job's tracking run, run the task; the run ends FINISHED/FAILED/KILLED."""
+    global _program_started
+    started_at, _program_started = _program_started or time.time(), None
     app_cfg = validate(cfg)
+    quiet.apply(app_cfg.verbose)
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():  # tests may call run_job on a config composed by hand
@@ -84,7 +92,7 @@ def run_job(cfg: DictConfig) -> object:
             _warn_once(message)
     from ascend_lab.context import job_context
 
-    with job_context(app_cfg, cfg) as ctx:
+    with job_context(app_cfg, cfg, started_at) as ctx:
         if ctx.skipped_run_id is not None:  # resume: this config already finished
             return None
         task_module = importlib.import_module(TASK_MODULES[app_cfg.task])
@@ -94,9 +102,12 @@ def run_job(cfg: DictConfig) -> object:
         return job_value(app_cfg, result, ctx.tracker)  # an automatic search's trials return one number
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def _hydra_main(cfg: DictConfig) -> object:
-    return run_job(cfg)
+def _hydra_main() -> object:
+    """Hydra's entry point around :func:`run_job` (Hydra's launchers hand the config store to their workers)."""
+    import hydra
+
+    register_configs()
+    return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")(run_job)()
 
 
 # Hydra's flags that take a value (the value is not an override).
@@ -310,7 +321,23 @@ def user_errors_reported_plainly() -> Iterator[None]:
         hydra_utils.run_and_report = original
 
 
+def _process_started() -> float:
+    """The wall-clock time this process started where it runs this program (``python -m ascend_lab.run`` or the
+    ``ascend-lab`` script: the interpreter's start and the imports count), else now (a caller in-process)."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is not None and (program.name == "ascend-lab" or program.resolve() == Path(__file__).resolve()):
+        import psutil
+
+        return psutil.Process().create_time()
+    return time.time()
+
+
 def main() -> None:
+    global _program_started
+    _program_started = _process_started()
+    if explain.help_asked(sys.argv[1:]):
+        sys.exit(explain.print_help(sys.argv[1:]))
+    quiet.apply(quiet.verbose_asked(command_line_overrides(sys.argv[1:])))
     argv, notes = quote_for_hydra(sys.argv[1:])
     for note in notes:
         print(note, file=sys.stderr)

@@ -82,6 +82,18 @@ def cached_files(lab: Path) -> tuple[Path, Path]:
     return onnx_file, om
 
 
+@pytest.mark.slow
+def test_the_acl_run_names_the_npu_that_runs_it(lab):
+    """runtime=acl runs the .om on the NPU through pyACL: the device line and tag name it, not torch's CPU."""
+    _, runs = all_runs(lab)
+    first = min(runs, key=lambda run: run.info.start_time)
+    tags = first.data.tags
+    assert tags["device"] == "npu:0", tags["device"]
+    assert tags["device.reason"].startswith("runtime=acl runs the .om on NPU 0 with pyACL; torch's own work stays on cpu")
+    log_text = "".join(p.read_text() for p in lab.glob("outputs/runs/*/*/*.log"))
+    assert "device: npu:0 (runtime=acl runs the .om on NPU 0" in log_text
+
+
 # ------------------------------------------------------------------------------------------------
 # Malformed overrides, out-of-range numbers: rejected before any run is opened
 

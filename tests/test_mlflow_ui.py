@@ -80,7 +80,7 @@ def _stages(launch: Path) -> dict:
 def test_pipeline_stage_runs_carry_the_params_of_their_task(pipeline_store):
     launch, stdout = pipeline_store
     stages = _stages(launch)
-    bench = {name: run for name, run in stages.items() if name.startswith("bench-batch")}
+    bench = {name: run for name, run in stages.items() if name.startswith("bench b=")}
     assert sorted(int(r.data.params["benchmark.batch_size"]) for r in bench.values()) == [1, 4, 8]
     for run in bench.values():
         assert run.data.params["task"] == "bench" and "runtime.name" in run.data.params
@@ -161,12 +161,12 @@ def test_the_printed_link_opens_the_runs_table_and_compare_plots_batch_size(brow
     assert "No data available for the selected time range" not in body  # not the GenAI overview
     # The pipeline run is the table's one top-level row; its expander shows the stage runs.
     browser.find_element(By.CSS_SELECTOR, EXPAND_CHILD_RUNS).click()
-    body = wait_for_text(browser, "bench-batch8")
-    assert all(stage in body for stage in ("doctor", "export", "compile", "bench-batch1", "bench-batch4")), body
+    body = wait_for_text(browser, "bench b=8")
+    assert all(stage in body for stage in ("doctor", "export", "compile", "bench b=1", "bench b=4")), body
     browser.save_screenshot(str(shots / "runs_table.png"))
 
     stages = _stages(launch)
-    bench = sorted((r for name, r in stages.items() if name.startswith("bench-batch")),
+    bench = sorted((r for name, r in stages.items() if name.startswith("bench b=")),
                    key=lambda r: int(r.data.params["benchmark.batch_size"]))
     ids = [r.info.run_id for r in bench]
     # The compare page MLflow opens for selected runs (its getCompareRunPageRoute).

@@ -50,3 +50,8 @@ def test_installed_wheel_runs_from_anywhere(wheel, tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import ascend_lab.run as r; print(r.CONFIG_PATH)"], cwd=launch,
                            env=env, capture_output=True, text=True, timeout=120)
     assert probe.stdout.strip() == "pkg://ascend_lab.conf"
+    # --help reads the packaged conf/ and the task modules' docstrings.
+    helped = subprocess.run([sys.executable, "-m", "ascend_lab.run", "--help"], cwd=launch, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "runtime:" in helped.stdout and "accuracy  one candidate" in helped.stdout, \
+        helped.stdout + helped.stderr

@@ -19,14 +19,14 @@ def test_pipeline_runs_every_stage_as_a_child(run_cli, mlflow_runs, tmp_path):
     (pipeline,) = [r for r in runs if r.data.tags.get("task") == "pipeline"]
     assert pipeline.info.status == "FINISHED"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id}
-    assert set(children) == {"doctor", "export", "compile", "bench-batch1", "bench-batch2"}
+    assert set(children) == {"doctor", "export", "compile", "bench b=1", "bench b=2"}
     assert all(c.info.status == "FINISHED" for c in children.values())
     assert "matmul_ms_cpu" in children["doctor"].data.metrics
     onnx_sha = children["export"].data.tags["onnx_sha256"]
     assert children["compile"].data.tags["compile_skipped"].startswith("atc not found")
     assert pipeline.data.tags["compile_skipped"] == children["compile"].data.tags["compile_skipped"]
     for batch in (1, 2):
-        bench = children[f"bench-batch{batch}"]
+        bench = children[f"bench b={batch}"]
         assert bench.data.tags["batch_size"] == str(batch) and bench.data.tags["runtime"] == "onnxruntime"
         assert bench.data.tags["onnx_sha256"] == onnx_sha  # measured the graph the export stage made
         m = bench.data.metrics  # the generate scenario, the default

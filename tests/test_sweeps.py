@@ -10,7 +10,7 @@ import pytest
 from sweep_helpers import children_of, finish, split_runs, start_cli, store_client, wait_for_output, \
     wait_for_running_run
 
-DOCTOR_METRICS = ("matmul_ms_device", "matmul_ms_cpu", "matmul_speedup", "matmul_tflops_device",
+DOCTOR_METRICS = ("matmul_ms_device", "matmul_ms_cpu", "matmul_tflops_device",
                   "device_mem_reserved_mb", "device_count")
 FAST_DOCTOR = ("task=doctor", "doctor.matmul_size=64")
 

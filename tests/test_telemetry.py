@@ -224,11 +224,14 @@ def test_config_rejects_a_zero_interval():
 
 
 def test_a_failing_job_stops_its_sampler_and_still_has_curves(compose, monkeypatch, tmp_path):
-    """In process, the real job lifecycle: runtime=acl without pyACL fails inside the job after the run opened."""
+    """In process, the real job lifecycle: runtime=acl with a pyACL that is found but does not load fails inside
+    the job after the run opened."""
+    from ascend_lab import preflight
     from ascend_lab.errors import ToolchainError
     from ascend_lab.run import run_job
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(preflight, "module_found", lambda name: True)
     cfg = compose("task=bench", "runtime=acl", "telemetry.interval_s=0.1", f"telemetry.rapl_root={tmp_path}/none")
     with pytest.raises(ToolchainError):
         run_job(cfg)

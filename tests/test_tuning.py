@@ -14,6 +14,7 @@ compile, and the automatic search on Hydra's Optuna sweeper.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -302,6 +303,15 @@ def test_a_four_trial_search_writes_best_overrides_that_replay_the_best_trial(ru
     assert best.data.metrics["search_objective"] == pm["search_best_value"]
     overrides = shlex.split(Path(client.download_artifacts(parent.info.run_id, "best_overrides.txt",
                                                            str(tmp_path))).read_text())
+    # The file is in the sweep's folder too, its path printed, and the replay command works as printed.
+    printed = Path(re.search(r"^best overrides: (.+)$", proc.stdout, re.M).group(1))
+    assert printed == Path(parent.data.tags["sweep_dir"]) / "best_overrides.txt"
+    assert shlex.split(printed.read_text()) == overrides
+    replay = shlex.split(re.search(r"^replay the best: (.+)$", proc.stdout, re.M).group(1))
+    assert replay == ["python", "-m", "ascend_lab.run", *overrides]
+    output = proc.stdout + proc.stderr
+    # Our output only: no "has no effect" for the preset, no alembic set-up lines, no Optuna colours.
+    assert "has no effect" not in output and "setup plugin" not in output and "\x1b[" not in output, output
     replayed = validate(compose(*overrides))
     from ascend_lab.tracking.metadata import config_params
 

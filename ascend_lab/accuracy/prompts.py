@@ -7,6 +7,7 @@ raised before any export or compile work.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from ascend_lab.accuracy.compare import Prompt
@@ -23,14 +24,29 @@ def read_prompts_file(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(KEY, str(path), f"is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, "
-                                          "one prompt per line") from None
+        raise ConfigError(KEY, str(path), _not_utf8(path, exc)) from None
     except OSError as exc:
         raise ConfigError(KEY, str(path), f"cannot be read ({exc.strerror or exc})") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ConfigError(KEY, str(path), "holds no prompt (only blank lines or nothing); write one prompt per line")
     return prompts
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """What a file that is not UTF-8 is, where we can tell: GBK (GB18030 its superset) is what a Chinese Windows
+    editor saves. The file is still refused: a guessed encoding would turn a wrong guess into wrong prompts."""
+    data = path.read_bytes()
+    for encoding in ("gbk", "gb18030"):
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        converted = path.with_name(f"{path.stem}.utf8{path.suffix}")
+        return (f"is {encoding.upper()} text, not UTF-8 (byte {exc.start}: {exc.reason}); convert it with "
+                f"`iconv -f {encoding} -t utf-8 {shlex.quote(str(path))} > {shlex.quote(str(converted))}` and set "
+                f"{KEY}={converted}")
+    return f"is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, one prompt per line"
 
 
 def prompt_texts(accuracy_cfg, resolve_path) -> list[str]:

@@ -13,9 +13,7 @@ import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from typing import TYPE_CHECKING
 
 from ascend_lab.config.accuracy import AccuracyConfig
 from ascend_lab.config.atc import AtcConfig
@@ -31,6 +29,9 @@ from ascend_lab.config.search import SearchConfig
 from ascend_lab.config.telemetry import TelemetryConfig
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.errors import AscendLabError, ConfigError, require
+
+if TYPE_CHECKING:  # Hydra and OmegaConf load when a config is composed, not for `--help`
+    from omegaconf import DictConfig
 
 # numpy's legacy seeding and many libraries take 32-bit seeds.
 MAX_SEED = 2**32 - 1
@@ -56,6 +57,9 @@ class AppConfig:
     task: Task = field(default=Task.pipeline,
                        metadata={"help": "doctor, mnist, export, compile, infer, bench, accuracy or pipeline."})
     seed: int = field(default=0, metadata={"help": "Seeds model weights, data splits, inputs and training."})
+    verbose: bool = field(default=False, metadata={
+        "help": "true: show the INFO lines and progress bars of the libraries a job drives (onnxruntime's optimizer, "
+                "MLflow, alembic, Optuna, the torch profiler), which are quiet by default (ascend_lab/quiet.py)."})
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -94,6 +98,8 @@ SCHEMA_NAME = "ascend_lab_schema"
 def register_schema() -> None:
     """Store the root schema; idempotent (Hydra re-reads the store on every compose). The runtime group's options
     live with the runtimes: :func:`ascend_lab.runtimes.registry.register_configs` stores both."""
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name=SCHEMA_NAME, node=AppConfig)
 
 
@@ -102,6 +108,9 @@ def validate(cfg: DictConfig) -> AppConfig:
 
     Raises :class:`ascend_lab.errors.ConfigError` naming the first invalid key.
     """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     _reject_unknown_keys(cfg, "")
     try:
         app_cfg = OmegaConf.to_object(cfg)
@@ -136,6 +145,8 @@ def check_sequence_fits(model: ModelConfig, tokens: int, key: str, value: object
 
 def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
     """Keys a schema does not have (added with `+key=value`) would otherwise be carried silently."""
+    from omegaconf import DictConfig, OmegaConf
+
     schema = OmegaConf.get_type(node)
     if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
         return

@@ -56,6 +56,11 @@ class ModelConfig:
         require(self.num_attention_heads % self.num_key_value_heads == 0, "model.num_key_value_heads",
                 self.num_key_value_heads,
                 f"must divide model.num_attention_heads={self.num_attention_heads}")
+        # weights=random builds the preset's architecture: a path would change nothing but the cache key.
+        require(self.path is None or self.weights == "pretrained", "model.path", self.path,
+                "is read only with model.weights=pretrained; model.weights=random builds the model from the "
+                "architecture figures and ignores it. Add model.weights=pretrained to load that folder, or drop "
+                "model.path")
         if self.weights == "pretrained":
             require(bool(self.path or self.model_id), "model.model_id", self.model_id,
                     "weights=pretrained needs model.model_id (ModelScope) or model.path (local folder)")

@@ -21,8 +21,10 @@ class TelemetryConfig:
         "help": "false (or telemetry=off): no system-metrics sampling and no energy figures. Sampling needs a "
                 "tracking run (its curves are the run's system metrics), so tracking=off samples nothing."})
     interval_s: float = field(default=1.0, metadata={
-        "help": "Seconds between two samples of the system-metrics thread (MLflow's CPU/GPU monitors, the NPU "
-                "monitor, RAPL). A sample that takes longer (npu-smi on many chips) stretches the interval."})
+        "help": "Seconds between two samples of the system-metrics thread (MLflow's CPU/GPU monitors, RAPL) after "
+                "a run's first 5 s, which are sampled every 0.1 s so that a job of a few seconds has a curve; the "
+                "points are written to the store every 10 s. npu-smi is read at most once a second (its calls take "
+                "longer than a CPU sample and stretch the interval)."})
     npu_smi_timeout_s: float = field(default=5.0, metadata={
         "help": "Seconds one npu-smi call may take before its sample is skipped (a hung driver never blocks the job)."})
     rapl_root: str = field(default="/sys/class/powercap", metadata={

@@ -1,9 +1,8 @@
 """The options of the ``runtime`` group: each runtime package's config dataclass, registered in Hydra's ConfigStore
-(apart from the package's ``__init__``, so a runtime module imports without Hydra)."""
+(apart from the package's ``__init__``, so a runtime module imports without Hydra; Hydra loads only on registering,
+so ``--help`` lists them without it)."""
 
 from __future__ import annotations
-
-from hydra.core.config_store import ConfigStore
 
 from ascend_lab.config import register_schema
 from ascend_lab.config.runtime import RuntimeConfig
@@ -20,6 +19,8 @@ RUNTIME_CONFIGS: dict[str, type[RuntimeConfig]] = {
 def register_configs() -> None:
     """Store the root schema and each runtime's schema as an option of the `runtime` group, what every compose
     needs (the CLI, the tests, the benchmark scripts); idempotent."""
+    from hydra.core.config_store import ConfigStore
+
     register_schema()
     store = ConfigStore.instance()
     for name, schema in RUNTIME_CONFIGS.items():

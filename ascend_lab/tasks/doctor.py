@@ -100,18 +100,25 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
     set_env = cann.find_set_env(cfg.atc.toolkit_home)
 
     device_ms = time_matmul(device, doc.matmul_size, doc.matmul_dtype, doc.warmup, doc.repeats, on_cpu=False)
-    cpu_ms = time_matmul(device, doc.matmul_size, doc.matmul_dtype, doc.warmup, doc.repeats, on_cpu=True)
+    # A speedup is a comparison with an accelerator: on the CPU it would compare the CPU with itself (noise).
+    cpu_ms = (time_matmul(device, doc.matmul_size, doc.matmul_dtype, doc.warmup, doc.repeats, on_cpu=True)
+              if device.is_accelerator else device_ms)
     memory = device.memory()
 
     metrics = {
         "matmul_ms_device": device_ms,
         "matmul_ms_cpu": cpu_ms,
-        "matmul_speedup": cpu_ms / device_ms if device_ms > 0 else float("nan"),
         "matmul_tflops_device": 2 * doc.matmul_size ** 3 / (device_ms * 1e-3) / 1e12,
         "device_mem_reserved_mb": memory.reserved_mb,
         "device_mem_allocated_mb": memory.allocated_mb,
         "device_count": device.count(),
     }
+    if device.is_accelerator:
+        metrics["matmul_speedup"] = cpu_ms / device_ms if device_ms > 0 else float("nan")
+    matmul = f"matmul {doc.matmul_size}² {doc.matmul_dtype}"
+    timings = ({f"{matmul} on device (ms)": device_ms, f"{matmul} on CPU (ms)": cpu_ms,
+                "speedup (CPU / device)": metrics["matmul_speedup"]} if device.is_accelerator
+               else {f"{matmul} on CPU (ms)": cpu_ms, "speedup (CPU / device)": "- (no accelerator to compare)"})
     facts = {
         "torch": torch.__version__,
         "torch_npu": installed_version("torch_npu"),
@@ -121,9 +128,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
         "device count": device.count(),
         "current index": device.index if device.is_accelerator else "-",
         "device name": device.name(),
-        f"matmul {doc.matmul_size}² {doc.matmul_dtype} on device (ms)": device_ms,
-        f"matmul {doc.matmul_size}² {doc.matmul_dtype} on CPU (ms)": cpu_ms,
-        "speedup (CPU / device)": metrics["matmul_speedup"],
+        **timings,
         "device memory reserved (MB)": memory.reserved_mb,
         "npu-smi": str(smi.path) if smi.path else "not found",
         "npu-smi chips": ", ".join(smi.names) or "-",

@@ -21,6 +21,7 @@ from ascend_lab import cann
 from ascend_lab.bench.summary import publish
 from ascend_lab.config import AppConfig, Task
 from ascend_lab.context import JobContext
+from ascend_lab.tracking.run_names import stage_name
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ def run(cfg: AppConfig, ctx: JobContext) -> list:
     from ascend_lab.export import ensure_exported
     from ascend_lab.tasks import bench, doctor
 
-    started = time.perf_counter()
     _ = ctx.device  # resolved once, here; every stage's context copy shares it
     with ctx.tracker.child("doctor", {"stage": "doctor"}, ctx.params_for(cfg, Task.doctor)) as tracker:
         doctor.run(cfg, _stage(ctx, tracker))
@@ -64,12 +64,12 @@ def run(cfg: AppConfig, ctx: JobContext) -> list:
     rows = []
     for batch_size in cfg.benchmark.batch_sizes:
         stage_cfg = _with_batch(cfg, batch_size)
-        with ctx.tracker.child(f"bench-batch{batch_size}", {"stage": "bench"},
+        with ctx.tracker.child(stage_name("bench", {"benchmark.batch_size": batch_size}), {"stage": "bench"},
                                ctx.params_for(stage_cfg, Task.bench)) as tracker:
             rows.append(bench.run(stage_cfg, _stage(ctx, tracker, stage_cfg)))
     title = f"ascend_lab pipeline: {cfg.model.name}, {cfg.benchmark.scenario}, runtime {rows[0].runtime}"
     publish(ctx.tracker, rows, out_dir=ctx.output_dir, title=title)
-    seconds = time.perf_counter() - started
+    seconds = time.time() - ctx.started_at  # wall time from the program's start, as a stopwatch reads it
     ctx.tracker.log_metrics({"pipeline_seconds": seconds})
     print(f"pipeline finished in {seconds:.1f} s; summary files in {ctx.output_dir}")
     hint = ctx.browse_hint()

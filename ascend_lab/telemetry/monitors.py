@@ -37,6 +37,13 @@ from ascend_lab.telemetry.energy import RaplReader, physical_index
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+# How often the sampling thread writes its points to the store, and reads the run's status (a job stops its
+# sampler itself; the status catches a run ended from elsewhere).
+PUBLISH_EVERY_S = 10.0
+# The first seconds of a run are sampled this often, whatever the interval.
+FIRST_SECONDS, FIRST_INTERVAL_S = 5.0, 0.1
+STATUS_EVERY_S = 10.0
+LOG_BATCH_MAX = 1000  # metrics per MLflow log_batch call
 # MLflow's own monitors round their means to one decimal; so do these.
 DECIMALS = 1
 # Fields each npu-smi query is read from, first found wins (the spellings the hiascend pages use).
@@ -53,6 +60,10 @@ def _mean_metrics(samples: dict[str, list[float]]) -> dict[str, float]:
 class NpuMonitor(BaseMetricsMonitor):
     """The chips npu-smi lists (see the module docstring). ``errors[i]`` says why chip ``i``'s power was not
     read in the last sample (the energy figures quote it)."""
+
+    # Three npu-smi calls per chip take far longer than a CPU sample: the thread asks for them at most this often
+    # (a timed window's edge samples still read them).
+    min_interval_s = 1.0
 
     def __init__(self, chips: list[cann.NpuChip], timeout_s: float) -> None:
         super().__init__()
@@ -143,18 +154,55 @@ class JobSystemMetricsMonitor(SystemMetricsMonitor):
         self.monitors.extend(extra)
         self.trace: list[tuple[float, dict[str, float]]] = []
         self._lock = threading.RLock()
+        self._pending: list = []  # points recorded, written to the store every PUBLISH_EVERY_S
+        self._last_published = time.monotonic()
+        self._last_sampled: dict[int, float] = {}
+
+    def monitor(self) -> None:
+        """Sample every ``sampling_interval`` (every :data:`FIRST_INTERVAL_S` for the first :data:`FIRST_SECONDS`);
+        write the points every :data:`PUBLISH_EVERY_S` and look at the run's
+        status every :data:`STATUS_EVERY_S` (MLflow's loop does both at every sample: a store write and a read,
+        which cost far more than the sample, so a short interval cost a share of a core)."""
+        from mlflow.tracking.client import MlflowClient
+
+        started = last_status = time.monotonic()
+        while not self._shutdown_event.is_set():
+            self.collect_metrics(every_monitor=False)
+            # A job of a few seconds gets a curve; a long one costs what sampling_interval costs.
+            early = time.monotonic() - started < FIRST_SECONDS
+            interval = min(self.sampling_interval, FIRST_INTERVAL_S) if early else self.sampling_interval
+            self._shutdown_event.wait(interval)
+            if time.monotonic() - last_status >= STATUS_EVERY_S:
+                last_status = time.monotonic()
+                try:
+                    if MlflowClient(self._tracking_uri).get_run(self._run_id).info.status != "RUNNING":
+                        return  # the run was ended elsewhere; finish() publishes what is pending
+                except Exception as exc:
+                    log.debug("system metrics: cannot read the run's status: %s", exc)
+                    return
+            try:
+                self.publish_metrics(self.aggregate_metrics())
+            except Exception as exc:  # the store went away: the curve ends here
+                log.debug("system metrics: cannot log: %s", exc)
+                return
 
     @property
     def thread(self) -> threading.Thread | None:
         return self._process
 
-    def collect_metrics(self) -> dict:
+    def collect_metrics(self, every_monitor: bool = True) -> dict:
         """One sample of every monitor (from the thread, or the main thread at a window's edges); returns the
-        values it added."""
+        values it added. The thread passes ``every_monitor=False``: a monitor with a ``min_interval_s`` is then
+        skipped until that much time has passed since its last sample."""
         with self._lock:
             # Most monitors append a value per sample to a list; MLflow's network monitor keeps one running total.
             before = {k: len(v) for m in self.monitors for k, v in m._metrics.items() if isinstance(v, list)}
+            now = time.monotonic()
             for monitor in self.monitors:
+                wait = getattr(monitor, "min_interval_s", 0.0)
+                if not every_monitor and now - self._last_sampled.get(id(monitor), -wait) < wait:
+                    continue
+                self._last_sampled[id(monitor)] = now
                 try:
                     monitor.collect_metrics()
                 except Exception as exc:  # one monitor's failure must not end the others' curves
@@ -169,9 +217,26 @@ class JobSystemMetricsMonitor(SystemMetricsMonitor):
         with self._lock:
             return super().aggregate_metrics()
 
-    def publish_metrics(self, metrics: dict) -> None:
+    def publish_metrics(self, metrics: dict, flush: bool = False) -> None:
+        """Record one point per metric (``system/<name>``, at this step and time); write the recorded points when
+        :data:`PUBLISH_EVERY_S` has passed since the last write, or with ``flush``."""
+        from mlflow.entities import Metric
+
         with self._lock:
-            super().publish_metrics(metrics)
+            prefix = self._metrics_prefix + (self.node_id + "/" if self.node_id else "")
+            timestamp = int(time.time() * 1000)
+            self._pending += [Metric(prefix + k, v, timestamp, self._logging_step) for k, v in metrics.items()]
+            self._logging_step += 1
+            for monitor in self.monitors:
+                monitor.clear_metrics()
+            if self._pending and (flush or time.monotonic() - self._last_published >= PUBLISH_EVERY_S):
+                from mlflow.tracking.client import MlflowClient
+
+                pending, self._pending = self._pending, []
+                self._last_published = time.monotonic()
+                client = MlflowClient(self._tracking_uri)
+                for i in range(0, len(pending), LOG_BATCH_MAX):
+                    client.log_batch(self._run_id, metrics=pending[i:i + LOG_BATCH_MAX])
 
     def samples_between(self, t0: float, t1: float) -> list[tuple[float, dict[str, float]]]:
         with self._lock:
@@ -181,12 +246,8 @@ class JobSystemMetricsMonitor(SystemMetricsMonitor):
         """Stop and join the thread, then publish what it sampled since its last point."""
         super().finish()
         with self._lock:
-            pending = self.aggregate_metrics()
-            if not pending:
-                return
             try:
-                self.publish_metrics(pending)
-                self.mlflow_logger.flush()
+                self.publish_metrics(self.aggregate_metrics(), flush=True)
             except Exception as exc:  # the run's store went away; the curve lacks its last point
                 log.warning("system metrics: the last samples could not be logged: %s", exc)
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.errors import AscendLabError
+from ascend_lab.tracking.half_created import set_aside_if_half_created
 from ascend_lab.tracking.client import PARENT_TAG, mlflow_client, with_lock_retries
 from ascend_lab.tracking.tracker import MlflowTracker
 from ascend_lab.tracking.ui import SQLITE_PREFIX, experiment_tags
@@ -83,8 +84,18 @@ def prepare_store(cfg: TrackingConfig, launch_dir: Path) -> Store:
             # Two processes creating a new SQLite store at once race in MLflow's schema migrations
             # (alembic "table already exists"): only one may create it.
             with FileLock(str(db_path) + ".lock"):
+                try:
+                    return _store_with_experiment(uri, cfg, launch_dir)
+                except Exception:
+                    aside = set_aside_if_half_created(db_path)
+                    if aside is None:
+                        raise
+                print(f"note: {db_path} was a half-created MLflow store holding no run; moved it to {aside} "
+                      "and created a new one", file=sys.stderr)
                 return _store_with_experiment(uri, cfg, launch_dir)
         return _store_with_experiment(uri, cfg, launch_dir)
+    except AscendLabError:
+        raise
     except Exception as exc:  # a missing database driver, a folder or a non-database at the path, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise AscendLabError(

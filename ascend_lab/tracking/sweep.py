@@ -34,6 +34,7 @@ from ascend_lab.tracking.client import FAILED, FINISHED, KILLED, PARENT_TAG, RUN
     with_lock_retries
 from ascend_lab.tracking.metadata import environment_tags
 from ascend_lab.tracking.owner import live_local_job
+from ascend_lab.tracking.run_names import job_name, sweep_name
 from ascend_lab.tracking.resume import CONFIG_HASH_TAG, SKIPPED_TAG_PREFIX, config_hash
 from ascend_lab.tracking.store import Store, open_run, prepare_store
 from ascend_lab.tracking.tracker import MlflowTracker, Tracker
@@ -54,7 +55,26 @@ SUMMARIZER_KEY = "hydra.callbacks.tracking.summarizer"
 Summarizer = Callable[[Tracker, list], None]
 
 
-def read_sweep_file(sweep_dir: Path) -> dict[str, str] | None:
+def swept_values(config: DictConfig) -> dict[str, str]:
+    """The keys a sweep varies, with their values as written: the command line's sweeps (``b=1,4,8``) and the
+    sweeper's ``params`` (an Optuna search's ``choice(...)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, swept = OverridesParser.create(), {}
+    for override in config.hydra.overrides.task:
+        try:
+            parsed = parser.parse_override(override)
+        except HydraException:
+            continue
+        if parsed.is_sweep_override():
+            swept[parsed.key_or_group] = override.partition("=")[2]
+    for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items():
+        swept.setdefault(str(key), str(value))
+    return swept
+
+
+def read_sweep_file(sweep_dir: Path) -> dict | None:
     path = sweep_dir / SWEEP_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -190,12 +210,14 @@ class SweepCallback(Callback):
                 **environment_tags(launch_dir)}
         task = OmegaConf.select(config, "task")
         tags["task"] = str(getattr(task, "value", task))
-        run_name = tracking.run_name or f"sweep-{sweep_dir.name}"
+        swept = swept_values(config)
+        preset = OmegaConf.select(config, "hydra.runtime.choices.hparams_search")
+        run_name = tracking.run_name or sweep_name(tags["task"], swept, preset)
         parent = open_run(self._store, run_name, tags)
         self._parent_run_id = parent.run_id
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(
             {"tracking_uri": self._store.uri, "experiment_id": self._store.experiment_id,
-             "parent_run_id": parent.run_id}))
+             "parent_run_id": parent.run_id, "swept": list(swept)}))
         log.info("MLflow sweep parent run %s in %s", parent.run_id, self._store.uri)
         atexit.register(self._close)
 
@@ -221,7 +243,7 @@ class SweepCallback(Callback):
         if opened:
             return
         error = job_return._return_value
-        run_name = "-".join(filter(None, ["failed", str(config.hydra.job.override_dirname)]))[:250]
+        run_name = job_name("failed", config.hydra.overrides.task, sweep.get("swept"))
         tags = {"output_dir": output_dir, "job_num": config.hydra.job.num, CONFIG_HASH_TAG: config_hash(config),
                 **environment_tags(Path.cwd())}
         tracker = open_run(store, run_name, tags, sweep["parent_run_id"])

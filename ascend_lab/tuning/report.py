@@ -7,8 +7,9 @@ Called through the sweep machinery's summarizer hook (``hydra.callbacks.tracking
 
 - ``search_trials.png``: each trial's objective in the order they ran, infeasible ones marked, the best so far as a
   line and the default configuration as a reference line;
-- ``best_overrides.txt``: the best trial's command-line overrides, one shell-quoted line to reuse
-  (``python -m ascend_lab.run $(cat best_overrides.txt)`` runs that configuration again);
+- ``best_overrides.txt``: the best trial's command-line overrides, one shell-quoted line, logged on the parent and
+  written into the sweep's folder; the console prints its path and the replay command, to copy as printed
+  (``eval python -m ascend_lab.run "$(cat <sweep folder>/best_overrides.txt)"`` does the same from the file);
 - ``search_report.md`` and the console: the best configuration (the searched keys' values) against the default one
   (trial 0, every searched key at its default: :class:`~ascend_lab.tuning.sampler.DefaultsFirstSampler`), with the
   speedup; metrics ``search_best_value``, ``search_default_value``, ``search_speedup``.
@@ -78,6 +79,10 @@ def summarize_search(tracker, child_runs: Sequence) -> str | None:
             overrides = replay_overrides(tracker, best.run)
             (folder / OVERRIDES_FILE).write_text(shlex.join(overrides) + "\n", encoding="utf-8")
             tracker.log_artifact(folder / OVERRIDES_FILE)
+            sweep_dir = _sweep_dir(tracker)
+            if sweep_dir is not None:  # beside the trials' folders, where the user looks after the sweep
+                (sweep_dir / OVERRIDES_FILE).write_text(shlex.join(overrides) + "\n", encoding="utf-8")
+                text += f"\nbest overrides: {sweep_dir / OVERRIDES_FILE}"
             text += f"\nreplay the best: python -m ascend_lab.run {shlex.join(overrides)}"
     figures = {"search_trials": float(len(trials)), "search_feasible_trials": float(len(feasible))}
     if best is not None:
@@ -92,6 +97,12 @@ def summarize_search(tracker, child_runs: Sequence) -> str | None:
                           "search.best": ", ".join(f"{k}={best.params.get(k)}" for k in searched)})
     print(text)
     return text
+
+
+def _sweep_dir(tracker) -> Path | None:
+    """The sweep's folder (the parent run's ``sweep_dir`` tag), where it is on this host."""
+    folder = tracker.client.get_run(tracker.run_id).data.tags.get("sweep_dir")
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def replay_overrides(tracker, run) -> list[str]:

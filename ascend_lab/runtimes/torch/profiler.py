@@ -48,6 +48,10 @@ class TorchProfiling:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.device_kind == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
+        else:
+            from ascend_lab.quiet import quiet_profiler_probe
+
+            quiet_profiler_probe()
         with torch.profiler.profile(activities=activities, record_shapes=self.settings.record_shapes,
                                     with_stack=self.settings.with_stack) as profiler:
             self._profiler = profiler
