@@ -238,7 +238,7 @@ def our_worker(spec: dict) -> dict:
 
     run = run_cli_bench(Path(spec["launch_dir"]), spec["overrides"])
     figures = {"ttft_ms": run.metrics["ttft_ms_p50"], "decode_tokens_s": run.metrics["decode_tokens_s"],
-               "threads": int(run.metrics["threads"]), "prefill_executions": run.metrics.get("prefill_executions")}
+               "threads": int(run.metrics["threads"])}
     # The CPU onnxruntime path loads no torch (its libraries alone are about half a gigabyte resident).
     figures["torch_loaded"] = "torch" in sys.modules
     if spec.get("tokens"):

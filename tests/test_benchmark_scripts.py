@@ -401,9 +401,8 @@ def test_vs_genai_smoke(tmp_path):
             (figures,) = row[side]
             assert figures["threads"] == 2 and figures["decode_tokens_s"] > 0 and figures["ttft_ms"] > 0
             assert figures["peak_rss_mb"] > 0
-    # Our side ran without torch (device=cpu, onnxruntime), prefilling each prompt in one execution.
-    assert all(row["ours"][0]["prefill_executions"] == 1 and not row["ours"][0]["torch_loaded"]
-               for row in results["results"].values())
+    # Our side ran without torch (device=cpu, onnxruntime): its libraries would be most of a small model's RSS.
+    assert not any(row["ours"][0]["torch_loaded"] for row in results["results"].values())
     assert {"decode.fp32.b1", "ttft.fp32.b1", "rss.int4.b1"} <= set(results["ratios"])
     assert set(results["agreement"]) == {"1", "2"} and all(total > 0 for _, total in results["agreement"].values())
     assert len(results["load_average"]) == 1
