@@ -63,6 +63,10 @@ LOGITS = "logits"
 NEXT_TOKEN = "next_token"
 PRESENT_KEY_VALUES = "present_key_values"
 LAYER_HIDDEN_STATES = "layer_hidden_states"
+# The CPU cache layout of onnxruntime's derived graph (ascend_lab.export.cache_layout): one input per layer's keys
+# (even j = 2·layer: [batch, kv_heads, dim, capacity]) and values (odd j: [batch, kv_heads, capacity, dim]) in place
+# of past_key_values. Never what ATC compiles.
+PAST_LAYER_INPUT = PAST_KEY_VALUES + ".{}"
 
 # Replaces masked attention scores: finite in float16 (whose largest magnitude is 65504) and far below
 # any real score, so exp() of it underflows to exactly 0 in float16 and float32 alike. ATC's default
@@ -193,6 +197,11 @@ class GraphFile:
 
     path: Path
     contract: GraphContract
+
+
+def has_layer_cache(input_names) -> bool:
+    """Whether a graph with these inputs takes the cache per layer (:data:`PAST_LAYER_INPUT`)."""
+    return PAST_LAYER_INPUT.format(0) in input_names
 
 
 def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...]) -> PrefillPlan:

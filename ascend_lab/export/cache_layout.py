@@ -18,14 +18,9 @@ from __future__ import annotations
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError
 
-LAYER_INPUT = gc.PAST_KEY_VALUES + ".{}"
+LAYER_INPUT = gc.PAST_LAYER_INPUT
 KEY_PERM = (1, 2, 3, 0)  # [capacity, batch, kv_heads, dim] → [batch, kv_heads, dim, capacity]
 VALUE_PERM = (1, 2, 0, 3)  # → [batch, kv_heads, capacity, dim]
-
-
-def layer_input_shape(j: int, batch: int, capacity: int, kv_heads: int, dim: int) -> tuple[int, int, int, int]:
-    """The shape of :data:`LAYER_INPUT` ``j`` (keys for even ``j``, values for odd)."""
-    return (batch, kv_heads, dim, capacity) if j % 2 == 0 else (batch, kv_heads, capacity, dim)
 
 
 def split_cache_input(model) -> int:
@@ -105,8 +100,3 @@ def split_cache_input(model) -> int:
             graph.node.insert(position + offset, new)
     graph.input.remove(cache)
     return len(replaced)
-
-
-def is_split(input_names) -> bool:
-    """Whether a session's inputs are the per-layer cache of :func:`split_cache_input`."""
-    return LAYER_INPUT.format(0) in input_names

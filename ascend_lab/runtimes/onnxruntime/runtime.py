@@ -211,12 +211,10 @@ class OrtCacheBackend:
     seq_gears = None
 
     def __init__(self, session, contract: gc.GraphContract) -> None:
-        from ascend_lab.export.cache_layout import is_split
-
         self.session, self.contract = session, contract
         self.traffic = Traffic()
         self.batch = self.capacity = 0
-        self.split = is_split([i.name for i in session.get_inputs()])
+        self.split = gc.has_layer_cache([i.name for i in session.get_inputs()])
         self._binding = session.io_binding()
         self._pads: np.ndarray | None = None
         self._logits: np.ndarray | None = None
@@ -229,8 +227,6 @@ class OrtCacheBackend:
     def allocate(self, batch: int, capacity: int) -> None:
         import onnxruntime as ort
 
-        from ascend_lab.export.cache_layout import LAYER_INPUT
-
         binding, dtype = self._binding, self.contract.numpy_dtype
         binding.clear_binding_inputs()
         if self.split:
@@ -242,7 +238,7 @@ class OrtCacheBackend:
             for layer in range(d.num_layers):
                 for j, part in ((2 * layer, self._keys[layer]), (2 * layer + 1, self._values[layer])):
                     value = ort.OrtValue.ortvalue_from_numpy(part)
-                    binding.bind_ortvalue_input(LAYER_INPUT.format(j), value)
+                    binding.bind_ortvalue_input(gc.PAST_LAYER_INPUT.format(j), value)
                     self._cache_values.append(value)
         else:
             self._cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=dtype)
