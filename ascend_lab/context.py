@@ -74,6 +74,17 @@ class JobContext:
             log.info("device: %s (%s)", label, reason)
         return self._device
 
+    def device_for(self, runtime_name: str):
+        """The job's device once its runtime is known: for runtime=acl the host (:func:`ascend_lab.device.pyacl_host`),
+        never resolved through torch_npu; else :attr:`device`."""
+        if runtime_name == "acl" and self._device is None:
+            from ascend_lab.device import pyacl_host
+
+            self._device = pyacl_host(self.cfg.device.index)
+            self.tracker.set_tags({"device": f"npu:{self.cfg.device.index}", "device.reason": self._device.reason})
+            log.info("device: npu:%s (%s)", self.cfg.device.index, self._device.reason)
+        return self.device
+
     def path(self, configured: str | Path) -> Path:
         """A configured path; relative ones are taken from the launch directory."""
         return _from_launch_dir(self.launch_dir, configured)

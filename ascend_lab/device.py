@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Iterator
 
-from ascend_lab.cann import set_env_locations
+from ascend_lab.cann.toolkit import set_env_locations
 from ascend_lab.config.device import DeviceConfig
 from ascend_lab.errors import ToolchainError
 
@@ -209,6 +209,14 @@ def resolve_device(cfg: DeviceConfig) -> Device:
     device = Device(cfg.name, cfg.index, f"device={cfg.name} requested: {why}")
     _check_index(device)
     return device
+
+
+def pyacl_host(npu_index: int) -> Device:
+    """The torch side of a job whose runtime reaches NPU ``npu_index`` through pyACL alone (runtime=acl): the
+    CPU. torch_npu is never imported there, so pyACL alone owns ``acl.init`` and its teardown in the process;
+    the runtime times with the host clock and the roofline's bandwidth is pyACL's own device-to-device copy."""
+    return Device("cpu", 0, f"runtime=acl runs the .om on NPU {npu_index} with pyACL; torch's own work stays on cpu "
+                            "(torch_npu is not imported beside pyACL)")
 
 
 def _check_index(device: Device) -> None:

@@ -63,7 +63,7 @@ LOGITS = "logits"
 NEXT_TOKEN = "next_token"
 PRESENT_KEY_VALUES = "present_key_values"
 LAYER_HIDDEN_STATES = "layer_hidden_states"
-# The CPU cache layout of onnxruntime's derived graph (ascend_lab.export.cache_layout): one input per layer's keys
+# The per-layer cache of onnxruntime's derived graph (ascend_lab.export.per_layer_cache): one input per layer's keys
 # (even j = 2·layer: [batch, kv_heads, dim, capacity]) and values (odd j: [batch, kv_heads, capacity, dim]) in place
 # of past_key_values. Never what ATC compiles.
 PAST_LAYER_INPUT = PAST_KEY_VALUES + ".{}"
@@ -110,6 +110,7 @@ class GraphContract:
     dims: ModelDims
     dtype: str
     layer_outputs: bool = False
+    cache_layout: str = "rank5"  # or rank4: kv_heads·head_dim as one dim (ascend_lab.export.cache_layout)
 
     def __post_init__(self) -> None:
         if self.layer_outputs and self.graph != "kv_cache":
@@ -152,6 +153,8 @@ class GraphContract:
 
     def cache_shape(self, capacity: int, batch: int) -> tuple[int, ...]:
         d = self.dims
+        if self.cache_layout == "rank4":
+            return (capacity, batch, 2 * d.num_layers, d.num_kv_heads * d.head_dim)
         return (capacity, batch, 2 * d.num_layers, d.num_kv_heads, d.head_dim)
 
     def layer_hidden_shape(self, batch: int) -> tuple[int, int, int]:
@@ -204,22 +207,46 @@ def has_layer_cache(input_names) -> bool:
     return PAST_LAYER_INPUT.format(0) in input_names
 
 
-def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...]) -> PrefillPlan:
-    """Left-pad to a multiple of the smallest chunk, then feed the largest chunks that fit first.
+# The prefill cost model: one execution reads every weight once, which is what a prompt chunk costs on an
+# accelerator (a chunk of up to a few hundred tokens stays bound by reading the weights), plus the compute
+# of the slots it covers, pads included. EXECUTION_SLOTS is that read expressed in slots: an extra
+# execution is worth this many padded slots.
+EXECUTION_SLOTS = 256
 
-    A 512-token prompt with chunks (16, 128) is 4 executions of 128; a 14-token one, 1 of 16.
+
+def prefill_cost(chunks: tuple[int, ...] | list[int]) -> float:
+    """A plan's cost in executions (see :data:`EXECUTION_SLOTS`)."""
+    return len(chunks) + sum(chunks) / EXECUTION_SLOTS
+
+
+def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...] | None, max_padded: int | None = None
+                 ) -> PrefillPlan:
+    """The cheapest way to feed a prompt through the chunk sizes (the compiled gears): left-pad it to a
+    length the chunks sum to, largest chunks first, choosing the padded length by :func:`prefill_cost`.
+
+    With chunks (16, 128): 496 tokens are padded to 512 and fed as 4 × 128 (not 3 × 128 + 7 × 16), 17 tokens
+    as 1 × 128, 129 as 128 + 16. ``max_padded`` bounds the padded length (the cache slots left for the
+    prompt); the least padding is taken when no cheaper plan fits.
+
+    ``chunk_sizes=None``: a graph that takes any length (onnxruntime, torch) runs the whole prompt in one
+    execution, unpadded (on a CPU every execution streams every weight, so chunking only multiplies that).
     """
     if prompt_len < 1:
         raise ValueError("a prompt needs at least one token")
+    if chunk_sizes is None:
+        return PrefillPlan(prompt_len, 0, (prompt_len,))
     sizes = sorted(set(chunk_sizes), reverse=True)
-    smallest = sizes[-1]
-    padded = -(-prompt_len // smallest) * smallest
-    chunks, left = [], padded
-    for size in sizes:
-        while left >= size:
-            chunks.append(size)
-            left -= size
-    return PrefillPlan(prompt_len, padded - prompt_len, tuple(chunks))
+    limit = prompt_len + sizes[0]  # padding past one more largest chunk never lowers the cost
+    fewest: list[tuple[int, ...] | None] = [()] + [None] * limit  # fewest chunks summing to each length
+    for length in range(1, limit + 1):
+        options = [fewest[length - size] + (size,) for size in sizes
+                   if size <= length and fewest[length - size] is not None]
+        fewest[length] = min(options, key=len, default=None)
+    candidates = [(prefill_cost(chunks), length, chunks) for length, chunks in enumerate(fewest)
+                  if length >= prompt_len and chunks is not None]
+    fitting = [c for c in candidates if max_padded is None or c[1] <= max_padded]
+    _, padded, chunks = min(fitting) if fitting else min(candidates, key=lambda c: c[1])
+    return PrefillPlan(prompt_len, padded - prompt_len, tuple(sorted(chunks, reverse=True)))
 
 
 def left_pad_lengths(attention_mask: np.ndarray) -> np.ndarray:

@@ -82,7 +82,8 @@ class LogitsWrapper(nn.Module):
         return outputs.logits
 
 
-def cache_graph_decoder(model: nn.Module, layer_outputs: bool = False, fuse_projections: bool = False) -> nn.Module:
+def cache_graph_decoder(model: nn.Module, layer_outputs: bool = False, fuse_projections: bool = False,
+                        cache_layout: str = "rank5") -> nn.Module:
     """The kv_cache graph module (``layer_outputs``: its debug variant; ``fuse_projections``: q|k|v and
     gate|up as one MatMul each; see :class:`ascend_lab.qwen2.CacheGraphDecoder`), or a clear error for
     models the graph does not cover."""
@@ -95,15 +96,16 @@ def cache_graph_decoder(model: nn.Module, layer_outputs: bool = False, fuse_proj
             f"not model_type={model_type!r} (e.g. the original Qwen's remote code). Use export.graph=logits "
             "or hidden_states for it, or a Qwen1.5/Qwen2.5 checkpoint.")
     try:
-        return CacheGraphDecoder(model, layer_outputs=layer_outputs, fuse_projections=fuse_projections)
+        return CacheGraphDecoder(model, layer_outputs=layer_outputs, fuse_projections=fuse_projections,
+                                 cache_layout=cache_layout)
     except ValueError as exc:
         raise AscendLabError(f"export.graph=kv_cache: the model {exc}") from None
 
 
 def wrapper_for(graph: str, model: nn.Module, layer_outputs: bool = False,
-                fuse_projections: bool = False) -> nn.Module:
+                fuse_projections: bool = False, cache_layout: str = "rank5") -> nn.Module:
     """The module whose forward is ``graph``; ``layer_outputs`` and ``fuse_projections`` (kv_cache only)
     select its debug variant and its fused-weight layout."""
     if graph == "kv_cache":
-        return cache_graph_decoder(model, layer_outputs, fuse_projections)
+        return cache_graph_decoder(model, layer_outputs, fuse_projections, cache_layout)
     return {"hidden_states": HiddenStatesWrapper, "logits": LogitsWrapper}[graph](model)

@@ -29,7 +29,7 @@ def module_found(name: str) -> bool:
 
 def check(cfg: AppConfig, resolve_path: Callable[[str], Path]) -> None:
     """Raise the first problem the host shows with ``cfg``; ``resolve_path`` makes relative paths absolute."""
-    from ascend_lab import cann
+    from ascend_lab.cann import toolkit
 
     groups = TASK_GROUPS[cfg.task]
     if "device" in groups and cfg.device.name == "npu" and not module_found("torch_npu"):
@@ -37,7 +37,7 @@ def check(cfg: AppConfig, resolve_path: Callable[[str], Path]) -> None:
                              f"  install it: {NPU_INSTALL_HINT}\n"
                              "  or run elsewhere: device=auto (the best device present) or device=cpu")
     if "runtime" in groups and getattr(cfg.runtime, "name", None) == "acl" and not module_found("acl"):
-        raise ToolchainError(cann.missing_toolkit_message(
+        raise ToolchainError(toolkit.missing_toolkit_message(
             "runtime=acl needs pyACL (`import acl`), which is not found", cfg.atc.toolkit_home,
             "use runtime=onnxruntime or runtime=torch"))
     if "model" in groups and cfg.model.weights == "pretrained" and cfg.model.path:

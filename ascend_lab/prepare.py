@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 from hydra.utils import get_class
 
-from ascend_lab import cann
+from ascend_lab.cann import toolkit
 from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.errors import ToolchainError
 from ascend_lab.graph_contract import GraphFile
@@ -99,7 +99,7 @@ class LoadedRuntime:
     @property
     def timer(self):
         """The clock of one timed call on this runtime (:meth:`Runtime.timer`)."""
-        return self.runtime.timer(self.ctx.device)
+        return self.runtime.timer(self.ctx.device_for(self.plan.name))
 
     @property
     def tokenizer(self):
@@ -121,12 +121,12 @@ class LoadedRuntime:
         forward passes (the kv_cache graph's prefill on ``engine``, or without one the graph's plain run)."""
         from ascend_lab.profiling.profiled_pass import PROFILE_FOLDER, profile_forward, profile_generate
 
-        bench, settings, toolkit = self.cfg.benchmark, self.cfg.profile, self.cfg.atc.toolkit_home
+        bench, settings, toolkit_home = self.cfg.benchmark, self.cfg.profile, self.cfg.atc.toolkit_home
         runtime, timer = self.runtime, self.timer
         out_dir, prompt_len = self.ctx.output_dir / PROFILE_FOLDER, input_ids.shape[1]
         if (scenario or bench.scenario) == "generate":
             return profile_generate(runtime, engine, lambda rt: self.engine(prompt_len + bench.new_tokens, runtime=rt),
-                                    settings, out_dir, input_ids, attention_mask, bench.new_tokens, timer, toolkit)
+                                    settings, out_dir, input_ids, attention_mask, bench.new_tokens, timer, toolkit_home)
         if engine is not None:  # the kv_cache graph: its forward pass is the prompt's prefill
 
             def prefill_on(rt):
@@ -135,19 +135,20 @@ class LoadedRuntime:
                 return lambda: other.prefill(input_ids, attention_mask)
 
             return profile_forward(runtime, lambda: engine.prefill(input_ids, attention_mask), prefill_on, settings,
-                                   out_dir, timer, toolkit)
+                                   out_dir, timer, toolkit_home)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         return profile_forward(runtime, runtime.bind(feeds), lambda rt: rt.bind(feeds), settings, out_dir, timer,
-                               toolkit)
+                               toolkit_home)
 
 
 @contextmanager
 def open_engine(cfg, ctx, plan: RuntimePlan | None = None) -> Iterator[LoadedRuntime]:
-    """Plan (unless ``plan`` is given) and load the runtime on ``ctx.device``, timed as ``load_seconds``; the
+    """Plan (unless ``plan`` is given) and load the runtime on the job's device, timed as ``load_seconds``; the
     runtime is closed however the block ends."""
     plan = plan or plan_runtime(cfg, ctx)
     started = time.perf_counter()
-    runtime = get_class(plan.config._target_).load(plan.config, plan.artifact, ctx.device)
+    # runtime=acl: the host side is the CPU, resolved without torch_npu (JobContext.device_for)
+    runtime = get_class(plan.config._target_).load(plan.config, plan.artifact, ctx.device_for(plan.name))
     with runtime:
         yield LoadedRuntime(plan, runtime, time.perf_counter() - started, cfg, ctx)
 
@@ -180,14 +181,14 @@ def _optimized_onnx(cfg, ctx, config, reason: str) -> RuntimePlan:
 
 def _om(cfg, ctx, config, reason: str) -> RuntimePlan:
     """The .om, or a ToolchainError saying what is missing (pyACL or a compiled graph)."""
-    acl_ok, acl_why = cann.acl_importable()
+    acl_ok, acl_why = toolkit.acl_importable()
     if not acl_ok:
-        raise ToolchainError(cann.missing_toolkit_message(
+        raise ToolchainError(toolkit.missing_toolkit_message(
             f"runtime=acl needs pyACL (`import acl`: {acl_why})", cfg.atc.toolkit_home,
             "use runtime=onnxruntime or runtime=torch"))
     plan = _compiled(cfg, ctx, config, reason)
     if plan is None:
-        raise ToolchainError(cann.missing_toolkit_message(
+        raise ToolchainError(toolkit.missing_toolkit_message(
             f"runtime=acl needs a compiled .om, but there is none ({_why_no_om(cfg)})", cfg.atc.toolkit_home,
             "use runtime=onnxruntime"))
     return plan
@@ -206,7 +207,7 @@ def _compiled(cfg, ctx, config, reason: str) -> RuntimePlan | None:
 
 
 def _why_no_om(cfg) -> str:
-    atc_where = cann.find_atc(cfg.atc.toolkit_home)
+    atc_where = toolkit.find_atc(cfg.atc.toolkit_home)
     return "atc not found" if atc_where is None else f"no .om from {atc_where}"
 
 
@@ -216,7 +217,7 @@ _PREPARE = {"model": _model, "onnx": _onnx, "optimized_onnx": _optimized_onnx, "
 def _auto(cfg, ctx) -> RuntimePlan:
     """acl where pyACL imports and a compiled .om exists, else onnxruntime at its defaults."""
     fallback = OnnxRuntimeConfig()
-    acl_ok, acl_why = cann.acl_importable()
+    acl_ok, acl_why = toolkit.acl_importable()
     if not acl_ok:  # compiling would produce nothing this host can run
         return _PREPARE[fallback.artifact](cfg, ctx, fallback, f"auto: pyACL not importable ({acl_why}); using "
                                                                "onnxruntime")

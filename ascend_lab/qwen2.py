@@ -164,9 +164,11 @@ class CacheGraphDecoder(nn.Module):
     less time between kernels. It holds a copy of those weights, so the torch runtime leaves it off.
     """
 
-    def __init__(self, model: nn.Module, layer_outputs: bool = False, fuse_projections: bool = False) -> None:
+    def __init__(self, model: nn.Module, layer_outputs: bool = False, fuse_projections: bool = False,
+                 cache_layout: str = "rank5") -> None:
         super().__init__()
         self.model = model
+        self.cache_layout = cache_layout  # rank4: the cache is [capacity, b, 2·layers, kv_heads·dim] in and out
         self.spec = read_qwen2(model)
         self.num_layers = len(self.spec["layers"])
         self.layer_outputs = layer_outputs
@@ -194,6 +196,8 @@ class CacheGraphDecoder(nn.Module):
         # Sizes read once from the inputs and reused by every layer (see project()).
         batch, seq, capacity = input_ids.shape[0], input_ids.shape[1], past_key_values.shape[0]
         base = spec["base"]
+        if self.cache_layout == "rank4":
+            past_key_values = past_key_values.reshape(capacity, batch, 2 * len(spec["layers"]), kv_heads, dim)
 
         h = F.embedding(input_ids, base.embed_tokens.weight)
         cos, sin = rotary(position_ids, spec["inv_freq"], spec["rope_scaling"], h.dtype)
@@ -216,7 +220,8 @@ class CacheGraphDecoder(nn.Module):
                                       blocked)
             scores_new = torch.where(allowed_new, scores_new.reshape(batch, kv_heads, group, seq, seq), blocked)
             scores = torch.cat([scores_past, scores_new], dim=-1)
-            probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(h.dtype)
+            # Cast, then softmax: softmax(dtype=float32) exports as Softmax → Cast, i.e. a float16 softmax.
+            probs = F.softmax(scores.to(torch.float32), dim=-1).to(h.dtype)
             probs = probs.reshape(batch, kv_heads, -1, capacity + seq)
             out = torch.matmul(probs[..., :capacity], past_v) + torch.matmul(probs[..., capacity:], v)
             out = out.reshape(batch, heads, seq, dim).transpose(1, 2).reshape(batch, seq, heads * dim)
@@ -229,6 +234,8 @@ class CacheGraphDecoder(nn.Module):
         logits = F.linear(last, lm_head.weight, getattr(lm_head, "bias", None)).reshape(batch, -1)
         next_token = torch.argmax(logits, dim=-1)
         present = torch.stack(presents, dim=2)  # [s, b, 2·layers, kv_heads, dim]
+        if self.cache_layout == "rank4":
+            present = present.reshape(seq, batch, 2 * len(spec["layers"]), kv_heads * dim)
         if self.layer_outputs:  # [b, layers, hidden] → [layers, b, hidden]
             return logits, next_token, present, torch.cat(layer_last, dim=1).transpose(0, 1)
         return logits, next_token, present

@@ -1,4 +1,5 @@
-"""Console output people read: aligned tables (also logged as artifacts by the tasks).
+"""Output people read: the one number format, aligned console tables and markdown tables (also logged as
+artifacts by the tasks).
 
 Widths are terminal display columns, not characters: Chinese (and other East Asian wide) characters
 take two columns, so a table with Chinese prompts or paths stays aligned.
@@ -24,7 +25,7 @@ def pad(text: str, width: int) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
-    cells = [[textwrap.wrap(_fmt(v), MAX_CELL_WIDTH) or [""] for v in row] for row in rows]
+    cells = [[textwrap.wrap(format_number(v), MAX_CELL_WIDTH) or [""] for v in row] for row in rows]
     widths = [max([display_width(str(h))] + [display_width(part) for r in cells for part in r[i]])
               for i, h in enumerate(headers)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -38,7 +39,31 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: s
     return "\n".join(out)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    return "-" if value is None else str(value)
+def format_number(value: Any) -> str:
+    """A figure as people read it: thousands separated, 3 to 4 significant digits, an exponent only below 1e-4;
+    None is ``-``, anything not a float is ``str``."""
+    if value is None:
+        return "-"
+    if not isinstance(value, float):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.1f}"
+    if magnitude >= 1 or magnitude == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
+                   note: str = "") -> str:
+    """A GitHub-flavoured markdown table of :func:`format_number` cells. The one escaping rule: a ``|`` in a
+    cell is ``\\|`` and a line break is a space, so no cell can end its row or the table."""
+    def cell(value: Any) -> str:
+        return " ".join(format_number(value).splitlines()).replace("|", "\\|")
+
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(map(cell, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"

@@ -1,53 +1,37 @@
 #!/usr/bin/env python
-"""Decode speed of the CLI's own onnxruntime path (``task=bench``) against Hugging Face ``generate``,
-beside the memory-bandwidth roofline measured in the same run, plus the runner's own overhead; one run,
-one model, one set of prompts.
+"""Decode speed of the CLI's own path (``task=bench``, generate scenario) against Hugging Face ``generate``, as
+fractions of the memory-bandwidth roofline the runner logs, plus the runner's own overhead; one run, one model,
+one set of prompts. A thin driver: every figure but HF's is a metric the runner logs.
 
     python benchmarks/decode_vs_hf.py                      # CPU: Qwen2.5-0.5B shapes, random weights, fp32
     python benchmarks/decode_vs_hf.py --quick              # batch 1 only, fewer tokens
     python benchmarks/decode_vs_hf.py --tiny --no-track    # smoke test on tiny_qwen (about a minute)
     python benchmarks/decode_vs_hf.py --device cuda        # Qwen1.5-1.8B shapes, bf16 (onnxruntime-gpu rows)
 
-Rows (``--rows``):
+Rows (``--rows``) are ``task=bench`` jobs: for each batch, the config of ``python -m ascend_lab.run task=bench
+model=qwen2_5_0_5b_instruct model.weights=random benchmark.scenario=generate`` plus the row's overrides
+(:data:`ROW_OVERRIDES`: ``ort`` runtime=onnxruntime, ``torch`` runtime=torch, ``ort_plain`` without the transformer
+optimizer, ``ort_int8`` export.quantize=int8) and the batch, lengths, warm-up and repetitions below, composed with
+Hydra's compose API and run by :func:`ascend_lab.tasks.bench.run` in this process: its figures are what that
+command logs. ``hf`` is ``model.generate`` of the same seeded model (eager attention, default dynamic cache, plain
+greedy of exactly ``max_new_tokens``: ``eos_token_id=None``, as the engines decode), its tokens stamped by a
+streamer and summarised by the runner's own :func:`ascend_lab.bench.scenarios.generation_metrics`.
 
-- ``ort`` is the CLI itself: for each batch, the config of ``python -m ascend_lab.run task=bench
-  model=qwen2_5_0_5b_instruct model.weights=random runtime=onnxruntime benchmark.scenario=generate``
-  (plus the batch, prompt length, new tokens, warm-up and repetitions below) is composed with Hydra's
-  compose API and :func:`ascend_lab.tasks.bench.run` runs in this process; its figures are the returned
-  row's metrics, exactly what that command logs to MLflow.
-- ``torch``: the same for ``runtime=torch`` (the CLI's PyTorch path over the same graph contract).
-- ``hf``: Hugging Face ``model.generate`` of the same seeded model in PyTorch (eager attention, default
-  dynamic cache, plain greedy of exactly ``max_new_tokens``: ``eos_token_id=None``, so no EOS stop and no
-  EOS masking, as the engines decode), timed by a streamer that stamps each token.
-- ``ort_plain``: the CLI with ``runtime.transformer_optimize=false``: the export as it is, without
-  onnxruntime's transformer optimizer (the ``ort`` row loads the optimised graph, the default).
-- ``ort_int8_<method>``: the int8 graph (:func:`ascend_lab.export.optimize.int8_graph`), derived from the
-  CLI's export and opened exactly as the CLI opens its export (``open_engine`` over a plan naming the
-  derived file: :class:`~ascend_lab.runtimes.onnxruntime.runtime.OnnxRuntime`, whose session comes from
-  ``open_session``, the one session factory), then timed by the CLI's own generate scenario (``task=bench``'s
-  ``engine_for`` → ``Runtime.engine`` → ``CacheEngine``, ``run_generate``).
+Roofline: each job logs ``roofline_tokens_s`` and ``roofline_fraction`` (:mod:`ascend_lab.bench.roofline`: the
+weights and the KV cache a decode step reads, over the bandwidth). Every job gets a fresh
+``telemetry.bandwidth_cache_dir``, so it measures the bandwidth itself, right after its timed decode: on a shared
+host the neighbours move the bandwidth from minute to minute, and a reading from another minute would judge a job
+by conditions it did not run in. HF's fraction is over the ``ort`` job's roofline at the same batch (the same
+model and lengths read the same bytes). The headline job (``ort``, batch 1) runs ``--rounds`` times; its ratios
+are the median round's (every round is printed).
 
-Method: every row decodes the same seeded random prompts (``benchmark.input_source=random``, the seed of
-the config, ``--prompt-len`` tokens) for exactly ``--new-tokens`` tokens; ``--warmup`` untimed
-generations, then ``--reps`` timed ones (``benchmark.warmup`` / ``benchmark.iterations``,
-``benchmark.min_duration_s=0``). Figures have task=bench's definitions for every row: TTFT = prefill +
-first token (median); ms/token = median gap between later tokens; decode tokens/s = batch × (new − 1) /
-mean decode time (the new − 1 steps after the first token).
+Agreement: the accuracy measurement of task=accuracy and the tuner (:mod:`ascend_lab.accuracy_measure`) of the
+``ort`` and ``ort_plain`` jobs' configurations against the float32 PyTorch model, and of ``ort_int8`` against
+float32 onnxruntime, over ``accuracy.prompts`` × ``--agreement-tokens``.
 
-Roofline (:mod:`ascend_lab.bench.roofline`): a decode step reads every weight once, so roofline tokens/s
-= batch × read bandwidth / weight bytes per step, with the weight bytes counted from the graph each row runs
-(HF: its parameters). The KV cache (under 1 % of the weights here) is left out; the report prints its size.
-The read bandwidth (the best of several read kernels over a ≥ 1 GB float32 array) is measured at the start
-and again after every timed job, and each figure's roofline uses the higher of the two readings taken just
-before and just after its job. On a shared host the neighbours move the bandwidth by ±20 % from minute to
-minute; a reading from another minute would judge a job by conditions it did not run in, and the higher of
-the two keeps the roofline strict. The headline figure, the ``ort`` row at batch 1, is run ``--rounds``
-times that way, and its fraction is the median round's (every round is printed).
-
-Runner overhead: a 3-point sweep ``python -m ascend_lab.run -m task=bench benchmark.batch_size=1,4,8
-...`` (generate scenario, same model, tracked as usual) against the same work done by a plain Python
-loop in a fresh interpreter (open the export with ``OnnxRuntime``, ``Runtime.engine``, ``run_generate``,
-per batch); and ``python -m ascend_lab.run --help`` wall time.
+Runner overhead: a 3-point sweep ``python -m ascend_lab.run -m task=bench benchmark.batch_size=1,4,8 ...``
+(tracked as usual) against the same work done by a plain Python loop in a fresh interpreter (open the export with
+``OnnxRuntime``, ``Runtime.engine``, ``run_generate``, per batch); and ``python -m ascend_lab.run --help`` wall time.
 
 Results are printed and logged to MLflow (experiment ``ascend_lab_benchmarks``, store
 ``sqlite:///outputs/mlflow.db`` under ``--launch-dir``) unless ``--no-track``.
@@ -73,8 +57,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # a plain checkout works too
 
@@ -84,8 +66,17 @@ log = logging.getLogger("decode_vs_hf")
 CPU_MODEL = ["model=qwen2_5_0_5b_instruct", "model.weights=random"]
 GPU_MODEL = ["model=qwen1_5_1_8b_chat", "model.weights=random", "model.dtype=bfloat16"]
 TINY_MODEL = ["model=tiny_qwen"]
-ROWS = ("hf", "ort", "torch", "ort_plain", "ort_int8")
-INT8_METHODS = ("matmul_nbits", "dynamic")
+# Row → the overrides of its task=bench jobs (hf is not a CLI row).
+ROW_OVERRIDES = {"ort": ("runtime=onnxruntime",), "torch": ("runtime=torch",),
+                 "ort_plain": ("runtime=onnxruntime", "runtime.transformer_optimize=false"),
+                 "ort_int8": ("runtime=onnxruntime", "export.quantize=int8")}
+ROWS = ("hf", *ROW_OVERRIDES)
+# Agreement: row → (name, accuracy.* overrides of its reference).
+AGREEMENT = {"ort": ("ort vs torch fp32", ()), "ort_plain": ("ort_plain vs torch fp32", ()),
+             "ort_int8": ("ort_int8 vs ort fp32", ("accuracy.reference_runtime=onnxruntime",))}
+# The accuracy figures the agreement table shows (task=accuracy's names).
+AGREEMENT_FIGURES = ("tf_top1_agreement_mean", "fr_common_prefix_mean", "fr_top1_agreement_mean",
+                     "tf_max_abs_diff_max", "accuracy_gate_passed")
 # Ratio → (comparison, target). Issue 11: fp32 decode at batch 1 reaches 90 % of the roofline measured in
 # the same run, and the ratio to HF eager is reported (no target: HF itself reaches about 70 % of the
 # roofline, so ort ≤ 100 % caps the ratio near 1.4×). The others are the earlier performance issue's.
@@ -120,13 +111,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed generations per row and batch")
     p.add_argument("--reps", type=int, default=3, help="timed generations per row and batch")
     p.add_argument("--rounds", type=int, default=None,
-                   help="times the headline job (ort, batch 1) runs, each between two bandwidth readings; "
-                        "its ratio is the median round's (default 3; --quick: 1)")
+                   help="times the headline job (ort, batch 1) runs; its ratios are the median round's "
+                        "(default 3; --quick: 1)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
-    p.add_argument("--int8-methods", default=",".join(INT8_METHODS), help="for the ort_int8 row(s)")
-    p.add_argument("--agreement-prompts", type=int, default=8)
-    p.add_argument("--agreement-tokens", type=int, default=32)
-    p.add_argument("--bandwidth-gb", type=float, default=2.0, help="size of the bandwidth array (≥ 1)")
+    p.add_argument("--agreement-tokens", type=int, default=32, help="accuracy.new_tokens of the agreement (0: none)")
+    p.add_argument("--bandwidth-gb", type=float, default=2.0, help="telemetry.bandwidth_array_gb (≥ 1)")
     p.add_argument("--skip-overhead", action="store_true", help="skip the runner-overhead measurement")
     p.add_argument("--overhead-new-tokens", type=int, default=16)
     p.add_argument("--overhead-iterations", type=int, default=3)
@@ -153,10 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.reps, args.skip_overhead = 1, True
     args.rounds = args.rounds if args.rounds is not None else 1 if args.quick else 3
     args.rows = [r for r in args.rows.split(",") if r]
-    args.int8_methods = [m for m in args.int8_methods.split(",") if m]
-    unknown = set(args.rows) - set(ROWS) | set(args.int8_methods) - set(INT8_METHODS)
+    unknown = set(args.rows) - set(ROWS)
     if unknown:
-        p.error(f"unknown rows or int8 methods: {sorted(unknown)}")
+        p.error(f"unknown rows: {sorted(unknown)}")
     if args.new_tokens < 2:
         p.error("--new-tokens must be ≥ 2 (decode is timed over new_tokens - 1 steps)")
     if args.bandwidth_gb < MIN_ROOFLINE_ARRAY_GB:
@@ -164,20 +152,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.reps < 1 or args.warmup < 0 or args.rounds < 1:
         p.error("--reps and --rounds must be ≥ 1 and --warmup ≥ 0")
     args.launch_dir = Path(args.launch_dir or os.getcwd()).resolve()
+    args.bandwidth_dir = args.launch_dir / "outputs" / "bandwidth" / f"decode_vs_hf-{time.strftime('%Y%m%d-%H%M%S')}"
     return args
 
 
-# Row → extra overrides of the CLI rows (on top of bench_overrides).
-ROW_OVERRIDES = {"ort_plain": ("runtime.transformer_optimize=false",)}
-
-
-def bench_overrides(args, runtime: str, batch: int, row: str | None = None) -> list[str]:
-    """The command-line overrides of the ``task=bench`` job a CLI row runs (tracking aside)."""
-    return ["task=bench", *args.overrides, f"runtime={runtime}", *ROW_OVERRIDES.get(row, ()),
-            "benchmark.scenario=generate",
+def bench_overrides(args, row: str, batch: int, job: int = 0) -> list[str]:
+    """The command-line overrides of the ``task=bench`` job a CLI row runs (tracking aside); ``job`` numbers the
+    job's own bandwidth folder."""
+    return ["task=bench", *args.overrides, *ROW_OVERRIDES[row], "benchmark.scenario=generate",
             f"device={args.device}", f"seed={args.seed}", f"benchmark.batch_size={batch}",
             f"benchmark.seq_len={args.prompt_len}", f"benchmark.new_tokens={args.new_tokens}",
-            f"benchmark.warmup={args.warmup}", f"benchmark.iterations={args.reps}", "benchmark.min_duration_s=0"]
+            f"benchmark.warmup={args.warmup}", f"benchmark.iterations={args.reps}", "benchmark.min_duration_s=0",
+            f"telemetry.bandwidth_array_gb={args.bandwidth_gb}",
+            f"telemetry.bandwidth_cache_dir={args.bandwidth_dir / f'job{job}'}"]
 
 
 def cli_command(overrides: list[str]) -> str:
@@ -251,69 +238,16 @@ def run_cli_bench(launch_dir: Path, overrides: list[str], quiet: bool = True) ->
     out = io.StringIO()
     with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
         row = bench.run(cfg, ctx)
+    gc.collect()
     return CliRun(cli_command([*overrides, "tracking=off"]), dict(row.metrics), tracker.tags, out.getvalue(),
                   row.batch_size, row.runtime)
 
 
-@contextlib.contextmanager
-def open_graph(cfg, ctx, exported, onnx_path: Path):
-    """``onnx_path`` (a graph derived from ``exported``) opened exactly as the CLI opens its export:
-    ``open_engine`` over a plan naming it (→ ``OnnxRuntime`` → ``open_session``, ``runtime.*`` settings)."""
-    from ascend_lab.graph_contract import GraphFile
-    from ascend_lab.prepare import RuntimePlan, open_engine
-
-    plan = RuntimePlan(cfg.runtime, f"derived graph {Path(onnx_path).parent.name}",
-                       GraphFile(Path(onnx_path), exported.contract), exported)
-    with open_engine(cfg, ctx, plan) as loaded:
-        yield loaded.runtime
-
-
 def cli_plan(cfg, ctx):
-    """What ``task=bench`` / ``task=infer`` prepare for ``cfg`` (export, derived graph) before loading it."""
+    """What ``task=bench`` prepares for ``cfg`` (export, derived graph) before loading it."""
     from ascend_lab.prepare import plan_runtime
 
     return plan_runtime(cfg, ctx)
-
-
-@contextlib.contextmanager
-def open_cli_runtime(cfg, ctx):
-    """The runtime ``task=bench`` / ``task=infer`` open for ``cfg`` (``open_engine``)."""
-    from ascend_lab.prepare import open_engine
-
-    with open_engine(cfg, ctx) as loaded:
-        yield loaded.runtime
-
-
-def time_generate(runtime, cfg, ctx, batch: int) -> dict[str, float]:
-    """task=bench's generate scenario on an open runtime at ``batch``: the same inputs, engine, timer and
-    statistics as :func:`ascend_lab.tasks.bench.run`."""
-    from ascend_lab.bench.scenarios import make_inputs, run_generate
-    from ascend_lab.runtimes.engine import engine_for
-
-    bench = dataclasses.replace(cfg.benchmark, batch_size=batch)
-    ids, mask = make_inputs(bench, batch, runtime.contract.dims.vocab_size, cfg.seed)
-    engine = engine_for(runtime, cfg.export, ids.shape[1] + bench.new_tokens)
-    result = run_generate(engine, ids, mask, bench, runtime.timer(ctx.device), runtime, ctx.device, runtime.name)
-    return result.metrics
-
-
-def greedy_tokens(runtime, cfg, ids: np.ndarray, new_tokens: int) -> np.ndarray:
-    """Greedy tokens [rows, new_tokens] of ``runtime``'s engine (task=bench's) on ``ids``."""
-    from ascend_lab.bench.generation import greedy_generate
-    from ascend_lab.device import HostTimer
-    from ascend_lab.runtimes.engine import engine_for
-
-    engine = engine_for(runtime, cfg.export, ids.shape[1] + new_tokens)
-    return greedy_generate(engine, ids, np.ones_like(ids), new_tokens, HostTimer).tokens
-
-
-def last_prompt_logits(runtime, cfg, ids: np.ndarray) -> np.ndarray:
-    """Logits [rows, vocab] at the last prompt position (the prefill's last execution)."""
-    from ascend_lab.runtimes.engine import engine_for
-
-    engine = engine_for(runtime, cfg.export, ids.shape[1] + 1)
-    engine.prefill(ids, np.ones_like(ids))
-    return engine.backend.last_logits()
 
 
 @dataclasses.dataclass
@@ -323,50 +257,23 @@ class Figure:
     ttft_ms: float  # median
     tpot_ms: float  # median
     decode_tokens_s: float  # batch × (new − 1) / mean decode time
-    step_bytes: int
+    roofline_tokens_s: float | None  # the job's (hf: the ort job's at the same batch)
+    gb_s: float | None  # the bandwidth that roofline uses
+    step_bytes: float | None  # weights + KV cache a decode step reads (mean over the generation)
     reps: int
-    read_gb_s: float  # the bandwidth this figure's roofline uses (BandwidthTrail.around)
     round_index: int = 0  # which run of the same row and batch (--rounds)
 
     @classmethod
-    def of(cls, row: str, batch: int, metrics: dict, step_bytes: int, read_gb_s: float,
-           round_index: int = 0) -> "Figure":
+    def of(cls, row: str, batch: int, metrics: dict, round_index: int = 0) -> "Figure":
+        """From a job's metrics (task=bench's names)."""
         return cls(row, batch, ttft_ms=metrics["ttft_ms_p50"], tpot_ms=metrics["tpot_ms_p50"],
-                   decode_tokens_s=metrics["decode_tokens_s"], step_bytes=step_bytes,
-                   reps=int(metrics["iterations"]), read_gb_s=read_gb_s, round_index=round_index)
-
-    def roofline_tokens_s(self) -> float:
-        from ascend_lab.bench.roofline import roofline_tokens_s
-
-        return roofline_tokens_s(self.batch, self.read_gb_s, self.step_bytes)
+                   decode_tokens_s=metrics["decode_tokens_s"], roofline_tokens_s=metrics.get("roofline_tokens_s"),
+                   gb_s=metrics.get("roofline_read_gb_s", metrics.get("roofline_copy_gb_s")),
+                   step_bytes=metrics.get("roofline_step_bytes"), reps=int(metrics["iterations"]),
+                   round_index=round_index)
 
     def roofline_fraction(self) -> float:
-        from ascend_lab.bench.roofline import roofline_fraction
-
-        return roofline_fraction(self.decode_tokens_s, self.batch, self.read_gb_s, self.step_bytes)
-
-
-class BandwidthTrail:
-    """The read bandwidth measured at the start and after every timed job (see the module docstring)."""
-
-    def __init__(self, gb: float, measure=None) -> None:
-        """``measure(gb)`` → Bandwidth; default :func:`ascend_lab.bench.roofline.measure_read_bandwidth`."""
-        if measure is None:
-            from ascend_lab.bench.roofline import measure_read_bandwidth as measure
-        self._measure = lambda: measure(gb)
-        self.readings = [self._measure()]
-
-    def around(self, job):
-        """``(job(), GB/s)``: the job's result and the higher of the readings just before and just after it."""
-        before = self.readings[-1]
-        result = job()
-        self.readings.append(self._measure())
-        return result, max(before.read_gb_s, self.readings[-1].read_gb_s)
-
-    def describe(self) -> str:
-        values = [b.read_gb_s for b in self.readings]
-        return (f"{self.readings[0].describe()}; re-measured after each timed job: {len(values)} readings, "
-                f"{min(values):.1f}–{max(values):.1f} GB/s (median {statistics.median(values):.1f})")
+        return self.decode_tokens_s / self.roofline_tokens_s if self.roofline_tokens_s else float("nan")
 
 
 def round_counts(figures: list[Figure]) -> collections.Counter:
@@ -381,17 +288,6 @@ def representatives(figures: list[Figure]) -> dict[tuple[str, int], Figure]:
     for f in figures:
         groups.setdefault((f.row, f.batch), []).append(f)
     return {key: sorted(group, key=Figure.roofline_fraction)[(len(group) - 1) // 2] for key, group in groups.items()}
-
-
-def generation_metrics(results, batch: int, new_tokens: int) -> dict[str, float]:
-    """The figures :func:`ascend_lab.bench.scenarios.run_generate` reports, from timed GenerationResults
-    (for the HF row, whose loop is not an Engine)."""
-    from ascend_lab.bench.stats import per_second, summarize
-
-    decode = summarize([r.decode_ms for r in results])
-    return {"ttft_ms_p50": summarize([r.ttft_ms for r in results]).p50,
-            "tpot_ms_p50": summarize([ms for r in results for ms in r.step_ms]).p50,
-            "decode_tokens_s": per_second(batch * (new_tokens - 1), decode.mean), "iterations": len(results)}
 
 
 class TokenClock:
@@ -410,19 +306,16 @@ class TokenClock:
     def end(self) -> None: ...
 
 
-def hf_row(cfg, args, agree_ids: np.ndarray, torch_device) -> tuple[dict[int, dict], int, np.ndarray]:
-    """Hugging Face eager generate: per batch its metrics; its weight bytes per step; its greedy tokens on
-    the agreement prompts (the reference the exported graph must reproduce)."""
+def hf_row(cfg, args, torch_device) -> dict[int, dict]:
+    """Hugging Face eager generate: per batch, the runner's generation figures of its timed runs."""
     import torch
 
     from ascend_lab.bench.generation import GenerationResult
-    from ascend_lab.bench.roofline import parameter_bytes
-    from ascend_lab.bench.scenarios import make_inputs
+    from ascend_lab.bench.scenarios import generation_metrics, make_inputs
     from ascend_lab.models import load_model
 
     loaded = load_model(cfg.model, cfg.seed, device=torch_device)
     model = loaded.model
-    weight_bytes = parameter_bytes(model.parameters())
     # Plain greedy of exactly max_new_tokens, as the engines decode: no EOS stop and no EOS masking
     # (min_new_tokens would set EOS's logit to -inf, so HF's tokens would differ wherever EOS is the argmax).
     greedy = {"do_sample": False, "num_beams": 1, "eos_token_id": None, "pad_token_id": loaded.tokenizer.pad_token_id}
@@ -432,7 +325,7 @@ def hf_row(cfg, args, agree_ids: np.ndarray, torch_device) -> tuple[dict[int, di
         ids, mask = make_inputs(bench, batch, model.config.vocab_size, cfg.seed)  # task=bench's inputs
         ids_t = torch.from_numpy(ids).to(torch_device)
         mask_t = torch.from_numpy(mask).to(torch_device)
-        runs = []
+        runs, e2e_ms = [], []
         for _ in range(args.warmup + args.reps):
             clock = TokenClock()
             if torch_device.type == "cuda":
@@ -444,32 +337,25 @@ def hf_row(cfg, args, agree_ids: np.ndarray, torch_device) -> tuple[dict[int, di
             stamps = [started, *clock.stamps]
             gaps = [(b - a) * 1e3 for a, b in itertools.pairwise(stamps[1:])]
             runs.append(GenerationResult(generated[:, ids.shape[1]:].cpu().numpy(), (stamps[1] - started) * 1e3, gaps))
-        out[batch] = generation_metrics(runs[args.warmup:], batch, args.new_tokens)
-    with torch.inference_mode():
-        ids_t = torch.from_numpy(agree_ids).to(torch_device)
-        generated = model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t),
-                                   max_new_tokens=args.agreement_tokens, **greedy)
-    tokens = generated[:, agree_ids.shape[1]:].cpu().numpy()
+            e2e_ms.append((stamps[-1] - started) * 1e3)
+        out[batch] = generation_metrics(runs[args.warmup:], e2e_ms[args.warmup:], batch, ids.shape[1], args.new_tokens)
     del model, loaded
     gc.collect()
-    return out, weight_bytes, tokens
+    return out
 
 
-def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
-    """Position-wise agreement of two [rows, tokens] greedy streams, and their common prefixes."""
-    same = reference == other
-    prefix = [int(np.argmin(row)) if not row.all() else row.size for row in same]
-    return {"agreement": float(same.mean()), "mean_common_prefix": float(np.mean(prefix)),
-            "rows_identical": int(sum(p == same.shape[1] for p in prefix)), "rows": int(same.shape[0])}
+def agreement(args, row: str) -> dict[str, float]:
+    """The accuracy measurement (:mod:`ascend_lab.accuracy_measure`) of ``row``'s configuration at batch 1 against
+    its reference (:data:`AGREEMENT`): task=accuracy's figures, without its report."""
+    from ascend_lab.accuracy_measure import measure
 
-
-def logit_stats(reference: np.ndarray, quantised: np.ndarray) -> dict:
-    """How far int8 moves the last prompt position's logits, against the float top-1/top-2 margin."""
-    top2 = np.sort(reference, axis=-1)[:, -2:]
-    return {"fp32_top1_margin_median": float(np.median(top2[:, 1] - top2[:, 0])),
-            "fp32_logit_std": float(reference.std()),
-            "int8_logit_max_abs_diff": float(np.abs(reference - quantised).max()),
-            "int8_logit_mean_abs_diff": float(np.abs(reference - quantised).mean())}
+    _, reference = AGREEMENT[row]
+    cfg, ctx = compose(args.launch_dir, [*bench_overrides(args, row, 1), f"accuracy.new_tokens={args.agreement_tokens}",
+                                         *reference])
+    with contextlib.redirect_stdout(io.StringIO()):
+        figures = measure(cfg, ctx).aggregate
+    gc.collect()
+    return {k: figures[k] for k in AGREEMENT_FIGURES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,19 +430,17 @@ def compute_ratios(figures: list[Figure], agree: dict | None = None) -> dict[str
     ratios: dict[str, float] = {}
     for (row, batch), f in by.items():
         if batch == 1:
-            key = {"ort": "ort_roofline_fraction", "hf": "hf_roofline_fraction"}.get(row, f"roofline_fraction.{row}")
-            ratios[key] = f.roofline_fraction()
+            if f.roofline_tokens_s:
+                key = {"ort": "ort_roofline_fraction", "hf": "hf_roofline_fraction"}.get(row, f"roofline_fraction.{row}")
+                ratios[key] = f.roofline_fraction()
             if hf1 is not None and row != "hf":
-                key = "ort_vs_hf" if row == "ort" else f"int8_vs_hf.{row}" if row.startswith("ort_int8") \
-                    else f"vs_hf.{row}"
-                ratios[key] = f.decode_tokens_s / hf1.decode_tokens_s
+                ratios[{"ort": "ort_vs_hf", "ort_int8": "int8_vs_hf"}.get(row, f"vs_hf.{row}")] = \
+                    f.decode_tokens_s / hf1.decode_tokens_s
         if batch == 8 and (row, 1) in by:
             ratios["ort_b8_vs_b1" if row == "ort" else f"b8_vs_b1.{row}"] = \
                 f.decode_tokens_s / by[(row, 1)].decode_tokens_s
-    for name, values in (agree or {}).items():
-        row, _, reference = name.partition(" vs ")
-        if row.startswith("ort_int8") and reference == "ort fp32":
-            ratios[f"int8_agreement.{row}"] = values["agreement"]
+    if "ort_int8" in (agree or {}):
+        ratios["int8_agreement"] = agree["ort_int8"]["tf_top1_agreement_mean"]
     first = {k: ratios[k] for k in HEADLINE if k in ratios}
     return {**first, **{k: v for k, v in ratios.items() if k not in first}}
 
@@ -578,9 +462,8 @@ def _target_cells(key: str, value: float) -> tuple[str, str]:
     return f"{target[0]} {target[1]}", "yes" if meets(value, target) else "NO"
 
 
-def tables(figures: list[Figure], trail: BandwidthTrail, ratios: dict, agree: dict, overhead: dict | None,
-           meta: dict) -> str:
-    from ascend_lab.report import format_table
+def tables(figures: list[Figure], ratios: dict, agree: dict, overhead: dict | None, meta: dict) -> str:
+    from ascend_lab.report import format_number, format_table
 
     rounds = round_counts(figures)
     median_of = representatives(figures)
@@ -591,28 +474,27 @@ def tables(figures: list[Figure], trail: BandwidthTrail, ratios: dict, agree: di
             return f.row
         return f"{f.row} (round {f.round_index + 1}/{count}{', median' if median_of[(f.row, f.batch)] is f else ''})"
 
-    rows = [(label(f), f.batch, f"{f.decode_tokens_s:.2f}", f"{f.ttft_ms:.0f}", f"{f.tpot_ms:.1f}", f"{f.step_bytes / 1e9:.3f}",
-             f"{f.read_gb_s:.1f}", f"{f.roofline_tokens_s():.1f}", f"{100 * f.roofline_fraction():.1f}")
-            for f in figures]
-    parts = [format_table(["row", "batch", "decode tok/s", "TTFT ms", "ms/token", "weights GB/step", "read GB/s",
-                           "roofline tok/s", "% roofline"], rows,
+    rows = [(label(f), f.batch, f.decode_tokens_s, f.ttft_ms, f.tpot_ms,
+             None if f.step_bytes is None else f.step_bytes / 1e9, f.gb_s, f.roofline_tokens_s,
+             100 * f.roofline_fraction() if f.roofline_tokens_s else None) for f in figures]
+    parts = [format_table(["row", "batch", "decode tok/s", "TTFT ms", "ms/token", "GB/step (weights + KV)",
+                           "bandwidth GB/s", "roofline tok/s", "% roofline"], rows,
                           title=f"decode: {meta['model']} ({meta['dtype']}) on {meta['device']}, prompt "
                                 f"{meta['prompt_len']}, {meta['new_tokens']} new tokens, {meta['reps']} timed "
-                                f"generation(s) after {meta['warmup']} warm-up (task=bench's figures)")]
-    parts.append(f"{trail.describe()}; load {meta['load_before']} → {meta['load_after']}")
-    if meta.get("kv_cache_note"):
-        parts.append(meta["kv_cache_note"])
+                                f"generation(s) after {meta['warmup']} warm-up (task=bench's figures; hf: over "
+                                f"the ort job's roofline)")]
+    parts.append(f"bandwidth measured by each job after its decode ({meta['bandwidth']}); load {meta['load_before']} "
+                 f"→ {meta['load_after']}")
     if meta.get("ort_command"):
         parts.append(f"ort row = {meta['ort_command']}")
     parts.append(format_table(["ratio", "value", "target", "met"],
-                              [(k, f"{v:.2f}", *_target_cells(k, v)) for k, v in ratios.items()], title="ratios"))
+                              [(k, format_number(v), *_target_cells(k, v)) for k, v in ratios.items()], title="ratios"))
     if agree:
-        parts.append(format_table(["comparison", "agreement", "mean common prefix", "rows identical", "details"],
-                                  [(k, f"{100 * v['agreement']:.1f} %", f"{v['mean_common_prefix']:.1f}",
-                                    f"{v['rows_identical']}/{v['rows']}",
-                                    ", ".join(f"{n} {x:.3g}" for n, x in v.items() if n.startswith(("fp32", "int8"))))
-                                   for k, v in agree.items()],
-                                  title=f"greedy agreement, first {meta['agreement_tokens']} tokens"))
+        parts.append(format_table(["comparison", *AGREEMENT_FIGURES],
+                                  [(AGREEMENT[row][0], *(format_number(v[k]) for k in AGREEMENT_FIGURES))
+                                   for row, v in agree.items()],
+                                  title=f"agreement (ascend_lab.accuracy_measure), {meta['agreement_tokens']} tokens "
+                                        "per accuracy.prompts prompt"))
     if overhead:
         parts.append(format_table(["runner", "value", "target", "met"], [
             ("-m sweep 1,4,8 (s)", f"{overhead['sweep_seconds']:.1f}", "", ""),
@@ -622,19 +504,6 @@ def tables(figures: list[Figure], trail: BandwidthTrail, ratios: dict, agree: di
             ("--help (s)", f"{overhead['help_seconds']:.2f}", *_target_cells("help_seconds", overhead["help_seconds"])),
         ], title="runner overhead"))
     return "\n\n".join(parts)
-
-
-def kv_cache_note(cfg, contract, batch: int, prompt_len: int, new_tokens: int, weight_bytes: int) -> str:
-    """How much KV cache the kv_cache graph reads per step at ``batch`` (left out of the roofline)."""
-    from ascend_lab.bench.roofline import kv_cache_bytes_per_step
-    from ascend_lab.graph_contract import plan_prefill
-    from ascend_lab.runtimes.engine import CAPACITY_ALIGN
-
-    slots = plan_prefill(prompt_len, cfg.export.prefill_chunks).padded_len + new_tokens - 1
-    capacity = min(-(-slots // CAPACITY_ALIGN) * CAPACITY_ALIGN, cfg.export.kv_capacity)
-    kv = kv_cache_bytes_per_step(contract.slot_elements(batch), capacity, np.dtype(contract.numpy_dtype).itemsize)
-    return (f"KV cache read per step at batch {batch}: {kv / 1e6:.3g} MB ({capacity} slots; "
-            f"{100 * kv / weight_bytes:.2f} % of the weights), left out of the roofline")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,106 +518,53 @@ def main(argv=None) -> int:
     for noisy in ("onnxruntime", "root", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.chdir(args.launch_dir)
-    from ascend_lab.bench.roofline import step_weight_bytes
-    from ascend_lab.bench.scenarios import make_inputs
-    from ascend_lab.config.benchmark import BenchmarkConfig
     from ascend_lab.export import ensure_exported
-    from ascend_lab.export.optimize import int8_graph
 
     load_before = _load()
-    ort_overrides = {b: bench_overrides(args, "onnxruntime", b) for b in args.batches}
-    cfg, ctx = compose(args.launch_dir, ort_overrides[args.batches[0]])
+    first = args.rows[0] if args.rows[0] != "hf" else "ort"
+    cfg, ctx = compose(args.launch_dir, bench_overrides(args, "ort", args.batches[0]))
     device = ctx.device
     print(f"model {cfg.model.name} ({cfg.model.dtype}), device {device.torch_device}, batches {args.batches}, "
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}, rows {','.join(args.rows)}, load {load_before}",
           flush=True)
-    trail = BandwidthTrail(args.bandwidth_gb)
-    bw = trail.readings[0]
-    print(bw.describe(), flush=True)
     exported = ensure_exported(cfg, ctx)  # the CLI rows find it in the export cache
-    contract = exported.contract
-    fp_bytes = step_weight_bytes(exported.onnx_path)
-    # Other prompts than the timed ones: the agreement is over seeded prompts, not one batch's.
-    agree_ids = make_inputs(BenchmarkConfig(seq_len=args.prompt_len), args.agreement_prompts,
-                            contract.dims.vocab_size, cfg.seed + 1)[0]
 
     figures: list[Figure] = []
-    agree: dict[str, dict] = {}
-    tokens: dict[str, np.ndarray] = {}
     cli_runs: dict[str, list[dict]] = {}
-    want_hf_agreement = "hf" in args.rows
+    jobs = itertools.count()
 
-    def record(row: str, batch: int, metrics: dict, step_bytes: int, read_gb_s: float, round_index: int = 0) -> None:
-        figure = Figure.of(row, batch, metrics, step_bytes, read_gb_s, round_index)
+    def record(figure: Figure) -> None:
         figures.append(figure)
-        print(f"  {row:>22} batch {batch}: {figure.decode_tokens_s:8.2f} tok/s, TTFT {figure.ttft_ms:7.0f} ms, "
-              f"{figure.tpot_ms:7.1f} ms/token, {100 * figure.roofline_fraction():5.1f} % roofline "
-              f"(read {read_gb_s:.1f} GB/s)" + (f", round {round_index + 1}" if round_index else ""), flush=True)
+        share = f"{100 * figure.roofline_fraction():5.1f} % roofline" if figure.roofline_tokens_s else "no roofline"
+        print(f"  {figure.row:>10} batch {figure.batch}: {figure.decode_tokens_s:8.2f} tok/s, TTFT "
+              f"{figure.ttft_ms:7.0f} ms, {figure.tpot_ms:7.1f} ms/token, {share}"
+              + (f", round {figure.round_index + 1}" if figure.round_index else ""), flush=True)
 
-    def cli_tokens(row: str, runtime: str) -> None:
-        """The greedy tokens on the agreement prompts of the runtime the ``row``'s CLI jobs open."""
-        row_cfg, row_ctx = compose(args.launch_dir, bench_overrides(args, runtime, args.batches[0], row))
-        with open_cli_runtime(row_cfg, row_ctx) as opened:
-            tokens[row] = greedy_tokens(opened, row_cfg, agree_ids, args.agreement_tokens)
-        gc.collect()
-
-    def cli_rows(row: str, runtime: str) -> None:
+    for row in [r for r in args.rows if r != "hf"]:
+        if row == "ort_int8" and cfg.model.dtype != "float32":
+            print(f"ort_int8 skipped: export.quantize=int8 quantises float32 weights (model.dtype={cfg.model.dtype})")
+            continue
+        print(f"{row}: in-process {cli_command(bench_overrides(args, row, args.batches[0]))} (and the other batches) …",
+              flush=True)
         for batch in args.batches:
             for round_index in range(args.rounds if (row, batch) == ("ort", 1) else 1):
-                run, read = trail.around(lambda: run_cli_bench(args.launch_dir,
-                                                               bench_overrides(args, runtime, batch, row)))
+                run = run_cli_bench(args.launch_dir, bench_overrides(args, row, batch, next(jobs)))
                 cli_runs.setdefault(row, []).append(dataclasses.asdict(run))
-                record(row, batch, run.metrics, fp_bytes, read, round_index)
-
+                record(Figure.of(row, batch, run.metrics, round_index))
     if "hf" in args.rows:
         print("hf generate …", flush=True)
-        (hf_metrics, hf_bytes, tokens["hf"]), read = trail.around(
-            lambda: hf_row(cfg, args, agree_ids, device.torch_device))
-        for batch, metrics in hf_metrics.items():
-            record("hf", batch, metrics, hf_bytes, read)
-    int8_rows = "ort_int8" in args.rows and cfg.model.dtype == "float32"
-    fp_logits = None
-    if "ort" in args.rows:
-        print(f"ort: in-process {cli_command(ort_overrides[args.batches[0]])} (and the other batches) …",
-              flush=True)
-        cli_rows("ort", "onnxruntime")
-    if ("ort" in args.rows and want_hf_agreement) or int8_rows:
-        with open_cli_runtime(cfg, ctx) as runtime:  # the session the ort row's jobs opened, for its tokens
-            tokens["ort"] = greedy_tokens(runtime, cfg, agree_ids, args.agreement_tokens)
-            if int8_rows:
-                fp_logits = last_prompt_logits(runtime, cfg, agree_ids)
-        gc.collect()
-    if "torch" in args.rows:
-        print("torch: in-process task=bench runtime=torch …", flush=True)
-        cli_rows("torch", "torch")
-        if want_hf_agreement:
-            cli_tokens("torch", "torch")
-    if "ort_plain" in args.rows:
-        print("ort_plain: in-process task=bench runtime=onnxruntime runtime.transformer_optimize=false …", flush=True)
-        cli_rows("ort_plain", "onnxruntime")
-        if want_hf_agreement:
-            cli_tokens("ort_plain", "onnxruntime")
-    if "ort_int8" in args.rows:
-        if not int8_rows:
-            print(f"int8 rows skipped: they quantise float32 weights (model.dtype={cfg.model.dtype})")
-        else:
-            for method in args.int8_methods:
-                row = f"ort_int8_{method}"
-                print(f"onnxruntime, int8 ({method}) …", flush=True)
-                path = int8_graph(exported, method)
-                with open_graph(cfg, ctx, exported, path) as runtime:
-                    for batch in args.batches:
-                        metrics, read = trail.around(lambda: time_generate(runtime, cfg, ctx, batch))
-                        record(row, batch, metrics, step_weight_bytes(path), read)
-                    tokens[row] = greedy_tokens(runtime, cfg, agree_ids, args.agreement_tokens)
-                    q_logits = last_prompt_logits(runtime, cfg, agree_ids)
-                    agree[f"{row} vs ort fp32"] = {**agreement(tokens["ort"], tokens[row]),
-                                                   **logit_stats(fp_logits, q_logits)}
-                gc.collect()
-    if "hf" in tokens:
-        for row in ("ort", "torch", "ort_plain"):
-            if row in tokens:
-                agree[f"{row} vs hf"] = agreement(tokens["hf"], tokens[row])
+        ort = representatives(figures)
+        for batch, metrics in hf_row(cfg, args, device.torch_device).items():
+            figure, peer = Figure.of("hf", batch, metrics), ort.get(("ort", batch))
+            if peer is not None:  # the same model and lengths read the same bytes per step
+                figure = dataclasses.replace(figure, roofline_tokens_s=peer.roofline_tokens_s, gb_s=peer.gb_s,
+                                             step_bytes=peer.step_bytes)
+            record(figure)
+    agree: dict[str, dict] = {}
+    if args.agreement_tokens > 0:
+        for row in [r for r in args.rows if r in AGREEMENT and r in cli_runs]:
+            print(f"agreement: {AGREEMENT[row][0]} …", flush=True)
+            agree[row] = agreement(args, row)
 
     overhead = None
     if not args.skip_overhead:
@@ -757,18 +573,18 @@ def main(argv=None) -> int:
     if overhead:
         ratios["runner_overhead"] = overhead["runner_overhead"]
         ratios["help_seconds"] = overhead["help_seconds"]
+    bandwidths = [f.gb_s for f in figures if f.gb_s and f.row != "hf"]
     meta = {"model": cfg.model.name, "dtype": cfg.model.dtype, "device": str(device.torch_device),
             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps, "warmup": args.warmup,
             "agreement_tokens": args.agreement_tokens, "load_before": load_before, "load_after": _load(),
             "host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "ort_command": (cli_command([*ort_overrides[args.batches[0]], "tracking=off"]) if "ort" in args.rows
-                            else None),
-            "kv_cache_note": kv_cache_note(cfg, contract, max(args.batches), args.prompt_len, args.new_tokens,
-                                           fp_bytes)}
-    text = tables(figures, trail, ratios, agree, overhead, meta)
+            "bandwidth": (f"{len(bandwidths)} readings, {min(bandwidths):.1f}–{max(bandwidths):.1f} GB/s, median "
+                          f"{statistics.median(bandwidths):.1f}" if bandwidths else "none"),
+            "ort_command": (cli_command([*bench_overrides(args, first, args.batches[0]), "tracking=off"])
+                            if first in cli_runs else None)}
+    text = tables(figures, ratios, agree, overhead, meta)
     print("\n" + text)
     results = {"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "bandwidth": bw.as_dict(), "bandwidth_readings": [b.as_dict() for b in trail.readings],
                "figures": [dataclasses.asdict(f) for f in figures], "ratios": ratios,
                "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "agreement": agree,
                "overhead": overhead, "cli_runs": cli_runs, "onnx_sha256": exported.sha256,
@@ -776,7 +592,7 @@ def main(argv=None) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
     if not args.no_track:
-        _track(args, results, text, figures, trail)
+        _track(args, results, text, figures)
     return 0
 
 
@@ -787,7 +603,7 @@ def _load() -> str:
         return "n/a"
 
 
-def _track(args, results: dict, text: str, figures: list[Figure], trail: BandwidthTrail) -> None:
+def _track(args, results: dict, text: str, figures: list[Figure]) -> None:
     from ascend_lab.config.tracking import TrackingConfig
     from ascend_lab.tracking import ending, environment_tags, open_run, prepare_store
 
@@ -801,19 +617,17 @@ def _track(args, results: dict, text: str, figures: list[Figure], trail: Bandwid
                             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps,
                             "warmup": args.warmup, "rows": ",".join(args.rows), "seed": args.seed,
                             "load_before": meta["load_before"]})
-        readings = [b.read_gb_s for b in trail.readings]
-        metrics = {**trail.readings[0].as_dict(), "read_gb_s_min": min(readings), "read_gb_s_max": max(readings),
-                   "bandwidth_readings": float(len(readings))}
+        metrics: dict[str, float] = {}
         rounds = round_counts(figures)
         for f in figures:
             prefix = f"{f.row}.b{f.batch}" + (f".r{f.round_index + 1}" if rounds[(f.row, f.batch)] > 1 else "")
             metrics.update({f"{prefix}.decode_tokens_s": f.decode_tokens_s, f"{prefix}.ttft_ms": f.ttft_ms,
-                            f"{prefix}.tpot_ms": f.tpot_ms, f"{prefix}.read_gb_s": f.read_gb_s,
-                            f"{prefix}.roofline_fraction": f.roofline_fraction()})
+                            f"{prefix}.tpot_ms": f.tpot_ms})
+            if f.roofline_tokens_s:
+                metrics.update({f"{prefix}.bandwidth_gb_s": f.gb_s, f"{prefix}.roofline_fraction": f.roofline_fraction()})
         metrics.update({f"ratio.{k}": v for k, v in results["ratios"].items()})
-        for name, values in results["agreement"].items():
-            key = name.replace(" ", "_")
-            metrics.update({f"agreement.{key}.{k}": v for k, v in values.items()})
+        for row, values in results["agreement"].items():
+            metrics.update({f"agreement.{row}.{k}": v for k, v in values.items()})
         tracker.log_metrics(metrics)
         tracker.log_text(text, "decode_vs_hf.txt")
         tracker.log_dict(results, "decode_vs_hf.json")

@@ -10,13 +10,14 @@ and the engine import nothing that pulls Hydra, OmegaConf or MLflow)::
     python benchmarks/gpu_static_decoder_check.py --quick                          # batch 1, 32 tokens
     python benchmarks/gpu_static_decoder_check.py --tiny --device cpu              # smoke test, seconds
 
-Method (the anchor's, ``shared/reference/anchors.md``): prompt 32 random tokens, 128 new tokens,
+Method (the H200 anchor run's, ``benchmarks/README.md``): prompt 32 random tokens, 128 new tokens,
 greedy, exactly that many tokens per row. Decode tokens/s = batch × (new − 1) / decode time; for the
 engines the decode time is the device-event time of the ``new − 1`` steps after prefill, for HF
 ``generate`` the time from its first logits-processor call (prefill done) to its return.
-Roofline: bandwidth from a ≥ 1 GB device-to-device copy (bytes read + written / time); every step
-reads the weights once whatever the batch, so roofline steps/s = bandwidth / weight bytes and
-tokens/s = steps/s × batch. Weight bytes count every parameter once (the anchor's 3.67 GB).
+Roofline: ascend_lab's one definition (:mod:`ascend_lab.bench.roofline`, what ``task=bench`` logs): the device's
+read bandwidth (torch ``sum``/``amax`` over a ≥ 1 GB float32 tensor) over the bytes a decode step reads, the
+weights (every parameter once) plus the KV cache at each step's length; roofline tokens/s = batch × bandwidth /
+bytes per step, per batch.
 Token agreement compares each variant's tokens with the engine's eager tokens (graph capture alone
 must agree exactly; compiled kernels round differently in bf16, so random weights may drift late).
 
@@ -89,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=330.0,
                    help="skip compiled variants that would end past this many seconds from the start; "
                         f"whatever runs {HARD_LIMIT_MARGIN_S:.0f}s past it is interrupted")
-    p.add_argument("--copy-gb", type=float, default=2.0, help="buffer size of the bandwidth copy (GB, ≥ 1)")
+    p.add_argument("--bandwidth-gb", type=float, default=2.0, help="array the bandwidth is read over (GB, ≥ 1)")
     p.add_argument("--json", dest="json_out", default=None, help="write the results here")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -154,27 +155,6 @@ def build_model(torch, figures: dict, dtype, device, seed: int):
     # would otherwise forbid one the engines may pick).
     model.generation_config.eos_token_id = None
     return model.to(dtype=dtype).eval()
-
-
-def weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:  # tied embeddings count once
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
-
-
-def copy_bandwidth(torch, clock: Clock, device, gigabytes: float) -> float:
-    """Bytes read + written per second by a device-to-device copy of ``gigabytes``."""
-    nbytes = int(gigabytes * 1e9)
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    reps = 10 if clock.gpu else 3
-    seconds = clock.time(lambda: [dst.copy_(src) for _ in range(reps)])
-    return 2 * nbytes * reps / seconds
 
 
 def hf_decode(torch, model, clock: Clock, ids, mask, new_tokens: int, reps: int):
@@ -283,6 +263,8 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
+    from ascend_lab.bench import roofline
+    from ascend_lab.graph_contract import GraphContract, ModelDims
     from ascend_lab.runtimes.torch.static_decoder import StaticDecoderEngine
 
     device = torch.device(args.device)
@@ -313,17 +295,26 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     model = build_model(torch, figures, dtype, device, args.seed)
-    wbytes = weight_bytes(model)
+    wbytes = roofline.parameter_bytes(model.parameters())
     rope = getattr(model.config, "rope_parameters", None) or {}
     env.update(rope_theta=rope.get("rope_theta", getattr(model.config, "rope_theta", None)),
                hf_attention=model.config._attn_implementation)
     say(f"model built in {time.perf_counter() - t0:.1f}s: {wbytes / 1e9:.3f} GB of weights, "
         f"attention {env['hf_attention']}, rope theta {env['rope_theta']}")
-    bandwidth = copy_bandwidth(torch, clock, device, max(args.copy_gb, 1.0) if on_gpu else 0.25)
-    roofline_steps = bandwidth / wbytes
-    report.update(weight_bytes=wbytes, bandwidth_bytes_per_s=bandwidth, roofline_steps_per_s=roofline_steps)
-    say(f"copy bandwidth {bandwidth / 1e12:.3f} TB/s → roofline {roofline_steps:.1f} steps/s "
-        f"({roofline_steps:.1f} tok/s at batch 1)")
+    bandwidth = roofline.measure_torch_read_bandwidth(device, max(args.bandwidth_gb, 1.0) if on_gpu else 0.05)
+    dims = ModelDims(figures["num_hidden_layers"], figures["num_attention_heads"], figures["num_key_value_heads"],
+                     figures["hidden_size"] // figures["num_attention_heads"], figures["hidden_size"],
+                     figures["vocab_size"])
+    contract = GraphContract("kv_cache", dims, env["dtype"])
+
+    def roofline_tok_s(batch: int) -> float:
+        step_bytes = roofline.decode_step_bytes(wbytes, roofline.cache_position_bytes(contract, batch),
+                                                args.prompt_len, args.new_tokens)
+        return roofline.roofline_tokens_s(batch, bandwidth.gb_s, step_bytes)
+
+    report.update(weight_bytes=wbytes, bandwidth=bandwidth.as_dict(),
+                  roofline_tok_s={batch: roofline_tok_s(batch) for batch in args.batches})
+    say(f"{bandwidth.describe()} → roofline {roofline_tok_s(1):.1f} tok/s at batch 1")
     save()
 
     gen = np.random.default_rng(args.seed)
@@ -389,7 +380,7 @@ def main(argv=None) -> int:
             continue
         tok_s = batch * (args.new_tokens - 1) / decode_s
         row.update(decode_s=decode_s, tok_s=tok_s, step_ms=1e3 * decode_s / (args.new_tokens - 1),
-                   frac_roofline=tok_s / (roofline_steps * batch))
+                   frac_roofline=tok_s / roofline_tok_s(batch))
         tokens[(batch, variant)] = out
         say(f"  {tok_s:9.1f} tok/s  {row['step_ms']:.3f} ms/step  setup {row['setup_s']}s  "
             f"{100 * row['frac_roofline']:.1f}% of roofline")
@@ -403,6 +394,8 @@ def main(argv=None) -> int:
 
 
 def print_table(report: dict) -> None:
+    from ascend_lab.report import format_table
+
     headers = ["batch", "variant", "tok/s", "ms/step", "vs HF", "% roofline", "agree", "setup s"]
     rows = []
     for r in report["results"]:
@@ -413,13 +406,9 @@ def print_table(report: dict) -> None:
         rows.append([r["batch"], r["variant"], f"{r['tok_s']:.1f}", f"{r['step_ms']:.3f}",
                      f"{r['vs_hf']:.2f}x" if "vs_hf" in r else "", f"{100 * r['frac_roofline']:.2f}",
                      "" if agree is None else f"{100 * agree:.1f}%", f"{r['setup_s']}"])
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
-    say("\n" + line + "\n" + "-" * len(line))
-    for row in rows:
-        say("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
-    say(f"roofline: {report['bandwidth_bytes_per_s'] / 1e12:.3f} TB/s over {report['weight_bytes'] / 1e9:.3f} GB "
-        f"= {report['roofline_steps_per_s']:.1f} steps/s")
+    say("\n" + format_table(headers, rows))
+    say(f"roofline: {report['bandwidth']['read_gb_s']:.1f} GB/s read over {report['weight_bytes'] / 1e9:.3f} GB of "
+        "weights + the KV cache: " + ", ".join(f"{v:.1f} tok/s at batch {b}" for b, v in report["roofline_tok_s"].items()))
 
 
 if __name__ == "__main__":

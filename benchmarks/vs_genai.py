@@ -247,13 +247,17 @@ def our_worker(spec: dict) -> dict:
 
 
 def our_tokens(spec: dict) -> list:
-    """Our greedy tokens for the worker's prompts (the engine task=bench times)."""
-    from decode_vs_hf import compose, greedy_tokens, open_cli_runtime
+    """Our greedy tokens for the worker's prompts (the runtime and engine task=bench times)."""
+    from decode_vs_hf import compose
+
+    from ascend_lab.bench.generation import greedy_generate
+    from ascend_lab.prepare import open_engine
 
     cfg, ctx = compose(Path(spec["launch_dir"]), spec["overrides"])
     ids = np.load(spec["ids"])
-    with open_cli_runtime(cfg, ctx) as runtime:
-        return greedy_tokens(runtime, cfg, ids, spec["new_tokens"]).tolist()
+    with open_engine(cfg, ctx) as loaded:
+        engine = loaded.engine(ids.shape[1] + spec["new_tokens"])
+        return greedy_generate(engine, ids, np.ones_like(ids), spec["new_tokens"], loaded.timer).tokens.tolist()
 
 
 def run_worker(spec: dict) -> dict:

@@ -1,17 +1,38 @@
-"""Shared fixtures: run the real CLI in a temporary launch directory and read the real MLflow store."""
+"""Shared fixtures: run the real CLI in a temporary launch directory and read the real MLflow store.
+
+The CLI runs inside the pytest worker (:func:`run_cli_in`) unless the process itself is what a test checks:
+a fresh interpreter per run would cost more than most runs' work. Everything a run could leave behind in
+the worker is put back after it, so each run sees what a fresh ``python -m ascend_lab.run`` would see.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import faulthandler
+import importlib
+import io
+import logging
 import os
+import pkgutil
 import subprocess
 import sys
+import tempfile
+import traceback
+import warnings
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
+
+_subprocess_module = subprocess  # run_cli_in's keyword ``subprocess`` hides the module there
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 FAKES = Path(__file__).resolve().parent / "fakes"
+# The stand-in atc names the .om after the host's arch, as ATC does; tests that spell the name assume x86_64,
+# so the suite reads the same on a Kunpeng (aarch64) host. Tests of the arch itself set it themselves.
+os.environ.setdefault("FAKE_ATC_HOST_ARCH", "x86_64")
 
 
 def load_torch_runtime(cfg=None, device=None, **runtime_keys):
@@ -50,19 +71,302 @@ def stand_in_env(leaks_file: Path | None = None, **extra: str) -> dict[str, str]
     return env
 
 
+def run_cli_in(launch_dir: Path, *overrides: str, timeout: float = 600, env: dict | None = None,
+               path_prepend: list[Path] | None = None, subprocess: bool = False) -> "subprocess.CompletedProcess":
+    """``python -m ascend_lab.run *overrides`` launched from ``launch_dir``: its exit status, stdout and stderr.
+
+    ``env``: the whole environment (default :func:`cli_env`, with ``path_prepend`` first on PATH).
+    ``subprocess=True``, or a launcher other than Hydra's basic one, runs it in a fresh interpreter; otherwise
+    it runs in this process through the same entry point (see :func:`_in_process`)."""
+    env = env or cli_env(path_prepend)
+    if subprocess or _launcher_starts_processes(overrides):
+        return _subprocess_module.run([sys.executable, "-m", "ascend_lab.run", *overrides], cwd=launch_dir,
+                                      capture_output=True, text=True, timeout=timeout, env=env)
+    return _in_process(launch_dir, list(overrides), env, timeout)
+
+
 @pytest.fixture
 def run_cli(tmp_path):
-    """``run_cli(*overrides, cwd=tmp_path, timeout=...)`` → CompletedProcess of the real CLI."""
+    """``run_cli(*overrides, cwd=tmp_path, timeout=..., env=..., path_prepend=..., subprocess=False)`` → the
+    CompletedProcess of the real CLI (:func:`run_cli_in`)."""
 
-    def _run(*overrides: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
-             path_prepend: list[Path] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "ascend_lab.run", *overrides],
-            cwd=cwd or tmp_path, capture_output=True, text=True, timeout=timeout,
-            env=env or cli_env(path_prepend),
-        )
+    def _run(*overrides: str, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+        return run_cli_in(cwd or tmp_path, *overrides, **kwargs)
 
     return _run
+
+
+def _launcher_starts_processes(overrides) -> bool:
+    """Whether a Hydra launcher other than ``basic`` runs the jobs: its workers (joblib's reusable pool,
+    submitit's) live outside this process, so the run must start from a fresh one, as a user's does."""
+    return any(o.startswith("hydra/launcher=") and o.partition("=")[2] != "basic" for o in overrides)
+
+
+def _in_process(launch_dir: Path, argv: list[str], env: dict[str, str], timeout: float):
+    from ascend_lab import run
+
+    _warm_up()
+    with _captured_output() as output, _process_state_restored(launch_dir, env), _package_state_fresh():
+        # A hung run stops the worker with every thread's stack, as the subprocess timeout would stop it.
+        faulthandler.dump_traceback_later(timeout, exit=True, file=output.original_stderr)
+        exit_handlers: list[Callable[[], object]] = []
+        try:
+            with _exit_handlers_collected(exit_handlers):
+                sys.argv = [run.__file__, *argv]
+                returncode = _exit_status(run.main)
+            for handler in reversed(exit_handlers):  # the interpreter's exit, as atexit runs them
+                try:
+                    handler()
+                except BaseException:  # noqa: BLE001 - atexit reports it and keeps the exit status
+                    print(f"Exception ignored in atexit callback {handler!r}:", file=sys.stderr)
+                    traceback.print_exc()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    return subprocess.CompletedProcess([sys.executable, "-m", "ascend_lab.run", *argv], returncode,
+                                       output.stdout, output.stderr)
+
+
+def _exit_status(func: Callable[[], object]) -> int:
+    """What the interpreter would exit with, had ``func`` been its program."""
+    try:
+        func()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException:  # noqa: BLE001 - the interpreter prints any other exception and exits 1
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+_warm = False
+# The package's module globals as a fresh interpreter has them (see _warm_up).
+_fresh_globals: dict[str, dict[str, object]] = {}
+
+
+def _warm_up() -> None:
+    """Import the whole package once and note its module globals as they are on import. Importing everything
+    first means a registry filled at import time is complete in the note."""
+    global _warm
+    if _warm:
+        return
+    import ascend_lab
+    import mlflow  # noqa: F401 - configures its loggers at import, before any run notes the logging state
+
+    for module in pkgutil.walk_packages(ascend_lab.__path__, "ascend_lab."):
+        if not module.name.endswith("__main__"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module.name)
+    _fresh_globals.update(_package_globals())
+    _warm = True
+
+
+def _package_globals() -> dict[str, dict[str, object]]:
+    return {name: {key: _copied(value) for key, value in vars(module).items()}
+            for name, module in list(sys.modules.items()) if name == "ascend_lab" or name.startswith("ascend_lab.")}
+
+
+def _copied(value: object) -> object:
+    return value.copy() if type(value) in (set, dict, list) else value
+
+
+def _set_globals(noted: dict[str, dict[str, object]], private_only: bool = False) -> None:
+    """Give the package's module globals the ``noted`` values; containers are refilled in place, since other
+    modules may hold the same object."""
+    for name, values in noted.items():
+        module = vars(sys.modules.get(name, object()))
+        for key, value in values.items():
+            if private_only and not key.startswith("_"):
+                continue
+            current = module.get(key)
+            if type(value) in (set, dict, list) and type(current) is type(value):
+                if current != value:
+                    current.clear()
+                    current.extend(value) if isinstance(value, list) else current.update(value)
+            elif current is not value:
+                module[key] = value
+
+
+@contextlib.contextmanager
+def _package_state_fresh() -> Iterator[None]:
+    """A run starts with the package's private module state (``_warned`` sets, counters, the active telemetry
+    session) as a fresh interpreter has it, and leaves every module global as it found it, a test's patches
+    included."""
+    before = _package_globals()
+    _set_globals(_fresh_globals, private_only=True)
+    try:
+        yield
+    finally:
+        _set_globals(before)
+
+
+@contextlib.contextmanager
+def _process_state_restored(launch_dir: Path, env: dict[str, str]) -> Iterator[None]:
+    """The run's working directory, environment and ``sys.path`` (its PYTHONPATH first, as the interpreter
+    puts it), with the pyACL simulator imported afresh if it is on that path; afterwards all of it, the
+    logging setup Hydra configures, Hydra's and MLflow's globals, torch's and the package's module
+    state are as before."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from ascend_lab.tracking import SweepCallback
+
+    saved_cwd, saved_env, saved_argv, saved_path = os.getcwd(), dict(os.environ), sys.argv, list(sys.path)
+    saved_stdin, saved_logging, saved_acl = sys.stdin, _logging_state(), _forget_acl()
+    torch = sys.modules.get("torch")
+    saved_torch = (torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state()) if torch else None
+    GlobalHydra.instance().clear()
+    os.chdir(launch_dir)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    importlib.invalidate_caches()
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - closed below
+    try:
+        with warnings.catch_warnings():
+            _fresh_warnings()
+            yield
+    finally:
+        _end_mlflow_runs()
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        SweepCallback.interrupted = False
+        _restore_logging(saved_logging)
+        if saved_torch:
+            torch.set_num_threads(saved_torch[0])
+            torch.set_default_dtype(saved_torch[1])
+            torch.random.set_rng_state(saved_torch[2])
+        _forget_acl()
+        sys.modules.update(saved_acl)
+        sys.stdin.close()
+        sys.stdin, sys.argv, sys.path[:] = saved_stdin, saved_argv, saved_path
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+
+
+def _fresh_warnings() -> None:
+    """Python's default warning filters, and warnings printed on stderr, as in a fresh interpreter (pytest's
+    filters and its recording of warnings stay with the tests)."""
+    warnings.resetwarnings()
+    for action, category in (("ignore", ResourceWarning), ("ignore", ImportWarning),
+                             ("ignore", PendingDeprecationWarning), ("ignore", DeprecationWarning)):
+        warnings.simplefilter(action, category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+    warnings.showwarning = warnings._showwarning_orig
+    warnings._showwarnmsg_impl = lambda msg: (msg.file or sys.stderr).write(warnings._formatwarnmsg(msg))
+
+
+def _forget_acl() -> dict[str, object]:
+    """Drop pyACL (the simulator, or nothing) from ``sys.modules`` so the next ``import acl`` finds it afresh on
+    the path in force; returns what was dropped."""
+    return {name: sys.modules.pop(name) for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]}
+
+
+def _end_mlflow_runs() -> None:
+    """MLflow's fluent active runs and tracking URI do not outlive a process: end and unset them."""
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def _logging_state() -> tuple:
+    loggers = {name: logger for name, logger in logging.Logger.manager.loggerDict.items()
+               if isinstance(logger, logging.Logger)}
+    return (logging.root.level, list(logging.root.handlers),
+            {name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+             for name, logger in loggers.items()})
+
+
+def _restore_logging(saved: tuple) -> None:
+    """Hydra configures the root logger (console and ``<job>.log`` handlers) per job: close what the run added
+    and put back the levels and handlers each logger had. Loggers first created in the run keep their own."""
+    root_level, root_handlers, loggers = saved
+    for handler in logging.root.handlers:
+        if handler not in root_handlers:
+            handler.close()
+    logging.root.handlers[:] = root_handlers
+    logging.root.setLevel(root_level)
+    for name, (level, handlers, propagate, disabled) in loggers.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.disabled = propagate, disabled
+
+
+@contextlib.contextmanager
+def _exit_handlers_collected(handlers: list[Callable[[], object]]) -> Iterator[None]:
+    """``atexit.register`` calls of the package and of the pyACL simulator (a sweep closing its parent run, the
+    simulator's leak report) go to ``handlers``, run when the CLI's program ends; others register as usual."""
+    real_register = atexit.register
+
+    def register(func, *args, **kwargs):
+        module = getattr(func, "__module__", "") or ""
+        if module.startswith("ascend_lab") or module == "acl" or module.startswith("acl."):
+            handlers.append(lambda: func(*args, **kwargs))
+            return func
+        return real_register(func, *args, **kwargs)
+
+    atexit.register = register
+    try:
+        yield
+    finally:
+        atexit.register = real_register
+
+
+class _Output:
+    stdout = stderr = ""
+    original_stderr: io.TextIOBase
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[_Output]:
+    """stdout and stderr of the run, at the file descriptors too (a library's C code, a child process that
+    inherits them), in the order written: each stream is one file opened for appending."""
+    output = _Output()
+    with tempfile.TemporaryDirectory(prefix="cli-output-") as folder:
+        saved_streams, saved_fds, paths = (sys.stdout, sys.stderr), [], []
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            for fd, name, errors in ((1, "stdout", "strict"), (2, "stderr", "backslashreplace")):
+                path = Path(folder) / name
+                target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                saved_fds.append(os.dup(fd))
+                os.dup2(target, fd)
+                os.close(target)
+                paths.append(path)
+                setattr(sys, name, io.TextIOWrapper(io.FileIO(path, "a"), encoding="utf-8", errors=errors,
+                                                    write_through=True))
+            output.original_stderr = os.fdopen(os.dup(saved_fds[1]), "w")
+            yield output
+        finally:
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            for fd, saved in zip((1, 2), saved_fds):
+                os.dup2(saved, fd)
+                os.close(saved)
+            if sys.stdout is not saved_streams[0]:
+                sys.stdout.close()
+            if sys.stderr is not saved_streams[1]:
+                sys.stderr.close()
+            sys.stdout, sys.stderr = saved_streams
+            if hasattr(output, "original_stderr"):
+                output.original_stderr.close()
+            output.stdout, output.stderr = (path.read_text(encoding="utf-8") for path in paths)
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory) -> str:
+    """``export.cache_dir=<folder>`` shared by this worker's CLI tests: the cache is content-addressed, so each
+    graph is exported once per worker, not once per test or module."""
+    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
 
 
 def mlflow_client(launch_dir: Path):
@@ -107,23 +411,31 @@ def compose():
 @pytest.fixture
 def sim(monkeypatch):
     """The pyACL simulator (``tests/fakes/pyacl``) imported as ``acl`` for this test only, with fresh state;
-    after the test, no runtime may still hold ``acl.init`` (every path releases what it took)."""
+    after the test, no runtime may still be a user of pyACL (every path releases what it took; ``acl.init``
+    itself stays for the process's life, ascend_lab.runtimes.acl.pyacl)."""
     from ascend_lab.runtimes.acl import pyacl
 
-    def forget_acl() -> None:
-        for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
-            del sys.modules[name]
-
     monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
-    forget_acl()
+    _forget_acl()
     import acl
 
     acl._sim.reset()
     yield acl
-    forget_acl()
+    _forget_acl()
     users = pyacl._init_users
-    pyacl._init_users, pyacl._init_owned = 0, False  # keep later tests independent of a failure here
+    restart_simulated_process(None)
     assert users == 0, "a runtime was left open"
+
+
+def restart_simulated_process(acl, **reset) -> None:
+    """What a new process would see: the pyACL simulator ``acl`` reset with ``reset`` (e.g. another
+    ``cann_version``; None: leave it) and ascend_lab's per-process ``acl.init`` record forgotten (a fresh
+    simulator is a fresh process as far as pyACL can tell, and the exit hook then does nothing)."""
+    from ascend_lab.runtimes.acl import pyacl
+
+    if acl is not None:
+        acl._sim.reset(**reset)
+    pyacl._init_users, pyacl._init_owned, pyacl._init_module = 0, False, None
 
 
 @pytest.fixture

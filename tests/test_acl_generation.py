@@ -17,7 +17,7 @@ from ascend_lab.config import AppConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
-from conftest import load_torch_runtime, stand_in_env
+from conftest import load_torch_runtime, restart_simulated_process, stand_in_env
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 CHUNKS, CAPACITY = (16, 128), 1024
@@ -102,7 +102,7 @@ def test_a_context_above_256_in_a_few_executions(sim, compiled):
     ids, mask = prompts(3, 4, 300, (0, 40, 7, 100))
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         engine, on_npu = generate(runtime, ids, mask, 12)
-        assert engine.prefill_executions == 5  # padded to 304 = 2 × 128 + 3 × 16, largest first
+        assert engine.prefill_executions == 3  # padded to 384 = 3 × 128 (gc.plan_prefill's cost model)
     with OnnxRuntime(exported.onnx_path, exported.contract) as ort_runtime:
         _, on_ort = generate(ort_runtime, ids, mask, 12)
     np.testing.assert_array_equal(on_npu.tokens, on_ort.tokens)
@@ -114,6 +114,7 @@ def traffic_per_token(sim, runtime, prompt_len: int, new_tokens: int = 8) -> dic
     engine = runtime.engine(prompt_len + new_tokens, CHUNKS, CAPACITY)
     engine.prepare(1, prompt_len, new_tokens)
     engine.prefill(ids, mask)
+    runtime.last_engine = engine
     ours, theirs = runtime.traffic.snapshot(), sim._sim.traffic()
     for _ in range(new_tokens - 1):
         engine.step()
@@ -132,14 +133,15 @@ def traffic_per_token(sim, runtime, prompt_len: int, new_tokens: int = 8) -> dic
 
 def test_traffic_per_token_does_not_grow_with_the_context(sim, compiled):
     """The cache stays in device memory: per token the host sends the token, its position and the slot
-    count, and gets one token id back, at context 64 as at 480 — a few dozen bytes, where copying the
-    cache each step would cost capacity × slot bytes."""
+    count, and gets one token id back, at context 64 as at 496 (padded to 4 × 128 prefill executions) — a
+    few dozen bytes, where copying the cache each step would cost capacity × slot bytes."""
     from ascend_lab.runtimes.acl.runtime import AclRuntime
 
     exported, om = compiled[1]
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         short = traffic_per_token(sim, runtime, 64)
-        long = traffic_per_token(sim, runtime, 480)
+        long = traffic_per_token(sim, runtime, 496)
+        assert runtime.last_engine.prefill_executions == 4
     assert short == long
     assert short["h2d"] == short["sim_h2d"] == 8 + 8 + 8  # token, position, past_length (int64)
     assert short["d2h"] == short["sim_d2h"] == 8  # the next token id
@@ -158,7 +160,7 @@ def test_old_cann_without_bytes_to_ptr_generates_the_same(sim, compiled, monkeyp
     ids, mask = prompts(4, 4, 9, PADS[4])
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         _, modern = generate(runtime, ids, mask, 12)
-    sim._sim.reset(cann_version="5.0.4")
+    restart_simulated_process(sim, cann_version="5.0.4")  # the same host with an old CANN
     assert not hasattr(sim.util, "bytes_to_ptr") and hasattr(sim.util, "numpy_to_ptr")
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         assert not runtime._host.modern
@@ -167,15 +169,47 @@ def test_old_cann_without_bytes_to_ptr_generates_the_same(sim, compiled, monkeyp
     assert sim._sim.leaks() == []
 
 
-def test_output_names_are_normalised_from_op_index_name(sim, compiled):
-    from ascend_lab.runtimes.acl.runtime import AclRuntime, output_name
+def test_output_names_are_matched_by_name_else_in_contract_order(sim, compiled, tmp_path, monkeypatch):
+    """op_name:edge_index:name (any op name, fused PartitionedCall_... included) → matched by name; --out_nodes'
+    op_name:edge_index → the contract's order where the count fits; else an error naming --out_nodes."""
+    import dataclasses
+    import subprocess
 
-    assert output_name("/ArgMax:0:next_token") == "next_token" and output_name("logits") == "logits"
+    from ascend_lab.errors import ToolchainError
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
+    from ascend_lab.runtimes.acl.pyacl import graph_output_names
+
+    assert graph_output_names(["/ArgMax:0:next_token", "logits"], None, "m") == ["next_token", "logits"]
     exported, om = compiled[1]
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
         raw = [sim.mdl.get_output_name_by_index(runtime._desc, i) for i in range(3)]
         assert all(name.count(":") == 2 for name in raw), raw  # what pyACL reports for an ONNX-built model
         assert [s.name for s in runtime.outputs] == ["logits", "next_token", "present_key_values"]
+
+    argv = [a for a in om.argv if not a.startswith("--output=")]
+
+    def recompile(name: str, *extra: str, **env: str) -> Path:
+        out = tmp_path / name
+        subprocess.run([sys.executable, str(FAKES / "bin" / "atc"), *argv[1:], f"--output={out}", *extra],
+                       check=True, capture_output=True, env={**__import__("os").environ, **env})
+        return next(tmp_path.glob(f"{name}*.om"))
+
+    ids, mask = prompts(1, 1, 9)
+    with AclRuntime(om.om_path, contract=exported.contract) as runtime:
+        _, want = generate(runtime, ids, mask, 6)
+    fused = recompile("fused", FAKE_ATC_FUSED_OUTPUTS="1")
+    out_nodes = recompile("outnodes", "--out_nodes=/ArgMax:0")
+    for path in (fused, out_nodes):
+        with AclRuntime(path, contract=exported.contract) as runtime:
+            raw = sim.mdl.get_output_name_by_index(runtime._desc, 0)
+            assert raw.startswith("PartitionedCall_") if path == fused else raw.count(":") == 1, raw
+            assert [s.name for s in runtime.outputs] == ["logits", "next_token", "present_key_values"]
+            _, got = generate(runtime, ids, mask, 6)
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+    wider = dataclasses.replace(exported.contract, layer_outputs=True)  # four outputs expected, three there
+    with pytest.raises(ToolchainError, match=r"carry no name .*--out_nodes.*atc\.extra_args"):
+        AclRuntime(out_nodes, contract=wider)
+    assert sim._sim.leaks() == []
 
 
 def test_a_failing_step_releases_everything(sim, compiled):
@@ -222,7 +256,10 @@ def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
         return [line for line in proc.stdout.splitlines() if line.startswith("generated: ")][0]
 
     on_npu = generated("runtime=acl", env=stand_in_env(tmp_path / "leaks.json"))
-    assert json.loads((tmp_path / "leaks.json").read_text())["leaks"] == []
+    # The default launcher runs the three jobs in one process: one acl.init for all, one finalize at exit.
+    assert not (tmp_path / "torch_npu_imported").exists()
+    report = json.loads((tmp_path / "leaks.json").read_text())
+    assert (report["leaks"], report["inits"], report["finalizes"]) == ([], 1, 1)
     assert on_npu == generated("runtime=onnxruntime", "model.dtype=float16")
     assert on_npu == generated("runtime=onnxruntime")
 
@@ -231,9 +268,14 @@ def test_cli_infer_on_acl_prints_onnxruntimes_text(run_cli, tmp_path):
 def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_runs, tmp_path):
     import json
 
+    # torch_npu "installed" (a stand-in that only records its import): runtime=acl must never import it.
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "torch_npu.py").write_text(f"open({str(tmp_path / 'torch_npu_imported')!r}, 'w').close()\n")
+    env = stand_in_env(tmp_path / "leaks.json")
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{stub}"
     proc = run_cli("-m", "task=bench", "runtime=acl", "benchmark.scenario=generate", "benchmark.batch_size=1,4,8",
-                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0",
-                   env=stand_in_env(tmp_path / "leaks.json"))
+                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, runs = mlflow_runs(tmp_path)
     children = [r for r in runs if r.data.tags.get("sweep") != "parent"]
@@ -241,6 +283,7 @@ def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_
     for run in children:
         m, batch = run.data.metrics, int(run.data.tags["batch_size"])
         assert run.data.tags["runtime"] == "acl" and m["prefill_executions"] == 1
+        assert run.data.tags["device"] == "npu:0" and "pyACL device-to-device" in run.data.tags["roofline.bandwidth"]
         assert m["h2d_bytes_per_token"] == 8 * (2 * batch + 1)  # tokens, positions, the slot count
         assert m["d2h_bytes_per_token"] == 8 * batch  # the next token ids
         assert m["ttft_ms_mean"] > 0 and m["decode_tokens_s"] > 0
@@ -323,3 +366,32 @@ def test_the_shipped_graph_stays_finite_with_padding_in_either_precision(sim, co
                            "past_key_values": np.zeros(exported.contract.cache_shape(CAPACITY, 4), np.float16)})
     assert np.isfinite(out["logits"]).all() and np.isfinite(out["present_key_values"]).all()
     assert sim._sim.leaks() == []
+
+
+def test_rank4_cache_layout_compiles_to_rank4_inputs_and_picks_the_same_tokens(sim, compiled, launch_dir,
+                                                                              monkeypatch):
+    """export.cache_layout=rank4 ([capacity, b, 2·layers, kv_heads·head_dim], for CANN whose --dynamic_dims
+    takes rank <= 4): the .om's cache input has rank 4 and the tokens are the rank-5 graph's; auto picks rank4
+    on CANN 7.0 / 8.0.RC1-RC2 only (ascend_lab.export.cache_layout)."""
+    from ascend_lab.compile import ensure_compiled
+    from ascend_lab.config.export import ExportConfig
+    from ascend_lab.export import cache_layout, ensure_exported
+    from ascend_lab.runtimes.acl.runtime import AclRuntime
+
+    assert cache_layout.resolve("auto", "8.0.RC2")[0] == "rank4" and cache_layout.resolve("auto", "7.0.0")[0] == "rank4"
+    assert cache_layout.resolve("auto", "8.0.RC3")[0] == "rank5" and cache_layout.resolve("auto", None)[0] == "rank5"
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}:{__import__('os').environ['PATH']}")
+    cfg = AppConfig(benchmark=BenchmarkConfig(batch_size=1), export=ExportConfig(cache_layout="rank4"))
+    ctx = context(launch_dir, cfg)
+    exported = ensure_exported(cfg, ctx, dtype=cfg.atc.export_dtype)
+    om = ensure_compiled(cfg, ctx, exported, required=True)
+    dims = exported.contract.dims
+    assert exported.cache_layout == "rank4"
+    assert om.input_shape.endswith(f"past_key_values:1024,1,{2 * dims.num_layers},{dims.num_kv_heads * dims.head_dim}")
+    ids, mask = prompts(5, 1, 20)
+    with AclRuntime(om.om_path, contract=exported.contract) as runtime:
+        _, rank4 = generate(runtime, ids, mask, 10)
+    plain_exported, plain_om = compiled[1]
+    with AclRuntime(plain_om.om_path, contract=plain_exported.contract) as runtime:
+        _, rank5 = generate(runtime, ids, mask, 10)
+    np.testing.assert_array_equal(rank4.tokens, rank5.tokens)

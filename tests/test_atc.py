@@ -8,6 +8,7 @@ task=compile through the real CLI, all recorded in real MLflow stores."""
 from __future__ import annotations
 
 import csv
+import json
 import hashlib
 import io
 import os
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ascend_lab import artifact_cache, cann
+from ascend_lab import artifact_cache
+from ascend_lab.cann import toolkit as cann_toolkit
 from ascend_lab.compile import CompiledModel, OpCheckError, ensure_compiled, opcheck, plan_compile
 from ascend_lab.compile.command import build_atc_command, cache_key
 from ascend_lab.compile.runner import SUCCESS_LINE, AtcError, find_om
@@ -625,6 +627,65 @@ def test_both_toy_contract_graphs_pass_the_op_check(tmp_path):
     assert opcheck.check_graph(hidden_states_onnx(tmp_path / "hs.onnx"), "must_keep_origin_dtype").ok
 
 
+def rms_norm_onnx(path: Path, opset: int) -> Path:
+    """RMSNorm's ReduceMean and an opset-13-form Unsqueeze (axes as an input), at ``opset``."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"], name="/norm/Pow"),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], name="/norm/ReduceMean", axes=[-1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["var"], name="/norm/Add"),
+             helper.make_node("Unsqueeze", ["var", "axes"], ["y"], name="/norm/Unsqueeze")]
+    return _write_onnx(path, [helper.make_tensor_value_info("x", T.FLOAT16, ["batch", 4])],
+                       [helper.make_tensor_value_info("y", T.FLOAT16, [1, "batch", 1])], nodes,
+                       [_const("eps", np.array([1e-6], np.float16)), _const("axes", np.array([0], np.int64))],
+                       opsets=(("", opset),))
+
+
+def test_op_check_reads_the_opsets_atc_parses_each_op_at(tmp_path):
+    """ATC looks ops up as ai.onnx::<opset>::<op>: ReduceMean's page lists v8-v16 (atlasoxol_09_0123), so an
+    opset-17 RMSNorm is refused naming node, op and opset; Unsqueeze's opset-13 form (page v8-v12, plugin
+    13-18: the row's parser_opsets) passes at 14 and 17."""
+    ok = opcheck.check_graph(rms_norm_onnx(tmp_path / "14.onnx", 14), "must_keep_origin_dtype")
+    assert ok.ok and ok.opset == 14
+    refused = opcheck.check_graph(rms_norm_onnx(tmp_path / "17.onnx", 17), "must_keep_origin_dtype")
+    [offender] = refused.offenders
+    assert (offender.node, offender.op, offender.problem, offender.opset) == ("/norm/ReduceMean", "ReduceMean",
+                                                                            "opset", 17)
+    assert ("/norm/ReduceMean (ReduceMean) at opset 17: ATC parses ReduceMean at opsets v8-v16 only "
+            "(https://www.hiascend.com/") in refused.summary()
+    assert refused.fitting_opset() == 16
+    rows = {row["op"]: row for row in refused.histogram_rows()}
+    assert rows["ReduceMean"]["documented_opsets"] == "v8-v16" and rows["ReduceMean"]["graph_opset"] == 17
+    assert rows["Unsqueeze"]["parser_opsets"] == "v8-v18" and rows["Unsqueeze"]["refused_nodes"] == 0
+
+
+def test_the_default_opset_is_one_every_op_of_the_kv_cache_graph_is_parsed_at():
+    table = opcheck.ops_table()
+    opset = ExportConfig().opset
+    for op in ("ReduceMean", "Sub", "Unsqueeze", "Softmax", "MatMul", "Where", "GreaterOrEqual", "ArgMax"):
+        low, high = opcheck.accepted_opsets(table[op])
+        assert low <= opset <= high, op
+    assert opcheck.accepted_opsets(table["Constant"]) is None  # mapped before the versioned lookup
+
+
+def test_opset_refusal_stops_before_atc_and_names_the_fix(tmp_path, job, calls):
+    path = rms_norm_onnx(tmp_path / "n.onnx", 17)
+    exported = ToyExported(path, hashlib.sha256(path.read_bytes()).hexdigest(), "norm")
+    cfg, ctx, finish = job()
+    with pytest.raises(OpCheckError) as info:
+        ensure_compiled(cfg, ctx, exported, required=True)
+    finish("FAILED")
+    assert atc_runs(calls) == 0
+    assert "/norm/ReduceMean (ReduceMean) at opset 17" in str(info.value) and "export.opset=16" in str(info.value)
+    # The stand-in atc has its own registry (tests/fakes/atc_opcheck.py): the same graph is refused there too.
+    cfg, ctx, finish = job("atc.skip_op_check=true")
+    with pytest.raises(AtcError, match="error codes: E19010") as info:
+        ensure_compiled(cfg, ctx, exported, required=True)
+    finish("FAILED")
+    assert "No parser is registered for Op [/norm/ReduceMean, optype [ai.onnx::17::ReduceMean]]" in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # The subprocess path, the op check, the cache and the MLflow record (in-process, real store)
 
@@ -682,7 +743,8 @@ def job(tmp_path, compose, monkeypatch, store):
     from ascend_lab.tracking import open_run
 
     monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
-    for name in ("FAKE_ATC_MODE", "FAKE_ATC_CALLS", "FAKE_ATC_OM_NAME", "FAKE_ATC_DELAY_S", "FAKE_ATC_PIDFILE"):
+    for name in ("FAKE_ATC_MODE", "FAKE_ATC_CALLS", "FAKE_ATC_OM_NAME", "FAKE_ATC_DELAY_S", "FAKE_ATC_PIDFILE",
+                 "TE_PARALLEL_COMPILER", "ASCEND_PROCESS_LOG_PATH", "ASCEND_WORK_PATH"):
         monkeypatch.delenv(name, raising=False)
     opened = []
 
@@ -837,11 +899,45 @@ def test_compile_failures_quote_the_log(tmp_path, job, monkeypatch, mode, expect
     run = finish("FAILED")
     assert "ATC start working now" in str(info.value)  # the tail of the log is quoted
     assert str(ctx.output_dir / "atc.log") in str(info.value)
+    # ATC's own detailed log is in this job's work directory, and the message says where.
+    plog = ctx.output_dir / "atc_work" / "ascend_log" / "debug" / "plog"
+    assert f"ATC's detailed log (plog): {plog}" in str(info.value)
+    if mode == "fail":
+        assert "Injected failure" in next(plog.glob("plog-*.log")).read_text()
     assert "atc.log" in artifacts(run, ctx.tracker.client)
     # Nothing half-made is left to be mistaken for a cached result, and no staging folder stays behind.
     om_dir = tmp_path / "outputs" / "om"
     assert not list(om_dir.rglob("*.om")) and not list(om_dir.rglob("meta.json"))
     assert not [p for p in om_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_each_job_compiles_in_its_own_work_directory(tmp_path, job, monkeypatch):
+    """fusion_result.json and kernel_meta/ land in each job's atc_work, not the launch directory; ATC logs there
+    and gets a bounded TE_PARALLEL_COMPILER unless the user set one; the .om name carries the host's arch."""
+    from ascend_lab.compile import workdir
+
+    monkeypatch.setenv("FAKE_ATC_HOST_ARCH", "aarch64")  # a Kunpeng host
+    first_cfg, first, finish_first = job()
+    compiled = ensure_compiled(first_cfg, first, toy_exported(tmp_path / "a.onnx"), required=True)
+    run = finish_first()
+    assert compiled.om_path.name.endswith("_linux_aarch64.om")
+    monkeypatch.setenv("TE_PARALLEL_COMPILER", "3")
+    second_cfg, second, finish_second = job()
+    ensure_compiled(second_cfg, second, toy_exported(tmp_path / "b.onnx", "kv_cache"), required=True)
+    second_run = finish_second()
+    stamps = [json.loads((c.output_dir / "atc_work" / "fusion_result.json").read_text())["stand_in"]
+              for c in (first, second)]
+    assert stamps[0]["pid"] != stamps[1]["pid"] and (first.output_dir / "atc_work" / "kernel_meta").is_dir()
+    assert not (tmp_path / "fusion_result.json").exists() and not (tmp_path / "kernel_meta").exists()
+    chosen = run.data.tags["atc.env.TE_PARALLEL_COMPILER"]
+    assert stamps[0]["TE_PARALLEL_COMPILER"] == chosen and 1 <= int(chosen) <= 8
+    assert stamps[1]["TE_PARALLEL_COMPILER"] == "3" and "atc.env.TE_PARALLEL_COMPILER" not in second_run.data.tags
+    assert run.data.tags["atc.env.ASCEND_PROCESS_LOG_PATH"] == str(first.output_dir / "atc_work" / "ascend_log")
+    # envref_07_0020: at most cores × 80 % / processors, 1-32, default 8; and one per 2 GB available.
+    assert workdir.parallel_compilers(64, 100.0) == 8 and workdir.parallel_compilers(16, 100.0, 8) == 1
+    assert workdir.parallel_compilers(64, 9.0) == 4 and workdir.parallel_compilers(2, None) == 1
+    assert workdir.plog_dir({"ASCEND_WORK_PATH": "/w", "HOME": "/h"}) == Path("/w/log")
+    assert workdir.plog_dir({"HOME": "/h"}) == Path("/h/ascend/log")
 
 
 def _process_gone(pid: int) -> bool:
@@ -872,17 +968,17 @@ def test_compile_timeout_kills_the_process_group(tmp_path, job, monkeypatch):
 
 
 def test_no_atc_is_explained_or_skipped(tmp_path, job, monkeypatch):
-    if cann.find_set_env() is not None:
+    if cann_toolkit.find_set_env() is not None:
         pytest.skip("a CANN toolkit is installed on this host")
     exported = toy_exported(tmp_path / "hs.onnx")
     cfg, ctx, finish = job()
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    assert cann.find_atc() is None
+    assert cann_toolkit.find_atc() is None
     with pytest.raises(ToolchainError) as info:
         ensure_compiled(cfg, ctx, exported, required=True)
     message = str(info.value)
     assert "CANN toolkit is not installed or its environment is not loaded" in message
-    for location in cann.set_env_locations():
+    for location in cann_toolkit.set_env_locations():
         assert str(location) in message
     assert "/usr/local/Ascend/ascend-toolkit/set_env.sh" in message and "Ascend/cann/set_env.sh" in message
     assert "atc.toolkit_home" in message
@@ -902,10 +998,10 @@ def test_set_env_sh_provides_atc(tmp_path, job, monkeypatch):
     cfg, ctx, finish = job(f"atc.toolkit_home={toolkit}")
     # Only the interpreter's folder (for the stand-in's `env python3`) and the system's: no atc.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")
-    assert cann.locate("atc").path is None
-    located = cann.locate("atc", str(toolkit))
+    assert cann_toolkit.locate("atc").path is None
+    located = cann_toolkit.locate("atc", str(toolkit))
     assert located.set_env == toolkit / "set_env.sh" and located.env is None  # locating runs nothing
-    environment = cann.load_environment("atc", str(toolkit))
+    environment = cann_toolkit.load_environment("atc", str(toolkit))
     assert environment.set_env == toolkit / "set_env.sh" and environment.path == FAKE_BIN / "atc"
     assert environment.env["ASCEND_TOOLKIT_HOME"] == str(toolkit)
     assert "ASCEND_TOOLKIT_HOME" not in os.environ
@@ -920,7 +1016,7 @@ def test_broken_set_env_sh_is_a_clear_error(tmp_path):
     broken = tmp_path / "set_env.sh"
     broken.write_text("echo 'half-installed CANN' >&2\nexit 3\n")
     with pytest.raises(ToolchainError, match=r"`source .*set_env.sh` failed \(exit status 3\)[\s\S]*half-installed"):
-        cann.capture_set_env(broken)
+        cann_toolkit.capture_set_env(broken)
 
 
 def test_dry_run_logs_command_and_environment(tmp_path, job, calls, capsys):
@@ -1094,12 +1190,6 @@ def test_float32_export_passes_under_force_fp16(tmp_path, job, calls, tiny_expor
 # task=compile through the real CLI
 
 
-@pytest.fixture(scope="module")
-def export_cache(tmp_path_factory) -> str:
-    """One export cache for the CLI tests: each graph is exported once, not once per test."""
-    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
-
-
 def kv_shape_of_tiny_qwen(batch: int = 1) -> str:
     slots, kv_heads, head_dim = tiny_dims()
     return (f"input_ids:{batch},-1;position_ids:{batch},-1;past_length:1;pad_lengths:{batch};"
@@ -1219,7 +1309,7 @@ def test_cli_op_check_refuses_int8_graph_before_atc(run_cli, tmp_path, mlflow_ru
 
 @pytest.mark.slow
 def test_cli_compile_without_atc_fails_clearly(run_cli, tmp_path, export_cache):
-    if cann.find_atc() is not None or cann.find_set_env() is not None:
+    if cann_toolkit.find_atc() is not None or cann_toolkit.find_set_env() is not None:
         pytest.skip("a CANN toolkit is installed on this host")
     result = run_cli("task=compile", "tracking=off", export_cache, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -12,17 +12,16 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import all_runs, cli_env, stand_in_env
+from conftest import all_runs, cli_env, run_cli_in, stand_in_env
 
 from ascend_lab import graph_contract as gc
+from ascend_lab.cli import command_line_overrides, override_problem
 from ascend_lab.errors import AscendLabError
 from ascend_lab.provenance import digest_mismatch
-from ascend_lab.run import command_line_overrides, override_problem
 from ascend_lab.writable import folder_problem
 
 FAST = ("benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0")
@@ -34,8 +33,7 @@ def acl_env() -> dict[str, str]:
 
 
 def cli(cwd: Path, *overrides: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ascend_lab.run", *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env or cli_env(), check=False)
+    return run_cli_in(cwd, *overrides, env=env, timeout=timeout)
 
 
 def assert_clear_failure(proc: subprocess.CompletedProcess, *named: str) -> str:

@@ -2,10 +2,9 @@
 
 - :mod:`ascend_lab.bench.roofline`: the bytes-per-step rule on a hand-built graph, the roofline arithmetic,
   a bandwidth measurement on a small array, and that it imports nothing heavy.
-- ``benchmarks/decode_vs_hf.py``: its ratio arithmetic; a ``--tiny`` smoke run where every row runs and
-  the roofline and ratios come out; the runner-overhead part; and — asserted, not assumed — that the
-  CLI's ``task=bench`` and the script's rows build their onnxruntime sessions through the one factory
-  (``open_session``) with the same settings.
+- ``benchmarks/decode_vs_hf.py``: its ratio arithmetic; a ``--tiny`` smoke run where every row runs, each CLI
+  row's figures are its ``task=bench`` job's metrics (roofline included) and the ratios and agreement come out;
+  the runner-overhead part.
 """
 
 from __future__ import annotations
@@ -105,25 +104,29 @@ def test_roofline_arithmetic():
     # The quiet-machine figures of benchmarks/README.md: 32.5 GB/s over 1.976 GB per step.
     assert roofline.roofline_tokens_s(1, 32.5, 1_976_000_000) == pytest.approx(16.447, rel=1e-4)
     assert roofline.roofline_tokens_s(8, 32.5, 1_976_000_000) == pytest.approx(8 * 16.447, rel=1e-4)
-    assert roofline.roofline_fraction(15.63, 1, 32.5, 1_976_000_000) == pytest.approx(0.9503, rel=1e-3)
     with pytest.raises(ValueError):
         roofline.roofline_tokens_s(1, 32.5, 0)
-    # Qwen2.5-0.5B's cache: 24 layers, 2 KV heads of 64; 32 + 63 slots aligned to 96, float32.
+    # Qwen2.5-0.5B's cache: 24 layers, 2 KV heads of 64, float32: a position's keys and values at batch 1.
     from ascend_lab.graph_contract import GraphContract, ModelDims
 
     contract = GraphContract("kv_cache", ModelDims(24, 14, 2, 64, 896, 151936), "float32")
-    assert roofline.kv_cache_bytes_per_step(contract.slot_elements(1), 96, 4) == 96 * 2 * 24 * 2 * 64 * 4
+    position = roofline.cache_position_bytes(contract, 1)
+    assert position == 2 * 24 * 2 * 64 * 4 and roofline.cache_position_bytes(contract, 8) == 8 * position
+    # Prompt 32, 64 new tokens: the 63 decode steps attend to 33 … 95 positions, 64 on average.
+    assert roofline.decode_step_bytes(1_976_000_000, position, 32, 64) == 1_976_000_000 + 64 * position
+    with pytest.raises(ValueError):
+        roofline.decode_step_bytes(1, position, 32, 1)  # no decode step
 
 
 def test_bandwidth_of_a_small_array_is_a_positive_figure():
     bw = roofline.measure_read_bandwidth(gb=0.004, repeats=2, threads=2)
-    assert bw.read_gb_s > 0 and bw.copy_rw_gb_s > 0
+    assert bw.gb_s > 0 and bw.copy_rw_gb_s > 0 and bw.counts == "read" and bw.metric == "roofline_read_gb_s"
     assert set(bw.by_kernel) == {"sum_1t", "sum_2t", "max_1t", "max_2t", "gemv_blas"}
-    assert bw.read_gb_s == max(bw.by_kernel.values())
+    assert bw.gb_s == max(bw.by_kernel.values())
     assert bw.array_gb == pytest.approx(0.004, rel=1e-6) and bw.threads == 2 and bw.repeats == 2
     assert not bw.fits_roofline  # a few MB measure the caches, not memory
     flat = bw.as_dict()
-    assert flat["read_gb_s"] == bw.read_gb_s and flat["read_gb_s_max_2t"] == bw.by_kernel["max_2t"]
+    assert flat["read_gb_s"] == bw.gb_s and flat["read_gb_s_max_2t"] == bw.by_kernel["max_2t"]
     assert "GB/s" in bw.describe()
     with pytest.raises(ValueError):
         roofline.measure_read_bandwidth(gb=0)
@@ -144,60 +147,54 @@ def test_roofline_imports_nothing_heavy():
 def test_script_ratios_and_targets():
     script = load_script()
 
-    def fig(row, batch, tok_s, step_bytes=1_976_000_000, read_gb_s=32.5, round_index=0):
-        return script.Figure(row, batch, ttft_ms=1.0, tpot_ms=1.0, decode_tokens_s=tok_s, step_bytes=step_bytes,
-                             reps=3, read_gb_s=read_gb_s, round_index=round_index)
+    def fig(row, batch, tok_s, roofline_tokens_s=16.447, round_index=0):
+        return script.Figure(row, batch, ttft_ms=1.0, tpot_ms=1.0, decode_tokens_s=tok_s,
+                             roofline_tokens_s=roofline_tokens_s, gb_s=32.5, step_bytes=1.976e9, reps=3,
+                             round_index=round_index)
 
-    figures = [fig("hf", 1, 11.5), fig("hf", 8, 50.0), fig("ort", 1, 15.0), fig("ort", 8, 80.0),
-               fig("ort_int8_dynamic", 1, 33.0, 496_000_000)]
-    agree = {"ort_int8_dynamic vs ort fp32": {"agreement": 0.5}, "ort vs hf": {"agreement": 1.0}}
+    figures = [fig("hf", 1, 11.5), fig("hf", 8, 50.0, None), fig("ort", 1, 15.0), fig("ort", 8, 80.0),
+               fig("ort_int8", 1, 33.0)]
+    agree = {"ort_int8": {"tf_top1_agreement_mean": 0.5}, "ort": {"tf_top1_agreement_mean": 1.0}}
     ratios = script.compute_ratios(figures, agree)
     assert list(ratios)[:4] == ["ort_roofline_fraction", "ort_vs_hf", "hf_roofline_fraction", "ort_b8_vs_b1"]
-    assert ratios["ort_roofline_fraction"] == pytest.approx(15.0 / (32.5e9 / 1.976e9))
-    assert ratios["hf_roofline_fraction"] == pytest.approx(11.5 / (32.5e9 / 1.976e9))
+    assert ratios["ort_roofline_fraction"] == pytest.approx(15.0 / 16.447)
+    assert ratios["hf_roofline_fraction"] == pytest.approx(11.5 / 16.447)
     assert ratios["ort_vs_hf"] == pytest.approx(15.0 / 11.5)
     assert ratios["ort_b8_vs_b1"] == pytest.approx(80.0 / 15.0)
     assert ratios["b8_vs_b1.hf"] == pytest.approx(50.0 / 11.5)
-    assert ratios["int8_vs_hf.ort_int8_dynamic"] == pytest.approx(33.0 / 11.5)
-    assert ratios["int8_agreement.ort_int8_dynamic"] == 0.5
+    assert ratios["int8_vs_hf"] == pytest.approx(33.0 / 11.5)
+    assert ratios["int8_agreement"] == 0.5
     assert script.TARGETS["ort_roofline_fraction"] == ("≥", 0.90)
-    assert script.target_for("int8_vs_hf.ort_int8_dynamic") == ("≥", 3.0)
+    assert script.target_for("int8_vs_hf") == ("≥", 3.0)
     assert script.target_for("ort_vs_hf") is None  # reported, no target (HF is near the roofline itself)
     assert script.meets(0.91, ("≥", 0.9)) and not script.meets(0.89, ("≥", 0.9))
     assert script.meets(1.0, ("≤", 1.15)) and not script.meets(2.0, ("<", 2.0))
 
-    # Rounds: each figure is judged against its own bandwidth, and the median round is the one that counts
-    # (here the round at 14 tok/s with 30 GB/s: fractions 0.80, 0.92 and 0.97 → 0.92), for every ratio.
-    rounds = [fig("ort", 1, 13.0, read_gb_s=32.5), fig("ort", 1, 14.0, read_gb_s=30.0, round_index=1),
-              fig("ort", 1, 16.0, read_gb_s=32.5, round_index=2), fig("ort", 8, 80.0)]
+    # Rounds: each figure is judged against its own job's roofline, and the median round is the one that counts
+    # (fractions 0.80, 0.92 and 0.97 → the round at 14 tok/s), for every ratio.
+    rounds = [fig("ort", 1, 13.0, 16.25), fig("ort", 1, 14.0, 15.2, round_index=1),
+              fig("ort", 1, 16.0, 16.5, round_index=2), fig("ort", 8, 80.0)]
     ratios = script.compute_ratios(rounds)
-    assert ratios["ort_roofline_fraction"] == pytest.approx(14.0 / (30.0e9 / 1.976e9))
+    assert ratios["ort_roofline_fraction"] == pytest.approx(14.0 / 15.2)
     assert ratios["ort_b8_vs_b1"] == pytest.approx(80.0 / 14.0)
     assert script.representatives(rounds)[("ort", 1)].round_index == 1
-
-
-def test_bandwidth_trail_judges_a_job_by_the_readings_around_it():
-    script = load_script()
-    readings = iter([20.0, 30.0, 25.0])
-
-    def measure():
-        return roofline.Bandwidth(read_gb_s=next(readings), by_kernel={}, copy_rw_gb_s=0.0, array_gb=2.0,
-                                  threads=2, repeats=1)
-
-    trail = script.BandwidthTrail(2.0, lambda gb: measure())
-    assert trail.around(lambda: "first") == ("first", 30.0)  # read 20 before, 30 after: the higher
-    assert trail.around(lambda: "second") == ("second", 30.0)  # 30 before, 25 after
-    assert [b.read_gb_s for b in trail.readings] == [20.0, 30.0, 25.0]
-    assert "3 readings, 20.0–30.0 GB/s" in trail.describe()
+    # A job's figures are its task=bench metrics, the roofline's included.
+    metrics = {"ttft_ms_p50": 2.0, "tpot_ms_p50": 3.0, "decode_tokens_s": 9.0, "iterations": 3.0,
+               "roofline_tokens_s": 18.0, "roofline_copy_gb_s": 30.0, "roofline_step_bytes": 5.0}
+    figure = script.Figure.of("ort", 1, metrics)
+    assert figure.roofline_fraction() == 0.5 and figure.gb_s == 30.0 and figure.step_bytes == 5.0
 
 
 def test_script_ort_row_is_the_issue_command(tmp_path):
     script = load_script()
     args = script.parse_args(["--launch-dir", str(tmp_path), "--batches", "8"])
-    words = script.bench_overrides(args, "onnxruntime", 8)
+    words = script.bench_overrides(args, "ort", 8, job=3)
     for word in ("task=bench", "model=qwen2_5_0_5b_instruct", "model.weights=random", "runtime=onnxruntime",
                  "benchmark.scenario=generate", "benchmark.batch_size=8"):
         assert word in words
+    # Every job measures its own bandwidth: a folder of its own.
+    assert f"telemetry.bandwidth_cache_dir={args.bandwidth_dir / 'job3'}" in words
+    assert "export.quantize=int8" in script.bench_overrides(args, "ort_int8", 1)
     with pytest.raises(SystemExit):
         script.parse_args(["--bandwidth-gb", "0.5"])  # a roofline needs an array larger than the caches
     with pytest.raises(SystemExit):
@@ -222,28 +219,24 @@ def _run_script(launch: Path, *argv: str, timeout: float = 600) -> subprocess.Co
 
 @pytest.mark.slow
 def test_decode_vs_hf_smoke(launch):
-    """--tiny --quick: every row runs, and the roofline, ratios and agreement come out."""
+    """--tiny --quick: every row runs, each CLI row's figures are its task=bench job's metrics (roofline
+    included), and the ratios and agreement come out."""
     out = launch / "smoke.json"
-    done = _run_script(launch, "--quick", "--batches", "1,8", "--agreement-prompts", "3", "--agreement-tokens", "6",
-                       "--rounds", "2", "--json", str(out))
+    done = _run_script(launch, "--quick", "--batches", "1,8", "--agreement-tokens", "6", "--rounds", "2",
+                       "--json", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
     rows = {(f["row"], f["batch"]) for f in results["figures"]}
-    names = ["hf", "ort", "torch", "ort_plain", "ort_int8_matmul_nbits", "ort_int8_dynamic"]
-    assert rows == {(r, b) for r in names for b in (1, 8)}
-    # The headline job ran twice (--rounds 2), each figure with the higher bandwidth reading around its job.
+    assert rows == {(r, b) for r in ("hf", "ort", "torch", "ort_plain", "ort_int8") for b in (1, 8)}
+    # The headline job ran twice (--rounds 2).
     assert sum((f["row"], f["batch"]) == ("ort", 1) for f in results["figures"]) == 2
-    readings = [b["read_gb_s"] for b in results["bandwidth_readings"]]
-    # One at the start, then one after each job: a job per figure, but hf times its two batches in one job.
-    assert len(readings) == 1 + len(results["figures"]) - 1
-    assert all(f["read_gb_s"] in readings for f in results["figures"])
-    assert all(f["decode_tokens_s"] > 0 and f["step_bytes"] > 0 and f["tpot_ms"] > 0 for f in results["figures"])
-    assert results["bandwidth"]["read_gb_s"] > 0 and results["bandwidth"]["bandwidth_array_gb"] >= 1
+    assert all(f["decode_tokens_s"] > 0 and f["step_bytes"] > 0 and f["tpot_ms"] > 0 and f["gb_s"] > 0
+               for f in results["figures"])
     ratios = results["ratios"]
-    for key in ("ort_roofline_fraction", "ort_vs_hf", "hf_roofline_fraction", "ort_b8_vs_b1",
-                "int8_vs_hf.ort_int8_dynamic", "int8_agreement.ort_int8_matmul_nbits"):
+    for key in ("ort_roofline_fraction", "ort_vs_hf", "hf_roofline_fraction", "ort_b8_vs_b1", "int8_vs_hf",
+                "int8_agreement"):
         assert key in ratios and ratios[key] > 0, key
-    # The ort row is the CLI's task=bench job: its figures are that job's metrics.
+    # The CLI rows are task=bench jobs: their figures are those jobs' metrics, the roofline's included.
     ort_runs = results["cli_runs"]["ort"]
     assert [r["batch"] for r in ort_runs] == [1, 1, 8]
     ort_figures = [f for f in results["figures"] if f["row"] == "ort"]
@@ -252,21 +245,26 @@ def test_decode_vs_hf_smoke(launch):
         assert run["tags"]["runtime"] == "onnxruntime" and run["tags"]["engine"] == "CacheEngine"
         assert run["tags"]["onnx_sha256"] == results["onnx_sha256"]
         assert figure["decode_tokens_s"] == run["metrics"]["decode_tokens_s"]
+        assert figure["roofline_tokens_s"] == run["metrics"]["roofline_tokens_s"]
+        # The weights and the KV cache: more than the weights alone.
+        assert run["metrics"]["roofline_step_bytes"] > run["metrics"]["roofline_weight_bytes"]
         # The CLI's default: the transformer-optimised graph, derived from the export.
         assert run["tags"]["onnx_optimized_path"].endswith("~ortopt/model.onnx")
+    # Each job measured its own bandwidth (a folder of its own).
+    assert len({r["tags"]["roofline.bandwidth"].rsplit(": ", 1)[1] for r in ort_runs}) == 3
     # ort_plain is the same job with runtime.transformer_optimize=false: the export as it is.
     for run in results["cli_runs"]["ort_plain"]:
         assert "runtime.transformer_optimize=false" in run["command"].split()
         assert run["tags"]["onnx_sha256"] == results["onnx_sha256"] and "onnx_optimized_path" not in run["tags"]
     assert results["cli_runs"]["torch"][0]["tags"]["runtime"] == "torch"
+    assert "export.quantize=int8" in results["cli_runs"]["ort_int8"][0]["command"].split()
     agree = results["agreement"]
-    assert {"ort vs hf", "torch vs hf", "ort_plain vs hf", "ort_int8_dynamic vs ort fp32"} <= set(agree)
-    assert agree["ort_int8_dynamic vs ort fp32"]["rows"] == 3
-    assert all(0 <= v["agreement"] <= 1 for v in agree.values())
-    # The exported graph (on onnxruntime and torch) decodes HF's greedy tokens exactly.
-    assert all(agree[f"{row} vs hf"]["agreement"] == 1.0 for row in ("ort", "ort_plain", "torch"))
+    assert set(agree) == {"ort", "ort_plain", "ort_int8"}
+    assert all(0 <= v["tf_top1_agreement_mean"] <= 1 for v in agree.values())
+    # The exported graph on onnxruntime decodes the PyTorch model's greedy tokens exactly.
+    assert agree["ort"]["tf_top1_agreement_mean"] == agree["ort_plain"]["tf_top1_agreement_mean"] == 1.0
     assert results["overhead"] is None  # --quick skips it
-    for text in ("% roofline", "read bandwidth", "ort_roofline_fraction", "ort row = python -m ascend_lab.run"):
+    for text in ("% roofline", "ort_roofline_fraction", "ort row = python -m ascend_lab.run", "agreement"):
         assert text in done.stdout, text
 
 
@@ -283,96 +281,6 @@ def test_decode_vs_hf_runner_overhead(launch):
     assert overhead["help_seconds"] > 0 and "task=bench" in overhead["sweep_command"]
     assert results["ratios"]["runner_overhead"] == overhead["runner_overhead"]
     assert "runner overhead" in done.stdout
-
-
-@pytest.mark.slow
-def test_cli_bench_and_benchmark_script_build_sessions_through_the_same_function(launch, monkeypatch, compose):
-    """The CLI bench and the benchmark script build their sessions through the same function, with the same
-    settings: every ``InferenceSession`` either makes comes from ``open_session``, whose ``session_options``
-    are identical for both (threads, execution mode, spinning, optimisation level)."""
-    import onnxruntime as ort
-
-    import ascend_lab.runtimes.onnxruntime.runtime as ortrt
-    from ascend_lab.export import ensure_exported
-    from ascend_lab.export.optimize import int8_graph
-    from ascend_lab.run import run_job
-
-    script = load_script()
-    monkeypatch.chdir(launch)
-    args = script.parse_args(["--tiny", "--quick", "--no-track", "--launch-dir", str(launch)])
-    overrides = script.bench_overrides(args, "onnxruntime", 1)
-    # Export and derive outside the spies: the export's parity check opens its own single-thread session.
-    cfg, ctx = script.compose(launch, overrides)
-    exported = ensure_exported(cfg, ctx)
-    derived = int8_graph(exported, "dynamic")
-
-    real_open, real_options, real_session = ortrt.open_session, ortrt.session_options, ort.InferenceSession
-    state = {"route": None, "inside": False}
-    calls: list[dict] = []
-    stray: list[tuple] = []
-
-    def spy_open(*a, **k):
-        calls.append({"route": state["route"], "args": a, "kwargs": k, "options": [], "sessions": 0})
-        state["inside"] = True
-        try:
-            return real_open(*a, **k)
-        finally:
-            state["inside"] = False
-
-    def spy_options(*a, **k):
-        options = real_options(*a, **k)
-        calls[-1]["options"].append({
-            "intra_op_threads": options.intra_op_num_threads, "inter_op_threads": options.inter_op_num_threads,
-            "execution_mode": str(options.execution_mode),
-            "graph_optimization_level": str(options.graph_optimization_level),
-            "spinning": options.get_session_config_entry("session.intra_op.allow_spinning")})
-        return options
-
-    def spy_session(*a, **k):
-        if state["inside"]:
-            calls[-1]["sessions"] += 1
-        else:
-            stray.append((state["route"], a[:1]))
-        return real_session(*a, **k)
-
-    monkeypatch.setattr(ortrt, "open_session", spy_open)
-    monkeypatch.setattr(ortrt, "session_options", spy_options)
-    monkeypatch.setattr(ort, "InferenceSession", spy_session)
-
-    # 1. The CLI: `python -m ascend_lab.run <overrides> tracking=off`, run_job as its Hydra main calls it.
-    state["route"] = "cli task=bench"
-    assert run_job(compose(*overrides, "tracking=off")).metrics["decode_tokens_s"] > 0
-    # 2. The script's ort row (one batch of it).
-    state["route"] = "script ort row"
-    assert script.run_cli_bench(launch, overrides).metrics["decode_tokens_s"] > 0
-    # 3. The script's derived-graph rows (ort_int8_*), and its agreement runtime.
-    state["route"] = "script derived-graph row"
-    cfg, ctx = script.compose(launch, overrides)
-    with script.open_graph(cfg, ctx, exported, derived) as runtime:
-        assert script.time_generate(runtime, cfg, ctx, 1)["decode_tokens_s"] > 0
-    state["route"] = "script agreement runtime"
-    with script.open_cli_runtime(cfg, ctx) as runtime:
-        assert script.greedy_tokens(runtime, cfg, np.ones((1, 4), dtype=np.int64), 2).shape == (1, 2)
-
-    assert not stray, f"sessions made without open_session: {stray}"
-    routes = ["cli task=bench", "script ort row", "script derived-graph row", "script agreement runtime"]
-    assert sorted({c["route"] for c in calls}) == sorted(routes)
-    for call in calls:
-        assert call["sessions"] == 1 and len(call["options"]) == 1, call
-    settings = {(c["route"], json.dumps(c["options"][0], sort_keys=True)) for c in calls}
-    assert len({s for _, s in settings}) == 1, f"the routes' session options differ: {sorted(settings)}"
-    # open_session's own arguments (device, threads, optimisation level) are the same too; only the file differs.
-    arguments = {(c["args"][1:6], tuple(sorted((k, v) for k, v in c["kwargs"].items() if k != "notes")))
-                 for c in calls}
-    assert len(arguments) == 1, arguments
-    # …and they are the factory's documented defaults.
-    options = calls[0]["options"][0]
-    assert options["intra_op_threads"] == ortrt.physical_cores() and options["inter_op_threads"] == 1
-    assert options["execution_mode"].endswith("ORT_SEQUENTIAL") and options["spinning"] == "1"
-    assert options["graph_optimization_level"].endswith("ORT_ENABLE_ALL")
-    optimized = script.cli_plan(cfg, ctx).onnx_path  # what the CLI loads by default
-    assert optimized != exported.onnx_path
-    assert {str(c["args"][0]) for c in calls} == {str(optimized), str(derived)}
 
 
 # ------------------------------------------------------------------------------------------------

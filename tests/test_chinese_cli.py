@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from ascend_lab.run import hydra_quoted, override_problem, parse_override, quote_for_hydra
+from ascend_lab.cli import hydra_quoted, override_problem, parse_override, quote_for_hydra
 
 PROMPT = "你好,昇腾!"
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
+import types
 
 import pytest
 from conftest import cli_env
 
 from ascend_lab.config import Task
-from ascend_lab.run import unread_group_overrides
+from ascend_lab.run import TASK_MODULES, unread_group_overrides
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 NO_NPU = "device=npu: torch_npu is not installed here"
@@ -25,7 +25,7 @@ BAD_INPUTS = [
     ("benchmark.batch_size=-1", "benchmark.batch_size"),
     ("atc.soc_version=Ascend910X", "Ascend910B3"),
     ("device=tpu", "Available options in 'device'"),
-    ("task=trian", "expected one of [doctor, mnist, export, compile, infer, bench, accuracy, pipeline]"),
+    ("task=trian", "expected one of [doctor, mnist, export, compile, infer, bench, accuracy, pipeline, serve, loadtest]"),
     ("tracking.uri=notauri", "tracking.uri"),
 ]
 
@@ -60,22 +60,12 @@ def test_hydra_full_error_still_gives_the_traceback_of_a_user_error(run_cli):
     assert "Traceback" in result.stderr and NO_NPU in result.stderr
 
 
-# A task module whose run() crashes: a genuine bug, not a user error, through the real entry point.
-CRASHING_CLI = """
-import sys, types
-import ascend_lab.run as run
-from ascend_lab.config import Task
-sys.modules["crashing_task"] = types.SimpleNamespace(run=lambda cfg, ctx: 1 / 0)
-run.TASK_MODULES[Task.doctor] = "crashing_task"
-run.main()
-"""
-
-
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
-def test_a_crash_keeps_hydras_report(tmp_path, multirun):
-    argv = ["-m"] * multirun + ["task=doctor", "tracking=off"]
-    result = subprocess.run([sys.executable, "-c", CRASHING_CLI, *argv], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env=cli_env())
+def test_a_crash_keeps_hydras_report(run_cli, monkeypatch, multirun):
+    # A task module whose run() crashes: a genuine bug, not a user error, through the real entry point.
+    monkeypatch.setitem(sys.modules, "crashing_task", types.SimpleNamespace(run=lambda cfg, ctx: 1 / 0))
+    monkeypatch.setitem(TASK_MODULES, Task.doctor, "crashing_task")
+    result = run_cli(*["-m"] * multirun, "task=doctor", "tracking=off", timeout=120)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
     assert HYDRA_HINT in result.stderr
@@ -178,3 +168,20 @@ def test_failed_job_gives_failed_child_and_terminated_parent(run_cli, tmp_path, 
     assert "device=cuda is not usable here" in children["cuda"].data.tags["error"]
     assert parent.info.status == "FAILED"
     assert parent.data.tags["jobs_failed"] == "1"
+
+
+def test_an_in_process_run_prints_and_exits_as_a_fresh_process(run_cli, tmp_path):
+    """The other CLI tests run the CLI inside pytest (tests/conftest.py): a sweep with a failed job (Hydra's
+    logging, the user error's exit, the parent closed at exit) gives the same status and output as
+    ``python -m ascend_lab.run``, run ids, paths and figures aside."""
+    argv = ("-m", "task=doctor", "device=cpu,cuda", "doctor.matmul_size=64", "doctor.repeats=1")
+
+    def masked(text: str) -> list[str]:
+        return [" ".join(re.sub(r"[0-9a-f]{32}|/tmp/\S+|[\d.]+", "#", line).split()) for line in text.splitlines()]
+
+    (tmp_path / "fresh").mkdir(), (tmp_path / "in_process").mkdir()
+    fresh = run_cli(*argv, cwd=tmp_path / "fresh", subprocess=True)
+    in_process = run_cli(*argv, cwd=tmp_path / "in_process")
+    assert in_process.returncode == fresh.returncode == 1
+    assert masked(in_process.stdout) == masked(fresh.stdout) and "Sweep recorded as MLflow run" in fresh.stdout
+    assert masked(in_process.stderr) == masked(fresh.stderr)

@@ -26,7 +26,7 @@ def test_defaults_compose_and_validate(compose):
     assert app.task is Task.pipeline
     assert app.device.name == "auto"
     assert app.model.name == "tiny_qwen" and app.model.weights == "random"
-    assert app.export.opset == 17 and app.export.do_constant_folding is False
+    assert app.export.opset == 14 and app.export.do_constant_folding is False
     assert app.atc.input_format == "ND"
     assert app.benchmark.batch_sizes == [1, 4, 8]
     assert app.tracking.uri == "sqlite:///outputs/mlflow.db"

@@ -76,12 +76,21 @@ def test_io_names_follow_the_contract():
     assert gc.GraphContract("hidden_states", dims, "float32").output_names() == ["hidden_states"]
 
 
-def test_prefill_plan_pads_to_whole_chunks_and_feeds_largest_first():
-    assert gc.plan_prefill(512, [16, 128]).chunks == (128, 128, 128, 128)
+def test_prefill_plan_takes_the_fewest_executions_the_gears_allow():
+    """One execution reads every weight once (gc.prefill_cost): padding to fewer, larger chunks wins over
+    more, smaller ones; among equal counts the least padding; largest chunks first."""
+    want = {16: (16,), 17: (128,), 128: (128,), 129: (128, 16), 496: (128,) * 4, 1000: (128,) * 8,
+            512: (128,) * 4, 5: (16,)}
+    for prompt_len, chunks in want.items():
+        assert gc.plan_prefill(prompt_len, [16, 128]).chunks == chunks, prompt_len
     plan = gc.plan_prefill(14, [16, 128])
     assert plan.chunks == (16,) and plan.extra_pad == 2 and plan.padded_len == 16
-    assert gc.plan_prefill(150, [16, 128]).chunks == (128, 16, 16)  # 160 = 128 + 2 × 16
+    assert len(gc.plan_prefill(496, [16, 128]).chunks) == 4  # was 3 × 128 + 7 × 16 = 10
+    # Padding is bounded by the cache slots left for the prompt: 1000 tokens in 1010 slots → 1008.
+    bounded = gc.plan_prefill(1000, [16, 128], max_padded=1010)
+    assert bounded.padded_len == 1008 and bounded.chunks == (128,) * 7 + (16,) * 7
     assert gc.plan_prefill(5, [1]).chunks == (1,) * 5
+    assert gc.prefill_cost((128,) * 4) < gc.prefill_cost((128,) * 3 + (16,) * 7)
     mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert gc.left_pad_lengths(mask).tolist() == [2, 0]
     np.testing.assert_array_equal(gc.positions(1, 3, np.array([2, 0])), [[0, 0, 1], [1, 2, 3]])
@@ -118,7 +127,7 @@ def test_each_graph_exports_checks_and_matches_torch(exports, graph):
     model = onnx.load(str(exported.onnx_path))
     assert [v.name for v in model.graph.input] == exported.input_names
     assert [v.name for v in model.graph.output] == exported.output_names
-    assert model.opset_import[0].version == 17
+    assert model.opset_import[0].version == ExportConfig().opset == 14
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
     assert dims["input_ids"] == ["batch", "seq"]
     assert tracker.metrics["parity_max_abs_diff"] < 1e-3
@@ -368,3 +377,25 @@ def test_parallel_jobs_export_once(tmp_path, mlflow_runs):
     assert len({r.data.tags["onnx_sha256"] for r in runs}) == 1
     cache_dir = tmp_path / "outputs" / "export_cache"
     assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 1
+
+
+def test_float16_export_runs_attention_softmax_in_float32(tmp_path):
+    """The attention softmax computes in float32 inside the float16 graph, as transformers' Qwen2 does: the
+    Cast to float32 comes before every Softmax and the Cast back to float16 after it (softmax(dtype=float32)
+    exports as Softmax → Cast, a float16 softmax)."""
+    fp16, _ = export(tmp_path, model=ModelConfig(dtype="float16"), graph="kv_cache")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16.onnx_path)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    softmaxes = [node for node in model.graph.node if node.op_type == "Softmax"]
+    assert len(softmaxes) == fp16.contract.dims.num_layers
+    for node in softmaxes:
+        assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+        cast_in = producers[node.input[0]]
+        assert cast_in.op_type == "Cast" and types[cast_in.input[0]] == onnx.TensorProto.FLOAT16
+        [cast_out] = consumers[node.output[0]]
+        assert cast_out.op_type == "Cast" and cast_out.attribute[0].i == onnx.TensorProto.FLOAT16

@@ -211,17 +211,63 @@ def test_shape_arithmetic_is_folded_at_static_shapes_but_not_with_shape_ranges(t
 
 
 def test_documented_quirks_that_are_not_enforced(tmp_path):
-    """Reshape's float data (the 80RC3+ pages drop 'float', the 601 page lists it) and opsets newer than a
-    page lists (Unsqueeze with an axes input, opset 13+; the page stops at v12) both compile."""
+    """Reshape's float data (the 80RC3+ pages drop 'float', the 601 page lists it) compiles, and so does the
+    opset-13 form of Unsqueeze (axes as an input) at opsets 13 and 17: the page stops at v12, but the
+    ops-math plugin registers ai.onnx::13..18::Unsqueeze (atc_opcheck.REGISTERED_BEYOND_PAGE)."""
     from onnx import TensorProto as T
     from onnx import helper
 
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
              helper.make_node("Unsqueeze", ["r", "axes"], ["y"])]
-    model = save(tmp_path / "m.onnx", nodes, [tensor("x", T.FLOAT, [2, 4])], [tensor("y", T.FLOAT, [1, 8])],
-                 [const("shape", np.array([8], np.int64)), const("axes", np.array([0], np.int64))])
-    result = run_atc(*compile_args(model, tmp_path / "out", "x:2,4", "--precision_mode=must_keep_origin_dtype"))
-    assert result.returncode == 0, result.stdout
+    for opset in (13, 17):
+        model = save(tmp_path / f"m{opset}.onnx", nodes, [tensor("x", T.FLOAT, [2, 4])],
+                     [tensor("y", T.FLOAT, [1, 8])],
+                     [const("shape", np.array([8], np.int64)), const("axes", np.array([0], np.int64))],
+                     opsets=(("", opset),))
+        result = run_atc(*compile_args(model, tmp_path / f"out{opset}", "x:2,4",
+                                       "--precision_mode=must_keep_origin_dtype"))
+        assert result.returncode == 0, result.stdout
+
+
+def test_an_op_at_an_opset_its_page_does_not_list_has_no_parser(tmp_path):
+    """ATC's parser registry is keyed ai.onnx::<opset>::<op> with no fallback (Ascend/parser onnx_parser.cc
+    ConstructOriType): ReduceMean's page lists v8-v16, so at opset 17 every RMSNorm gets E19010."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["y"], name="/norm/ReduceMean", axes=[-1], keepdims=1)]
+    for opset, refused in ((14, False), (16, False), (17, True)):
+        model = save(tmp_path / f"r{opset}.onnx", nodes, [tensor("x", T.FLOAT16, [2, 4])],
+                     [tensor("y", T.FLOAT16, [2, 1])], opsets=(("", opset),))
+        result = run_atc(*compile_args(model, tmp_path / f"out{opset}", "x:2,4"))
+        if not refused:
+            assert result.returncode == 0, result.stdout
+            continue
+        lines = assert_refused(result, "E19010", tmp_path / "none")
+        assert "E19010: No parser is registered for Op [/norm/ReduceMean, optype [ai.onnx::17::ReduceMean]]." in lines
+        assert "[stand-in] no row" not in "\n".join(lines)  # the op has a row; the opset is what is missing
+
+
+def test_the_stand_in_registry_and_the_project_table_agree_on_opsets():
+    """The stand-in's opsets come from the pages' wording plus the parser sources it cites; the project's
+    table (ascend_lab/compile/atc_onnx_ops.json) was written separately. Where both list an op they accept the
+    same opsets 8-18. Where the pages of two releases differ, the stand-in follows the current pages: e.g.
+    Unsqueeze's canncommercial/700 page listed v14-v18 (not v13), the current ones stop at v12; ATC's plugin
+    source (13-18) decides, and both tables carry it."""
+    import atc_opcheck
+
+    ours = atc_opcheck.load_table()
+    project = json.loads((FAKES.parent.parent / "ascend_lab" / "compile" / "atc_onnx_ops.json").read_text())["ops"]
+    for op in sorted(set(ours) & set(project)):
+        row = project[op]
+        text = row.get("parser_opsets") or row["opsets"]
+        if text == "any":
+            expected = set(range(8, 19))
+        else:
+            low, high = (int(v.lstrip("v")) for v in text.split("-"))
+            expected = set(range(low, high + 1))
+        stand_in = {v for v in range(8, 19) if atc_opcheck.registered(op, v, ours)}
+        assert stand_in == expected, op
 
 
 def test_the_table_cites_a_page_for_every_op():
@@ -275,3 +321,26 @@ def test_header_records_framework_precision_and_each_outputs_producer(tmp_path):
     assert header["output_nodes"] == [{"op_name": "Split_0", "edge_index": 1},
                                       {"op_name": "Identity_1", "edge_index": 0},
                                       {"op_name": "/model/Add", "edge_index": 0}]
+
+
+def test_dynamic_dims_refuses_data_dependent_intermediate_shapes(tmp_path):
+    """The --dynamic_dims page (atlasatcparam_16_0020): no network whose intermediate shapes are dynamic. A
+    Range up to an input's value has a data-dependent length no gear fixes; a Range up to a dim the gear fixes
+    (Shape, folded) is static in every gear and compiles."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    consts = [const("zero", np.array(0, np.int64)), const("one", np.array(1, np.int64)),
+              const("i0", np.array(1, np.int64))]
+    by_value = save(tmp_path / "v.onnx", [helper.make_node("Range", ["zero", "n", "one"], ["r"], name="/pos/Range")],
+                    [tensor("x", T.FLOAT16, [1, "s"]), tensor("n", T.INT64, [])], [tensor("r", T.INT64, [None])],
+                    consts)
+    result = run_atc(*compile_args(by_value, tmp_path / "v", "x:1,-1;n:", "--dynamic_dims=2;4"))
+    lines = assert_refused(result, "E10001", tmp_path)
+    assert any("dynamic intermediate shapes: /pos/Range (Range)" in line for line in lines), lines
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "i0"], ["len"]),
+             helper.make_node("Range", ["zero", "len", "one"], ["r"], name="/pos/Range")]
+    by_shape = save(tmp_path / "s.onnx", nodes, [tensor("x", T.FLOAT16, [1, "s"])], [tensor("r", T.INT64, [None])],
+                    consts)
+    ok = run_atc(*compile_args(by_shape, tmp_path / "s", "x:1,-1", "--dynamic_dims=2;4"))
+    assert ok.returncode == 0, ok.stdout

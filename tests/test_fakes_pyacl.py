@@ -76,7 +76,8 @@ def const(name, array):
 class Session:
     """The documented pyACL sequence: init, device, context, load, desc, one device buffer per I/O."""
 
-    def __init__(self, acl, om: Path) -> None:
+    def __init__(self, acl, om: Path, input_extra: int = 0) -> None:
+        """``input_extra``: bytes more (or fewer) than get_input_size_by_index for each graph input's buffer."""
         self.acl = acl
         assert acl.init() == 0 and acl.rt.set_device(0) == 0
         self.context, ret = acl.rt.create_context(0)
@@ -92,6 +93,8 @@ class Session:
             dataset = acl.mdl.create_dataset()
             for i in range(count):
                 size = size_of(self.desc, i)
+                mbatch = kind == "in" and acl.mdl.get_input_name_by_index(self.desc, i) == "ascend_mbatch_shape_data"
+                size += input_extra if kind == "in" and not mbatch else 0
                 ptr, ret = acl.rt.malloc(size, 0)
                 assert ret == 0
                 buffer = acl.create_data_buffer(ptr, size)
@@ -99,8 +102,14 @@ class Session:
                 self.buffers[kind].append((ptr, size, buffer))
             self.datasets[kind] = dataset
 
-    def run(self, *inputs: np.ndarray, old_util: bool = False) -> list[np.ndarray]:
+    def run(self, *inputs: np.ndarray, old_util: bool = False, dims: list[int] | None = None) -> list[np.ndarray]:
+        """``dims``: a dynamic-dims model's full input dims for this run (set_input_dynamic_dims)."""
         acl = self.acl
+        if dims is not None:
+            index, ret = acl.mdl.get_input_index_by_name(self.desc, "ascend_mbatch_shape_data")
+            assert ret == 0
+            assert acl.mdl.set_input_dynamic_dims(self.model_id, self.datasets["in"], index,
+                                                  {"dimCount": len(dims), "name": "", "dims": dims}) == 0
         for (ptr, size, _), array in zip(self.buffers["in"], inputs):
             array = np.ascontiguousarray(array)
             if old_util:
@@ -109,7 +118,9 @@ class Session:
                 data = array.tobytes()
                 host = acl.util.bytes_to_ptr(data)
             assert acl.rt.memcpy(ptr, size, host, array.nbytes, H2D) == 0
-        assert acl.mdl.execute(self.model_id, self.datasets["in"], self.datasets["out"]) == 0
+        ret = acl.mdl.execute(self.model_id, self.datasets["in"], self.datasets["out"])
+        if ret != 0:
+            raise RuntimeError(f"acl.mdl.execute returned {ret}")
         results = []
         for i, (ptr, size, _) in enumerate(self.buffers["out"]):
             dims, ret = acl.mdl.get_cur_output_dims(self.desc, i)
@@ -136,6 +147,35 @@ class Session:
         assert acl.mdl.destroy_desc(self.desc) == 0 and acl.mdl.unload(self.model_id) == 0
         assert acl.rt.destroy_context(self.context) == 0 and acl.rt.reset_device(0) == 0 and acl.finalize() == 0
         assert acl._sim.leaks() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic dims: the mbatch input and buffer sizes
+
+
+@pytest.mark.parametrize("extra,ok", [(0, True), (64, True), (-4, False)])
+def test_dims_gears_size_the_mbatch_input_by_the_minus_ones_and_buffers_may_be_larger(sim, tmp_path, extra, ok):
+    """GE sizes ascend_mbatch_shape_data by the -1 values (2 here, not the 4 dims of both inputs) and writes
+    only those; set_input_dynamic_dims still takes every input's full dims. A buffer larger than
+    get_input_size_by_index (the largest gear's size) is accepted, a smaller one refused (shared Ascend notes §8:
+    GE's SetDynamicDims and input copy)."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    model = save(tmp_path / "add.onnx", [helper.make_node("Add", ["a", "b"], ["y"])],
+                 [tensor("a", T.FLOAT, [1, "s"]), tensor("b", T.FLOAT, [1, "s"])], [tensor("y", T.FLOAT, [1, "s"])])
+    om = compile_om(tmp_path, model, "a:1,-1;b:1,-1", "--dynamic_dims=2,2;4,4")
+    session = Session(sim, om, input_extra=extra)
+    index, _ = sim.mdl.get_input_index_by_name(session.desc, "ascend_mbatch_shape_data")
+    assert sim.mdl.get_input_size_by_index(session.desc, index) == 2 * 8
+    a, b = np.ones((1, 2), np.float32), np.full((1, 2), 2, np.float32)
+    if ok:
+        [y] = session.run(a, b, dims=[1, 2, 1, 2])
+        np.testing.assert_array_equal(y, a + b)
+    else:
+        with pytest.raises(RuntimeError, match="100017"):
+            session.run(a, b, dims=[1, 2, 1, 2])
+    session.close()
 
 
 # ---------------------------------------------------------------------------------------------

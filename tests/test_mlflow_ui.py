@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from browser_helpers import UI_TIMEOUT_S, free_port, shots_folder, wait_for_text
-from conftest import all_runs, cli_env
+from conftest import all_runs, run_cli_in
 
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.tracking import browse_hint, prepare_store, runs_table_url
@@ -64,8 +64,7 @@ def test_experiments_are_tagged_as_model_training(tmp_path):
 def pipeline_store(tmp_path_factory):
     """(launch dir, CLI stdout) of one real default pipeline run (`python -m ascend_lab.run`)."""
     launch = tmp_path_factory.mktemp("pipeline")
-    proc = subprocess.run([sys.executable, "-m", "ascend_lab.run"], cwd=launch, capture_output=True, text=True,
-                          timeout=600, env=cli_env())
+    proc = run_cli_in(launch, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return launch, proc.stdout
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from conftest import run_cli_in
 from sweep_helpers import PARENT_TAG, finish, kill_job, split_runs, start_cli, store_client, wait_for_output, \
     wait_for_running_run
 
@@ -75,8 +76,7 @@ def test_sigkilled_sweep_job_and_its_parent_are_failed_at_the_next_start(tmp_pat
     parent = client.get_run(parent_id)
     assert parent.info.status == "RUNNING" and parent.data.tags["pid"] == str(killed_pid)
 
-    next_job = subprocess.run([sys.executable, "-m", "ascend_lab.run", "task=doctor", "doctor.matmul_size=64",
-                               "doctor.repeats=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    next_job = run_cli_in(tmp_path, "task=doctor", "doctor.matmul_size=64", "doctor.repeats=1", timeout=300)
     assert next_job.returncode == 0, next_job.stdout + next_job.stderr
     assert "Ended FAILED 2 MLflow run(s) left RUNNING by processes that are gone" in next_job.stdout
     for run_id in (child.info.run_id, parent_id):

@@ -1,6 +1,7 @@
-"""Console tables stay aligned with Chinese text (wide characters take two terminal columns)."""
+"""Console tables stay aligned with Chinese text (wide characters take two terminal columns); the one number
+format; the one markdown table and its escaping rule."""
 
-from ascend_lab.report import display_width, format_table
+from ascend_lab.report import display_width, format_number, format_table, markdown_table
 
 
 def test_wide_characters_count_two_columns():
@@ -14,3 +15,13 @@ def test_rows_with_chinese_line_up():
     widths = {display_width(line) for line in lines}
     assert len(widths) == 1, lines  # every line, border and rows, spans the same columns
     assert lines[3].index("|", 1) != lines[4].index("|", 1)  # by characters they differ; by columns they match
+
+
+def test_one_number_format():
+    assert [format_number(v) for v in (12345.6, 123.45, 1.2345, 0.0, 0.012345, None, 7, "x")] == [
+        "12,346", "123.5", "1.23", "0.00", "0.0123", "-", "7", "x"]
+
+
+def test_markdown_cells_cannot_break_the_table():
+    text = markdown_table(["max |Δ|", "prompt"], [[0.5, "a|b\n你好"]], title="t", note="n")
+    assert text == "# t\n\n| max \\|Δ\\| | prompt |\n|---|---|\n| 0.5 | a\\|b 你好 |\n\nn\n"

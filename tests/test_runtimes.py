@@ -161,7 +161,7 @@ def test_prefill_chunking_does_not_change_the_tokens(torch_runtime):
 
     ids, mask = prompts(7, 2, 40, (0, 11))
     engine, dynamic = generate(torch_runtime, ids, mask, 8, (16,))
-    assert engine.prefill_executions == 1 and engine.plan(40) == gc.PrefillPlan(40, 0, (40,))
+    assert engine.prefill_executions == 1 and engine.plan(40, 8) == gc.PrefillPlan(40, 0, (40,))
     assert engine.backend.capacity == 48  # 40 + 7, rounded up: no slot spent on padding
     results = {}
     for chunks in ((48,), (16,), (1,)):
@@ -315,7 +315,7 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     plain, fused = (onnx.load(str(p), load_external_data=False).graph.node
                     for p in (plan.exported.onnx_path, plan.onnx_path))
     assert "SimplifiedLayerNormalization" in {n.op_type for n in fused} and len(fused) < len(plain)
-    # The CPU cache layout: the attention's MatMuls read each layer's keys and values straight from the inputs
+    # The per-layer cache: the attention's MatMuls read each layer's keys and values straight from the inputs
     # (no Gather, no Transpose of the past per step).
     graph = onnx.load(str(plan.onnx_path), load_external_data=False).graph
     layer_inputs = [i.name for i in graph.input if i.name.startswith("past_key_values.")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ascend_lab.bench.stats import STAT_NAMES, per_second, summarize
+from ascend_lab.stats import STAT_NAMES, per_second, summarize
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 100, 1001])

@@ -18,15 +18,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAKES, all_runs, cli_env
+from conftest import FAKES, all_runs, cli_env, run_cli_in
 from browser_helpers import free_port, shots_folder, wait_for_text
 
-from ascend_lab import cann
+from ascend_lab.cann import npu_smi
 from ascend_lab.bench import roofline, summary
+from ascend_lab.bench.roofline import cached_bandwidth, generate_roofline
 from ascend_lab.config import TelemetryConfig
 from ascend_lab.errors import ConfigError
 from ascend_lab.telemetry import THREAD_NAME, job_telemetry
-from ascend_lab.telemetry.bandwidth import cached_bandwidth, generate_roofline
 from ascend_lab.telemetry.energy import (
     RaplReader, SourceEnergy, Window, WorkDevice, combine, physical_index, rapl_delta_uj, trapezoid_j,
 )
@@ -132,20 +132,20 @@ def test_visible_devices_map_to_the_host_wide_index(monkeypatch):
 
 def test_npu_smi_queries_read_the_documented_formats(npu_smi_on_path):
     npu_smi_on_path.setenv("FAKE_NPU_SMI_CHIPS", "2")
-    overview = cann.npu_smi_overview()
+    overview = npu_smi.npu_smi_overview()
     assert overview.driver_version == "24.1.rc2" and overview.error is None
     assert [(c.npu_id, c.chip_id, c.name, c.health) for c in overview.chips] == [(0, 0, "910B3", "OK"),
                                                                                  (1, 0, "910B3", "OK")]
     chip = overview.chips[1]
     assert (chip.power_w, chip.temp_c, chip.hbm_used_mb, chip.hbm_total_mb) == (93.1, 40.0, 3379.0, 65536.0)
     for args in ((), (0,)):  # the all-chips form (an MCU block follows the chip's) and the -c form
-        power, error = cann.npu_smi_fields("power", 1, *args)
-        assert error is None and cann.field_number(power[0], "NPU Real-time Power(W)") == 93.1
-        temp, _ = cann.npu_smi_fields("temp", 1, *args)
-        assert cann.field_number(temp[0], "Temperature(C)") == 40.0  # spaces and case aside
-    board, _ = cann.npu_smi_fields("board", 0)
+        power, error = npu_smi.npu_smi_fields("power", 1, *args)
+        assert error is None and npu_smi.field_number(power[0], "NPU Real-time Power(W)") == 93.1
+        temp, _ = npu_smi.npu_smi_fields("temp", 1, *args)
+        assert npu_smi.field_number(temp[0], "Temperature(C)") == 40.0  # spaces and case aside
+    board, _ = npu_smi.npu_smi_fields("board", 0)
     assert board[0]["Firmware Version"] == "7.5.0.1.129"
-    _, error = cann.npu_smi_fields("power", 7)
+    _, error = npu_smi.npu_smi_fields("power", 7)
     assert "exited with status 1" in error
 
 
@@ -153,7 +153,7 @@ def test_npu_monitor_uses_mlflow_gpu_names_with_npu_and_says_why_power_is_missin
     from ascend_lab.telemetry.monitors import NpuMonitor
 
     npu_smi_on_path.setenv("FAKE_NPU_SMI_AICORE", "57")
-    monitor = NpuMonitor(cann.npu_smi_overview().chips, timeout_s=10)
+    monitor = NpuMonitor(npu_smi.npu_smi_overview().chips, timeout_s=10)
     monitor.collect_metrics()
     assert monitor.aggregate_metrics() == {
         "npu_0_power_usage_watts": 93.1, "npu_0_utilization_percentage": 57.0,
@@ -248,7 +248,7 @@ def test_a_failing_job_stops_its_sampler_and_still_has_curves(compose, monkeypat
 def fake_bandwidth(calls: list):
     def measure(gb, repeats, threads=None):
         calls.append(gb)
-        return roofline.Bandwidth(read_gb_s=40.0, by_kernel={"sum_1t": 40.0}, copy_rw_gb_s=30.0, array_gb=gb,
+        return roofline.Bandwidth(gb_s=40.0, counts="read", by_kernel={"sum_1t": 40.0}, copy_rw_gb_s=30.0, array_gb=gb,
                                   threads=1, repeats=repeats)
     return measure
 
@@ -259,15 +259,15 @@ def test_bandwidth_is_measured_once_per_host_and_device_and_a_bad_cache_is_measu
     monkeypatch.setattr(roofline, "measure_read_bandwidth", fake_bandwidth(calls))
     cfg, work = TelemetryConfig(bandwidth_array_gb=1.5), WorkDevice("cpu", 0, "test")
     record, path, hit = cached_bandwidth(cfg, tmp_path, work, None)
-    assert not hit and record["read_gb_s"] == 40.0 and calls == [1.5]
+    assert not hit and record["gb_s"] == 40.0 and calls == [1.5]
     assert cached_bandwidth(cfg, tmp_path, work, None)[2] and calls == [1.5]  # cached: not measured again
-    for damage in ("{not json", json.dumps({**record, "read_gb_s": -1}), json.dumps({**record, "host": "elsewhere"})):
+    for damage in ("{not json", json.dumps({**record, "gb_s": -1}), json.dumps({**record, "host": "elsewhere"})):
         path.write_text(damage)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             assert not cached_bandwidth(cfg, tmp_path, work, None)[2]
         assert "is invalid" in caplog.text and "measuring the bandwidth again" in caplog.text
-    assert len(calls) == 4 and json.loads(path.read_text())["read_gb_s"] == 40.0
+    assert len(calls) == 4 and json.loads(path.read_text())["gb_s"] == 40.0
 
 
 def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch):
@@ -280,7 +280,7 @@ def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch
     from ascend_lab.runtimes.acl import pyacl
 
     on_torch = roofline.measure_torch_read_bandwidth(torch.device("cpu"), gb=0.01, repeats=2)
-    assert on_torch.read_gb_s > 0 and set(on_torch.by_kernel) == {"sum_device", "max_device"}
+    assert on_torch.gb_s > 0 and on_torch.counts == "read" and set(on_torch.by_kernel) == {"sum_device", "max_device"}
     monkeypatch.syspath_prepend(str(FAKES / "pyacl"))
     for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -289,7 +289,8 @@ def test_the_device_bandwidth_kernels_run_and_release_what_they_take(monkeypatch
     try:
         acl._sim.reset()
         on_acl = roofline.measure_acl_d2d_bandwidth(0, gb=0.01, repeats=2)
-        assert on_acl.read_gb_s == on_acl.copy_rw_gb_s > 0 and "device-to-device" in on_acl.method
+        assert on_acl.gb_s == on_acl.copy_rw_gb_s > 0 and "device-to-device" in on_acl.method
+        assert on_acl.counts == "copy" and on_acl.metric == "roofline_copy_gb_s"  # a copy is not a read figure
         assert acl._sim.leaks() == [] and pyacl._init_users == 0
     finally:  # later tests must not find the simulator importable as `acl`
         for name in [m for m in sys.modules if m == "acl" or m.startswith("acl.")]:
@@ -307,6 +308,7 @@ def test_generate_roofline_counts_weights_and_the_kv_cache_at_each_length(tmp_pa
     assert figures.metrics["roofline_step_bytes"] == pytest.approx(step)
     assert figures.metrics["roofline_tokens_s"] == pytest.approx(4 * 40e9 / step)
     assert figures.metrics["roofline_fraction"] == pytest.approx(1000.0 / (4 * 40e9 / step))
+    assert figures.metrics["roofline_read_gb_s"] == 40.0 and "roofline_copy_gb_s" not in figures.metrics
     assert figures.tags["roofline.weights"] == "test" and "GB/s" in figures.tags["roofline.bandwidth"]
     none = generate_roofline(TelemetryConfig(), tmp_path, WorkDevice("cpu", 0, "t"), None, contract, 1, 16, 1, 1, "t", None)
     assert not none.metrics and "no decode step" in none.tags["roofline.absent"]
@@ -330,11 +332,6 @@ def test_summary_shows_j_per_token_peak_memory_and_the_roofline_fraction_and_plo
 
 
 # ------------------------------------------------------------------------------------------------ the real CLI
-
-
-@pytest.fixture(scope="module")
-def export_cache(tmp_path_factory):
-    return f"export.cache_dir={tmp_path_factory.mktemp('export_cache')}"
 
 
 def bench_run(run_cli, tmp_path, mlflow_runs, export_cache, *overrides, env=None):
@@ -371,10 +368,9 @@ def npu_bench(tmp_path_factory, export_cache):
     launch = tmp_path_factory.mktemp("npu_bench")
     env = cli_env([FAKES / "bin"])
     env["FAKE_NPU_SMI_POWER"] = "80"
-    proc = subprocess.run([sys.executable, "-m", "ascend_lab.run", "task=bench", "runtime=onnxruntime", export_cache,
-                           SMALL_BANDWIDTH, "telemetry.interval_s=0.5", f"telemetry.rapl_root={launch / 'no-rapl'}",
-                           "benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=1.5",
-                           "benchmark.new_tokens=8"], cwd=launch, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_cli_in(launch, "task=bench", "runtime=onnxruntime", export_cache, SMALL_BANDWIDTH,
+                      "telemetry.interval_s=0.5", f"telemetry.rapl_root={launch / 'no-rapl'}", "benchmark.warmup=1",
+                      "benchmark.iterations=3", "benchmark.min_duration_s=1.5", "benchmark.new_tokens=8", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client, (run,) = all_runs(launch)
     assert run.info.status == "FINISHED"

@@ -7,6 +7,8 @@
 - :mod:`~ascend_lab.accuracy.gate`: the thresholds' verdict and the error a failed gate raises.
 - :mod:`~ascend_lab.accuracy.report`: the per-prompt and per-layer tables, the plots and what is logged.
 
-The package imports no runtime, Hydra or MLflow at import time; the task
-(:mod:`ascend_lab.tasks.accuracy`) wires it to the config and the tracker.
+These modules import no runtime, Hydra or MLflow at import time, and nothing that plans or opens one: the export's
+parity check uses them from below. Planning and opening both sides (:mod:`ascend_lab.accuracy_measure`, beside
+:mod:`ascend_lab.prepare`) is what task=accuracy reports and a tuning sweep's jobs record; the task
+(:mod:`ascend_lab.tasks.accuracy`) writes and logs the report.
 """

@@ -13,12 +13,12 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from ascend_lab.accuracy.compare import MODE_NAMES, MODES, Comparison, LayerDrift, PromptComparison
-from ascend_lab.report import format_table
+from ascend_lab.report import format_table, markdown_table
 
 PROMPTS_FILES = ("accuracy_prompts.csv", "accuracy_prompts.md")
 STEPS_FILES = ("accuracy_steps.csv", "accuracy_steps.png")
@@ -81,12 +81,6 @@ def prompt_csv(comparison: Comparison) -> str:
     return out.getvalue()
 
 
-def markdown(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
-    return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
-
-
 def steps_csv(comparison: Comparison) -> str:
     per_step = comparison.per_step()
     out = io.StringIO()
@@ -144,7 +138,7 @@ def write_comparison(comparison: Comparison, out_dir: Path, title: str, verdict_
     headers, rows = prompt_table(comparison)
     (out_dir / PROMPTS_FILES[0]).write_text(prompt_csv(comparison), encoding="utf-8")
     note = "TF: teacher-forced (both sides fed the reference's tokens), FR: free-running.\n\n" + verdict_line
-    (out_dir / PROMPTS_FILES[1]).write_text(markdown(title, headers, rows, note), encoding="utf-8")
+    (out_dir / PROMPTS_FILES[1]).write_text(markdown_table(headers, rows, title, note), encoding="utf-8")
     (out_dir / STEPS_FILES[0]).write_text(steps_csv(comparison), encoding="utf-8")
     fig = steps_plot(comparison, title)
     fig.savefig(out_dir / STEPS_FILES[1], dpi=100)
@@ -221,7 +215,7 @@ def write_layers(drift: LayerDrift, out_dir: Path, title: str) -> str:
         writer.writerow([i, repr(float(drift.worst_rel_error[i])), repr(float(np.mean(drift.rel_error[:, i]))),
                          repr(float(drift.worst_cosine[i])), not drift.worst_rel_error[i] <= drift.tolerance])
     (out_dir / LAYER_FILES[0]).write_text(out.getvalue(), encoding="utf-8")
-    (out_dir / LAYER_FILES[1]).write_text(markdown(title, headers, rows, layer_line(drift)), encoding="utf-8")
+    (out_dir / LAYER_FILES[1]).write_text(markdown_table(headers, rows, title, layer_line(drift)), encoding="utf-8")
     fig = layer_plot(drift, title)
     fig.savefig(out_dir / LAYER_FILES[2], dpi=100)
     plt.close(fig)

@@ -1,2 +1,2 @@
-"""The benchmark group: scenarios (forward, generate), the greedy KV-cache decode loop, the one
-statistics helper, memory sampling and the sweep summary (table, csv, markdown, plot)."""
+"""The benchmark group: scenarios (forward, generate), the greedy KV-cache decode loop, memory figures, the
+memory-bandwidth roofline and the sweep summary (table, csv, markdown, plot)."""

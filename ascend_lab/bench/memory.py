@@ -1,16 +1,22 @@
-"""Memory figures of a benchmark: the host RSS peak (sampled in a background thread) and the
-device peak (the torch allocator's counter, where the runtime allocates through torch).
+"""Memory figures of a benchmark: this process's host RSS peak and the device peak (the torch allocator's
+counter, where the runtime allocates through torch).
 
-A thread in the same process is enough here: torch, onnxruntime and pyACL release the GIL while
-they compute, so the sampler keeps ticking during the work it measures.
+The host peak is the kernel's own high-water mark of the process's RSS (``VmHWM`` in ``/proc/self/status``),
+reset at the start of what is measured by writing ``5`` to ``/proc/self/clear_refs`` (Linux 4.0 and later;
+proc(5), "/proc/pid/clear_refs"). It is exact and needs no thread polling RSS beside the telemetry sampler,
+which samples the host's memory for the run's curves. Where the mark cannot be reset (no ``/proc``) the peak
+is the process's since it started (``getrusage``'s ``ru_maxrss``).
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Optional
+import re
+import resource
+import sys
+from pathlib import Path
 
 MB = 1024 * 1024
+PROC_SELF = Path("/proc/self")
 
 
 def rss_mb() -> float:
@@ -20,35 +26,25 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / MB
 
 
-class HostMemorySampler:
-    """``with HostMemorySampler() as s: ...`` then ``s.peak_mb``; polls RSS every ``interval_s``."""
+def reset_peak_rss() -> bool:
+    """Start the host peak afresh at the current RSS; False where the kernel's mark cannot be reset."""
+    try:
+        (PROC_SELF / "clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
-    def __init__(self, interval_s: float = 0.01) -> None:
-        self.interval_s = interval_s
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
 
-    def _sample(self) -> None:
-        self.peak_mb = max(self.peak_mb, rss_mb())
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> "HostMemorySampler":
-        self._sample()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self._sample()
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB since :func:`reset_peak_rss` (see the module docstring)."""
+    try:
+        found = re.search(r"^VmHWM:\s+(\d+) kB", (PROC_SELF / "status").read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    if found:
+        return int(found.group(1)) * 1024 / MB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / MB if sys.platform == "darwin" else peak * 1024 / MB
 
 
 def device_peak_mb(device, runtime_name: str) -> float | None:

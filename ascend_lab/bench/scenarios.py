@@ -4,9 +4,10 @@
 prompt's prefill into an empty cache). ``generate``: prefill then exactly ``new_tokens`` greedy tokens,
 with the host↔device traffic per decoded token where the runtime counts it (pyACL).
 Both warm up untimed, then time through :func:`ascend_lab.device.measure` until both
-``iterations`` and ``min_duration_s`` are reached, while the host RSS is sampled; every figure
-comes from :func:`ascend_lab.bench.stats.summarize`. The timed part is the job's telemetry window
-(:func:`ascend_lab.telemetry.timed_window`: its energy figures cover exactly that part).
+``iterations`` and ``min_duration_s`` are reached; the host RSS peak is the kernel's
+(:mod:`ascend_lab.bench.memory`) and every figure comes from :func:`ascend_lab.stats.summarize`. The timed
+part is the job's telemetry window (:func:`ascend_lab.telemetry.timed_window`: its energy figures cover
+exactly that part).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Callable
 import numpy as np
 
 from ascend_lab.bench.generation import GenerationResult, greedy_generate
-from ascend_lab.bench.memory import HostMemorySampler, device_peak_mb, rss_mb
-from ascend_lab.bench.stats import per_second, summarize
+from ascend_lab.bench.memory import device_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.device import measure
 from ascend_lab.errors import ConfigError
+from ascend_lab.stats import per_second, summarize
 from ascend_lab.telemetry import timed_window
 
 LATENCY_STATS = ("mean", "p50", "p90", "p95", "p99", "std", "min", "max")
@@ -58,14 +59,13 @@ def _timed(fn: Callable[[], object], timer, bench: BenchmarkConfig, runtime, dev
     """Warm up, then time; returns (ms samples, memory metrics, runtime-timing offsets after warm-up)."""
     if device is not None:
         device.reset_peak_memory()
-    with HostMemorySampler() as sampler:
-        measure(fn, timer, warmup=bench.warmup, iterations=0)
-        rss_after_warmup = rss_mb()
-        offsets = {k: len(v) for k, v in (runtime.timings if runtime is not None else {}).items()}
-        with timed_window():  # telemetry: energy counters and a sample at each end, nothing per iteration
-            samples = measure(fn, timer, warmup=0, iterations=bench.iterations, min_duration_s=bench.min_duration_s)
-        rss_end = rss_mb()
-    memory = {"host_peak_rss_mb": sampler.peak_mb, "host_rss_growth_mb": rss_end - rss_after_warmup}
+    reset_peak_rss()
+    measure(fn, timer, warmup=bench.warmup, iterations=0)
+    rss_after_warmup = rss_mb()
+    offsets = {k: len(v) for k, v in (runtime.timings if runtime is not None else {}).items()}
+    with timed_window():  # telemetry: energy counters and a sample at each end, nothing per iteration
+        samples = measure(fn, timer, warmup=0, iterations=bench.iterations, min_duration_s=bench.min_duration_s)
+    memory = {"host_peak_rss_mb": peak_rss_mb(), "host_rss_growth_mb": rss_mb() - rss_after_warmup}
     peak = device_peak_mb(device, runtime_name) if device is not None else None
     if peak is not None:
         memory["device_peak_mb"] = peak
@@ -126,6 +126,29 @@ def traffic_metrics(engine, input_ids: np.ndarray, attention_mask: np.ndarray, n
     return metrics
 
 
+def generation_metrics(results: list[GenerationResult], e2e_ms: list[float], batch_size: int, prompt_len: int,
+                       new_tokens: int) -> dict[str, float]:
+    """The figures of timed generations: end-to-end time, TTFT (prefill + first token), TPOT (the gaps between
+    later tokens), prefill tokens/s, and decode tokens/s = batch × (new − 1) / mean decode time. Also the figures
+    of a loop that is not an :class:`~ascend_lab.runtimes.engine.Engine` (``benchmarks/``: HF ``generate``)."""
+    e2e = summarize(e2e_ms)
+    ttft = summarize([r.ttft_ms for r in results])
+    metrics = {
+        **e2e.as_metrics("e2e_ms", ("mean", "p50", "p90", "p99", "std")),
+        **ttft.as_metrics("ttft_ms", ("mean", "p50", "p90", "p99")),
+        "iterations": e2e.count,
+        "prefill_tokens_s": per_second(batch_size * prompt_len, ttft.mean),
+        "throughput_tokens_s": per_second(batch_size * new_tokens, e2e.mean),
+    }
+    if new_tokens > 1:
+        tpot = summarize([ms for r in results for ms in r.step_ms])
+        decode = summarize([r.decode_ms for r in results])
+        metrics.update(tpot.as_metrics("tpot_ms", ("mean", "p50", "p90", "p99")))
+        metrics["decode_ms_mean"] = decode.mean
+        metrics["decode_tokens_s"] = per_second(batch_size * (new_tokens - 1), decode.mean)
+    return metrics
+
+
 def run_generate(engine, input_ids: np.ndarray, attention_mask: np.ndarray, bench: BenchmarkConfig,
                  timer, runtime=None, device=None, runtime_name: str = "") -> ScenarioResult:
     batch_size, prompt_len = input_ids.shape
@@ -139,25 +162,10 @@ def run_generate(engine, input_ids: np.ndarray, attention_mask: np.ndarray, benc
     # Warm-up generations land in `results` too; measure's timed runs are the last len(samples).
     samples, memory, offsets = _timed(once, timer, bench, runtime, device, runtime_name)
     results = results[-len(samples):]
-    e2e = summarize(samples)
-    ttft = summarize([r.ttft_ms for r in results])
-    metrics = {
-        **e2e.as_metrics("e2e_ms", ("mean", "p50", "p90", "p99", "std")),
-        **ttft.as_metrics("ttft_ms", ("mean", "p50", "p90", "p99")),
-        "iterations": e2e.count,
-        "prefill_tokens_s": per_second(batch_size * prompt_len, ttft.mean),
-        "throughput_tokens_s": per_second(batch_size * new_tokens, e2e.mean),
-        **memory,
-        **runtime_timing_metrics(runtime, offsets, batch_size),
-    }
-    if new_tokens > 1:
-        tpot = summarize([ms for r in results for ms in r.step_ms])
-        decode = summarize([r.decode_ms for r in results])
-        metrics.update(tpot.as_metrics("tpot_ms", ("mean", "p50", "p90", "p99")))
-        metrics["decode_ms_mean"] = decode.mean
-        metrics["decode_tokens_s"] = per_second(batch_size * (new_tokens - 1), decode.mean)
+    metrics = {**generation_metrics(results, samples, batch_size, prompt_len, new_tokens), **memory,
+               **runtime_timing_metrics(runtime, offsets, batch_size)}
     metrics.update(traffic_metrics(engine, input_ids, attention_mask, new_tokens))
     return ScenarioResult(metrics, samples, results)
 
 
-__all__ = ["ScenarioResult", "make_inputs", "run_forward", "run_generate", "traffic_metrics"]
+__all__ = ["ScenarioResult", "generation_metrics", "make_inputs", "run_forward", "run_generate", "traffic_metrics"]

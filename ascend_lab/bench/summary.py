@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ascend_lab.accuracy.gate import GATE_METRIC
-from ascend_lab.report import format_table
+from ascend_lab.report import format_number, format_table, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -163,22 +163,6 @@ def sort_rows(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.label, r.batch_size))
 
 
-def figure_text(value: Any) -> str:
-    """A figure as people read it: thousands separated, 3 to 4 significant digits, no exponents."""
-    if value is None:
-        return "-"
-    if not isinstance(value, float):
-        return str(value)
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 100:
-        return f"{value:.1f}"
-    if magnitude >= 1 or magnitude == 0:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
-
-
 def table(rows: Sequence[Row], group_keys: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
     """(headers, cells) shared by the console, markdown and csv forms."""
     shown = [(title, name) for title, name in COLUMNS if any(r.figure(name) is not None for r in rows)]
@@ -188,14 +172,8 @@ def table(rows: Sequence[Row], group_keys: Sequence[str]) -> tuple[list[str], li
     for row in rows:
         values = {**row.group, "runtime": row.runtime}
         cells.append([values[k] for k in lead] + [row.batch_size]
-                     + [figure_text(row.figure(name)) for _, name in shown])
+                     + [format_number(row.figure(name)) for _, name in shown])
     return headers, cells
-
-
-def markdown(headers: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(figure_text(v) for v in row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
 
 
 def csv_text(rows: Sequence[Row]) -> str:
@@ -295,7 +273,7 @@ def write_files(rows: Sequence[Row], group_keys: Sequence[str], out_dir: Path, t
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in SUMMARY_FILES]
     paths[0].write_text(csv_text(rows), encoding="utf-8")
-    paths[1].write_text(f"# {title}\n\n" + markdown(headers, cells), encoding="utf-8")
+    paths[1].write_text(markdown_table(headers, cells, title), encoding="utf-8")
     fig = plot(rows)
     fig.savefig(paths[2], dpi=100)
     plt.close(fig)

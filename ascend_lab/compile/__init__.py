@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ascend_lab import artifact_cache, cann
-from ascend_lab.compile import aoe, opcheck
+from ascend_lab import artifact_cache
+from ascend_lab.cann import npu_smi, toolkit
+from ascend_lab.compile import aoe, opcheck, workdir
 from ascend_lab.compile.aoe import aoe_command
 from ascend_lab.compile.command import build_atc_command, cache_key
 from ascend_lab.compile.runner import AtcError, check_result, run_atc
@@ -87,7 +88,7 @@ def plan_compile(cfg: "AppConfig", output_root: Path, exported: "ExportedModel")
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cfg.model.name}_{exported.graph}")
     switches = switch_files(atc_cfg, output_root)  # atc.keep_dtype / atc.fusion_switch_off as the files ATC reads
     probe = build_atc_command(atc_cfg, exported.onnx_path, shapes, stem, switches)
-    key = cache_key(exported.sha256, probe, cann.toolkit_version(atc_cfg.toolkit_home), atc_cfg.tuning)
+    key = cache_key(exported.sha256, probe, toolkit.toolkit_version(atc_cfg.toolkit_home), atc_cfg.tuning)
     folder = output_root / f"{stem}_{atc_cfg.soc_version}_{key[:16]}"
     argv = build_atc_command(atc_cfg, exported.onnx_path, shapes, folder / stem, switches)
     return CompilePlan(Path(exported.onnx_path), exported.sha256, shapes, folder, stem, argv, key, switches)
@@ -105,10 +106,16 @@ def check_ops(cfg: "AppConfig", tracker, onnx_path: Path) -> opcheck.OpCheck:
     writer.writerows(rows)
     tracker.log_text(out.getvalue(), HISTOGRAM_ARTIFACT)
     tracker.log_metrics({"atc_op_check_offenders": result.refused_nodes, "onnx_nodes": sum(result.histogram.values())})
+    tracker.set_tags({"onnx_opset": str(result.opset)})
     if result.ok:
+        print(f"ATC op check: opset {result.opset}, {sum(result.histogram.values())} nodes of "
+              f"{len(result.histogram)} op types, every one in ascend_lab/compile/{opcheck.TABLE_FILE.name} at "
+              f"that opset (precision {result.precision})", flush=True)
         return result
     foreign = any(o.problem == "domain" for o in result.offenders)
+    fitting = result.fitting_opset() if any(o.problem == "opset" for o in result.offenders) else None
     advice = [
+        f"export at an opset ATC parses every op at: export.opset={fitting}" if fitting else None,
         "use another export.graph (export.graph=kv_cache is made for ATC)",
         "drop export.quantize (its int8/int4 ops are onnxruntime's own, com.microsoft domain)" if foreign else None,
         "for int8/int4 on the NPU, quantise with Ascend's own AMCT instead of export.quantize",
@@ -138,11 +145,11 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     atc_cfg, tracker = cfg.atc, ctx.tracker
     plan = plan or plan_compile(cfg, ctx.path(atc_cfg.output_dir), exported)
     tracker.set_tags({"onnx_sha256": plan.onnx_sha256, "atc_command": plan.command_line, "atc.cache_key": plan.key,
-                      "atc.tuning": atc_cfg.tuning})
+                      "atc.tuning": atc_cfg.tuning, "atc.cache_layout": getattr(exported, "cache_layout", "rank5")})
 
     if atc_cfg.dry_run:
         check_ops(cfg, tracker, plan.onnx_path)
-        text = f"{plan.command_line}\n\n{cann.locate('atc', atc_cfg.toolkit_home).describe(sourced=False)}\n"
+        text = f"{plan.command_line}\n\n{toolkit.locate('atc', atc_cfg.toolkit_home).describe(sourced=False)}\n"
         if atc_cfg.tuning != "none":  # AOE runs first, in the cache entry (ascend_lab.compile.aoe)
             text = (shlex.join(aoe_command("aoe", plan.argv, atc_cfg.tuning, plan.folder / aoe.WORK_FOLDER / plan.stem))
                     + "\n" + text)
@@ -156,9 +163,9 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
         return _cached(plan, meta, tracker, atc_cfg)
 
     check_ops(cfg, tracker, plan.onnx_path)
-    environment = cann.load_environment("atc", atc_cfg.toolkit_home)
+    environment = toolkit.load_environment("atc", atc_cfg.toolkit_home)
     if environment.path is None:
-        message = cann.missing_toolkit_message("atc (task=compile)", atc_cfg.toolkit_home)
+        message = toolkit.missing_toolkit_message("atc (task=compile)", atc_cfg.toolkit_home)
         if required:
             raise ToolchainError(message)
         log.warning("skipping the ATC compile: %s", message)
@@ -167,9 +174,9 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
 
     aoe_environment = None
     if atc_cfg.tuning != "none":
-        aoe_environment = cann.load_environment("aoe", atc_cfg.toolkit_home)
+        aoe_environment = toolkit.load_environment("aoe", atc_cfg.toolkit_home)
         if aoe_environment.path is None:
-            raise ToolchainError(cann.missing_toolkit_message(
+            raise ToolchainError(toolkit.missing_toolkit_message(
                 f"aoe (atc.tuning={atc_cfg.tuning}; or atc.tuning=none to compile untuned)", atc_cfg.toolkit_home))
 
     log_path = ctx.output_dir / "atc.log"
@@ -184,11 +191,18 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
             ran["aoe"] = report.summary()
             env = aoe.tuning_environment(environment.env or dict(os.environ), staging)
         tracker.log_text(f"{shlex.join(argv)}\n\n{environment.describe(sourced=True)}\n", "atc_command.txt")
-        print(f"ATC: {shlex.join(argv)}", flush=True)
-        result = run_atc(argv, env, atc_cfg.timeout_s, log_path)
+        work_dir = ctx.output_dir / workdir.WORK_FOLDER  # this job's: fusion_result.json, kernel_meta/, plog
+        work_dir.mkdir(parents=True, exist_ok=True)
+        env, chosen = workdir.atc_environment(env or os.environ, work_dir, _npu_count())
+        tracker.set_tags({f"atc.env.{k}": v for k, v in chosen.items()})
+        print(f"ATC: {shlex.join(argv)}" + "".join(f"\n  {k}={v}" for k, v in chosen.items()), flush=True)
+        result = run_atc(argv, env, atc_cfg.timeout_s, log_path, cwd=work_dir)
         ran["result"] = result
         tracker.log_artifact(log_path)
-        om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
+        try:
+            om = check_result(result, staging / plan.stem, atc_cfg.timeout_s)
+        except AtcError as exc:
+            raise AtcError(f"{exc}\n{workdir.failure_hint(env, work_dir)}") from None
         shutil.copy2(log_path, staging / "atc.log")
         return {"files": [om.name], "om": om.name, "om_bytes": om.stat().st_size, "onnx_sha256": plan.onnx_sha256,
                 "onnx_path": str(plan.onnx_path), "argv": plan.argv, "compile_seconds": result.seconds,
@@ -206,7 +220,15 @@ def ensure_compiled(cfg: "AppConfig", ctx, exported: "ExportedModel", *, require
     return compiled
 
 
-def tune(cfg: "AppConfig", ctx, environment: cann.CannEnvironment, atc_argv: list[str], staging: Path,
+def _npu_count() -> int:
+    """NPUs on this host (TE_PARALLEL_COMPILER's rule divides the cores among them); 1 where npu-smi says none."""
+    try:
+        return max(len(npu_smi.npu_smi_overview().chips), 1)
+    except Exception:  # noqa: BLE001 - a host without npu-smi compiles for one processor
+        return 1
+
+
+def tune(cfg: "AppConfig", ctx, environment: toolkit.CannEnvironment, atc_argv: list[str], staging: Path,
          stem: str) -> aoe.AoeReport:
     """Run AOE on the compile's model and options (``atc.tuning``), in the staging cache entry; log its report."""
     atc_cfg, tracker = cfg.atc, ctx.tracker

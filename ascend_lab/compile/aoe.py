@@ -1,7 +1,7 @@
 """CANN's AOE (Ascend Optimization Engine) before the compile: ``atc.tuning=subgraph|operator``.
 
 What the CANN AOE pages document (aoe "Tuning a Model with the AOE Tool", "--job_type", "Tuning Result Viewing";
-shared/reference/ascend.md §7):
+hiascend aoerc_16_0002):
 
 - ``aoe --framework=5 --model=<onnx> --job_type=1`` tunes subgraphs (SGAT), ``--job_type=2`` operators (OPAT);
   AOE takes ATC's model-conversion options (input shape, formats, precision, ...) beside its own;

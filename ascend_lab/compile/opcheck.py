@@ -11,7 +11,13 @@ The dtype an input is checked in depends on ``--precision_mode`` (atlasatcparam 
 ``must_keep_origin_dtype`` keeps the graph's dtypes, so they must be listed as they are; the other modes
 (``force_fp16``, ATC's default, among them) run a float32 op in float16 where the op has float16
 kernels, so a float32 input passes where either is listed.
-Opset ranges are recorded in the histogram but not enforced: the pages lag the parser.
+
+ATC's parser looks every node up as ``ai.onnx::<model opset>::<OpType>`` (Ascend/parser
+parser/onnx/onnx_parser.cc ConstructOriType; no fallback to a lower opset), so an op is refused at an opset its
+page does not list: ReduceMean is listed for v8–v16 (atlasoxol_09_0123), so every RMSNorm of an opset-17
+export stops a CANN without the newer plugin. Where ATC's sources register more opsets than the page lists,
+the row's ``parser_opsets`` says so with its source (Unsqueeze's opset-13 form; Constant, which the parser maps
+before any opset lookup).
 
 ATC folds constants before it selects kernels (GE's constant folding): a node whose inputs are all
 constants — initializers, ``Constant`` outputs, folded nodes' outputs, and ``Shape``/``Size`` of a tensor
@@ -37,6 +43,19 @@ ELEMENT_DTYPES = {1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6:
 KEEP_DTYPE_MODES = ("must_keep_origin_dtype", "origin")
 
 
+def opset_range(text: str) -> tuple[int, int] | None:
+    """``"v8-v16"`` → (8, 16); ``"any"`` → None (no opset checked)."""
+    if text == "any":
+        return None
+    low, _, high = text.partition("-")
+    return int(low.lstrip("v")), int((high or low).lstrip("v"))
+
+
+def accepted_opsets(row: dict) -> tuple[int, int] | None:
+    """The opsets ATC parses an op at: the page's, widened where its sources register more (``parser_opsets``)."""
+    return opset_range(row.get("parser_opsets") or row["opsets"])
+
+
 @functools.lru_cache(maxsize=1)
 def ops_table() -> dict:
     return json.loads(TABLE_FILE.read_text(encoding="utf-8"))["ops"]
@@ -47,11 +66,13 @@ class Offender:
     node: str
     op: str
     domain: str
-    problem: str  # "domain", "op", "dtype"
+    problem: str  # "domain", "op", "opset", "dtype"
     input_index: int | None = None
     input_name: str | None = None
     dtype: str | None = None
     allowed: tuple[str, ...] = ()
+    opset: int | None = None
+    page: str = ""
 
     def describe(self) -> str:
         where = f"{self.domain}::{self.op}" if self.domain not in ONNX_DOMAINS else self.op
@@ -59,6 +80,9 @@ class Offender:
             return f"{self.node} ({where}): domain {self.domain!r} has no ATC parser (only ai.onnx)"
         if self.problem == "op":
             return f"{self.node} ({where}): not among ATC's ONNX operators"
+        if self.problem == "opset":
+            return (f"{self.node} ({where}) at opset {self.opset}: ATC parses {self.op} at opsets "
+                    f"{'-'.join(self.allowed)} only ({self.page})")
         return (f"{self.node} ({where}): input {self.input_index} ({self.input_name}) is {self.dtype}; "
                 f"ATC takes {', '.join(self.allowed)}")
 
@@ -66,6 +90,7 @@ class Offender:
 @dataclass
 class OpCheck:
     precision: str
+    opset: int = 0  # the graph's ai.onnx opset
     histogram: collections.Counter = field(default_factory=collections.Counter)  # (domain, op) → nodes
     input_dtypes: dict = field(default_factory=dict)  # (domain, op) → {dtype of any input}
     offenders: list[Offender] = field(default_factory=list)
@@ -93,6 +118,16 @@ class OpCheck:
             lines.append(f"  … {len(groups) - limit} more kinds")
         return "\n".join(lines)
 
+    def fitting_opset(self) -> int | None:
+        """The highest opset every op of the graph is parsed at (None: no common opset)."""
+        table, low, high = ops_table(), 0, 10**6
+        for domain, op in self.histogram:
+            row = table.get(op) if domain in ONNX_DOMAINS else None
+            bounds = accepted_opsets(row) if row else None
+            if bounds:
+                low, high = max(low, bounds[0]), min(high, bounds[1])
+        return high if low <= high else None
+
     def histogram_rows(self) -> list[dict]:
         table = ops_table()
         rows = []
@@ -102,7 +137,9 @@ class OpCheck:
             rows.append({"op": op, "domain": domain or "ai.onnx", "nodes": count,
                          "input_dtypes": ",".join(sorted(self.input_dtypes.get((domain, op), ()))),
                          "in_atc_table": row is not None, "refused_nodes": bad,
-                         "documented_opsets": row["opsets"] if row else "", "page": row["page"] if row else ""})
+                         "documented_opsets": row["opsets"] if row else "",
+                         "parser_opsets": row.get("parser_opsets", "") if row else "", "graph_opset": self.opset,
+                         "page": row["page"] if row else ""})
         return rows
 
 
@@ -123,7 +160,8 @@ def check_graph(onnx_path: Path, precision_mode: str | None = None, precision_mo
         inferred = model
     dtypes = _value_dtypes(inferred)
     folded = _constant_nodes(inferred, static_shapes)
-    result = OpCheck(precision_of(precision_mode, precision_mode_v2))
+    opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), 0)
+    result = OpCheck(precision_of(precision_mode, precision_mode_v2), opset)
     table = ops_table()
     for index, node in enumerate(inferred.graph.node):
         domain, name = node.domain, node.name or f"{node.op_type}_{index}"
@@ -136,6 +174,11 @@ def check_graph(onnx_path: Path, precision_mode: str | None = None, precision_mo
         row = table.get(node.op_type)
         if row is None:
             result.offenders.append(Offender(name, node.op_type, domain, "op"))
+            continue
+        bounds = accepted_opsets(row)
+        if bounds and not bounds[0] <= opset <= bounds[1]:
+            result.offenders.append(Offender(name, node.op_type, domain, "opset", allowed=(f"v{bounds[0]}",
+                                             f"v{bounds[1]}"), opset=opset, page=row["page"]))
             continue
         if index in folded:
             continue

@@ -1,7 +1,7 @@
 """Running ATC: the subprocess (streamed to the console and a log, killed as a process group on timeout)
 and reading its outcome.
 
-ATC's contract (CANN docs, shared/reference/ascend.md §2): ``<output>.om`` or ``<output>_<os>_<arch>.om``
+ATC's contract (CANN ATC reference: --output, hiascend atlasatcparam_16_0029): ``<output>.om`` or ``<output>_<os>_<arch>.om``
 is written, success prints :data:`SUCCESS_LINE`, failures print ``E#####`` codes; the exit status is
 not documented, so success needs all three signs.
 """
@@ -44,8 +44,9 @@ class CompileResult:
     tail: str = ""
 
 
-def run_atc(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float, log_path: Path) -> CompileResult:
-    """Run ATC, streaming its output to the console and ``log_path``; on timeout kill its whole
+def run_atc(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float, log_path: Path,
+            cwd: Path | None = None) -> CompileResult:
+    """Run ATC in ``cwd``, streaming its output to the console and ``log_path``; on timeout kill its whole
     process group (ATC forks parallel kernel compilers)."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def run_atc(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float
         try:
             proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=dict(env) if env is not None else None,
-                                    start_new_session=True)
+                                    start_new_session=True, cwd=cwd)
         except OSError as exc:
             raise ToolchainError(f"cannot start {argv[0]}: {exc}") from exc
 

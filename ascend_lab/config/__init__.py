@@ -21,11 +21,13 @@ from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.device import DeviceConfig
 from ascend_lab.config.doctor import DoctorConfig
 from ascend_lab.config.export import ExportConfig
+from ascend_lab.config.loadtest import LoadtestConfig
 from ascend_lab.config.mnist import MnistConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.config.profile import ProfileConfig
 from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.config.search import SearchConfig
+from ascend_lab.config.serve import ServeConfig
 from ascend_lab.config.telemetry import TelemetryConfig
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.errors import AscendLabError, ConfigError, require
@@ -50,12 +52,14 @@ class Task(str, Enum):
     bench = "bench"
     accuracy = "accuracy"
     pipeline = "pipeline"
+    serve = "serve"
+    loadtest = "loadtest"
 
 
 @dataclass
 class AppConfig:
     task: Task = field(default=Task.pipeline,
-                       metadata={"help": "doctor, mnist, export, compile, infer, bench, accuracy or pipeline."})
+                       metadata={"help": "doctor, mnist, export, compile, infer, bench, accuracy, pipeline, serve or loadtest."})
     seed: int = field(default=0, metadata={"help": "Seeds model weights, data splits, inputs and training."})
     verbose: bool = field(default=False, metadata={
         "help": "true: show the INFO lines and progress bars of the libraries a job drives (onnxruntime's optimizer, "
@@ -76,6 +80,10 @@ class AppConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig, metadata={
+        "help": "task=serve (and task=loadtest loadtest.target=self): the OpenAI-compatible server (ascend_lab/config/serve.py)."})
+    loadtest: LoadtestConfig = field(default_factory=LoadtestConfig, metadata={
+        "help": "task=loadtest: the load run against an endpoint (ascend_lab/config/loadtest.py)."})
 
 
 # The config groups each task reads: what decides its result. A job's identity (the resume hash) covers
@@ -90,6 +98,9 @@ TASK_GROUPS: dict[Task, tuple[str, ...]] = {
     Task.bench: ("device", "model", "export", "atc", "runtime", "benchmark"),
     Task.accuracy: ("device", "model", "export", "atc", "runtime", "benchmark", "accuracy"),
     Task.pipeline: ("device", "doctor", "model", "export", "atc", "runtime", "benchmark"),
+    Task.serve: ("device", "model", "export", "atc", "runtime", "serve"),
+    # With loadtest.target=url the serving groups describe nothing measured; TASK_GROUPS is per task, so they stay.
+    Task.loadtest: ("device", "model", "export", "atc", "runtime", "serve", "loadtest"),
 }
 
 SCHEMA_NAME = "ascend_lab_schema"
@@ -123,6 +134,12 @@ def validate(cfg: DictConfig) -> AppConfig:
     require(not (app_cfg.search.objective or app_cfg.search.accuracy) or app_cfg.task is Task.bench,
             "search.objective" if app_cfg.search.objective else "search.accuracy", True,
             f"only task=bench measures what a tuning sweep compares (task={app_cfg.task.value}); use task=bench")
+    if app_cfg.task is Task.loadtest and app_cfg.loadtest.resolved_target == "url":
+        changed = [f.name for f in dataclasses.fields(ServeConfig)
+                   if getattr(app_cfg.serve, f.name) != getattr(ServeConfig(), f.name)]
+        require(not changed, f"serve.{changed[0] if changed else ''}",
+                getattr(app_cfg.serve, changed[0]) if changed else None,
+                "is not read with loadtest.target=url (that server is configured where it runs); drop it")
     if app_cfg.task.value in SEQUENCE_TASKS:
         bench = app_cfg.benchmark
         generate = bench.scenario == "generate"
@@ -166,6 +183,7 @@ def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
 
 __all__ = [
     "AccuracyConfig", "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
-    "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_schema",
+    "LoadtestConfig", "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "ServeConfig",
+    "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_schema",
     "validate",
 ]

@@ -1,6 +1,7 @@
 """`atc` group: CANN's ATC compiler, ONNX → offline .om model (task=compile).
 
-Flag names, values and exclusivity rules follow the CANN ATC reference (shared/reference/ascend.md §2).
+Flag names, values and exclusivity rules follow the CANN ATC parameter reference (hiascend atlasatcparam_16_*
+pages: --dynamic_dims atlasatcparam_16_0020, --precision_mode atlasatcparam_16_0068, --precision_mode_v2 _0069).
 Checks that need only this group run here; the ones that need the exported graph (input names, ranks,
 how many dims are dynamic) run in :func:`ascend_lab.compile.shapes.derive_input_shapes`, and the graph's
 ops are checked by :mod:`ascend_lab.compile.opcheck`.
@@ -18,7 +19,7 @@ from ascend_lab.errors import ConfigError, require, require_choice, require_posi
 
 # Chips ATC and torch_npu know by name: torch_npu's own list (Ascend/pytorch
 # torch_npu/csrc/core/npu/NpuVariables.cpp, socVersionMap) plus the names in the CANN docs and public
-# soc maps (shared/reference/ascend.md §2). `npu-smi info` Name prefixed with "Ascend"; on A3 boards
+# soc maps (Tlntin/qwen-ascend-llm export/onnx2om.py). `npu-smi info` Name prefixed with "Ascend"; on A3 boards
 # `npu-smi info -t board` gives "Chip Name_NPU Name" (Ascend910_9391).
 SOC_VERSIONS = (
     "Ascend310", "Ascend310B1", "Ascend310B2", "Ascend310B3", "Ascend310B4",
@@ -52,7 +53,7 @@ MANAGED_FLAGS = (
     "op_select_implmode", "log", "keep_dtype", "fusion_switch_file", "job_type",
 )
 # atc.tuning: CANN's AOE before the compile, by its --job_type (aoe "--job_type": 1 subgraph tuning (SGAT),
-# 2 operator tuning (OPAT); shared/reference/ascend.md §7).
+# 2 operator tuning (OPAT); hiascend aoerc_16_0002).
 AOE_JOB_TYPES = {"subgraph": 1, "operator": 2}
 TUNING_MODES = ("none", *AOE_JOB_TYPES)
 # --keep_dtype lines: an original op name, or OpType::<type> (--keep_dtype page, atlasatcparam_16_0074).

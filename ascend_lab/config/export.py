@@ -14,6 +14,7 @@ QUANTIZE_MODES = ("none", "int8", "int4")
 # export.quantize=int4 only: the keys and their defaults (onnxruntime-genai builder's int4 scheme).
 INT4_KEYS = ("int4_block_size", "int4_accuracy_level")
 INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+CACHE_LAYOUTS = ("auto", "rank5", "rank4")
 
 
 @dataclass
@@ -37,12 +38,22 @@ class ExportConfig:
     )
     prefill_chunks: List[int] = field(
         default_factory=lambda: [16, 128],
-        metadata={"help": "kv_cache graph: prompt tokens per prefill execution. A prompt is left-padded to a "
-                          "multiple of the smallest and fed largest chunks first (a 512-token prompt: 4 runs of "
-                          "128), on every runtime alike; with the decode step's 1 they are ATC's --dynamic_dims "
-                          "gears. Not part of the ONNX file."},
+        metadata={"help": "kv_cache graph: prompt tokens per prefill execution of a compiled .om; with the decode "
+                          "step's 1 they are ATC's --dynamic_dims gears. A prompt is left-padded to the length the "
+                          "chunks cover in the fewest executions (graph_contract.plan_prefill's cost model: a "
+                          "496-token prompt is 4 runs of 128), largest first. onnxruntime and torch, whose graph "
+                          "takes any length, run a prompt in one execution. Not part of the ONNX file."},
     )
-    opset: int = field(default=17, metadata={"help": "ONNX opset (ATC accepts 11–18 depending on CANN)."})
+    # 14: ATC's parser looks ops up per opset (ai.onnx::<opset>::<op>) and the ONNX operator pages list every op of
+    # the kv_cache graph at v14 (ReduceMean stops at v16, Sub at v15; atlasoxol_09_0123/_0159); the ATC pages give
+    # 8.0.RC v11–v15 and 7.0/9.x v9/v11–v18; Tlntin/qwen-ascend-llm export/export_onnx.py exports Qwen at 14.
+    opset: int = field(default=14, metadata={"help": "ONNX opset. ATC parses an op only at the opsets its "
+                                                    "operator page lists (task=compile checks them): 14 is one "
+                                                    "every CANN from 7.0 takes for the kv_cache graph."})
+    cache_layout: str = field(default="auto", metadata={
+        "help": "kv_cache graph: the cache tensor's layout. rank5 [capacity, b, 2·layers, kv_heads, head_dim]; rank4 "
+                "[capacity, b, 2·layers, kv_heads·head_dim] for CANN whose --dynamic_dims takes inputs of rank <= 4 "
+                "(7.0, 8.0.RC1/RC2); auto picks by the CANN version doctor reports (ascend_lab.export.cache_layout)."})
     do_constant_folding: bool = field(default=False, metadata={"help": "The walkthrough turns it off for ATC."})
     exporter: str = field(default="torchscript", metadata={"help": "torchscript (torch.onnx TorchScript) or dynamo."})
     dynamic_axes: bool = field(default=True, metadata={"help": "Dynamic batch and sequence axes (named, recorded)."})
@@ -107,6 +118,9 @@ class ExportConfig:
         require(block >= 16 and block & (block - 1) == 0, "export.int4_block_size", block,
                 "must be a power of 2, at least 16 (e.g. 32, 64, 128)")
         require_choice("export.int4_accuracy_level", self.int4_accuracy_level, INT4_ACCURACY_LEVELS)
+        require_choice("export.cache_layout", self.cache_layout, CACHE_LAYOUTS)
+        require(self.cache_layout == "auto" or self.graph == "kv_cache", "export.cache_layout", self.cache_layout,
+                "applies only to export.graph=kv_cache")
         require(7 <= self.opset <= 23, "export.opset", self.opset, "must be an ONNX opset between 7 and 23")
         require(self.parity_tol is None or self.parity_tol > 0, "export.parity_tol", self.parity_tol, "must be > 0")
         require(self.parity_batch_size > 0, "export.parity_batch_size", self.parity_batch_size, "must be > 0")

@@ -35,7 +35,7 @@ class MnistConfig:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size."})
     epochs: int = field(
-        default=2, metadata={"help": "Training epochs (the walkthrough: 2; 5-10 reach 97 %+ on full MNIST)."})
+        default=2, metadata={"help": "Training epochs (the walkthrough: 2; benchmarks/README.md: what more reach)."})
     log_interval: int = field(
         default=10,
         metadata={"help": "Batches per train_loss point and console line, each the running mean over those "

@@ -17,7 +17,7 @@ from typing import ClassVar, Optional
 
 from ascend_lab.errors import require_choice, require_positive
 
-# torch_npu.profiler.ProfilerLevel members (hiascend Pytorch docs, ptaoplist_000996; shared/reference/ascend.md §7):
+# torch_npu.profiler.ProfilerLevel members (hiascend Pytorch docs, ptaoplist_000996):
 # Level0 collects the framework's and the NPU's operator timings, Level1 adds CANN API and AI Core metrics,
 # Level2 adds runtime and AI CPU data.
 TORCH_NPU_LEVELS = ("Level0", "Level1", "Level2")

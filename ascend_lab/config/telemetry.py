@@ -31,10 +31,10 @@ class TelemetryConfig:
         "help": "Where the CPU's RAPL energy counters live (intel-rapl:<n>/energy_uj). Point it at an empty folder "
                 "to leave the CPU out of the energy figures."})
     roofline: bool = field(default=True, metadata={
-        "help": "Measure the device's read bandwidth (once per host and device, cached) and log roofline_tokens_s "
-                "and roofline_fraction beside every generate job's decode throughput."})
+        "help": "Measure the device's memory bandwidth (once per host and device, cached) and log roofline_tokens_s "
+                "and roofline_fraction beside every generate job's decode throughput (ascend_lab.bench.roofline)."})
     bandwidth_array_gb: float = field(default=1.0, metadata={
-        "help": "GB (1e9 bytes) of the array the read bandwidth is measured on; below 1 GB caches serve part of it "
+        "help": "GB (1e9 bytes) of the array the bandwidth is measured on; below 1 GB caches serve part of it "
                 "and the figure is flagged (tag roofline.bandwidth_fits=false). Memory held: twice this."})
     bandwidth_repeats: int = field(default=3, metadata={
         "help": "Timed passes per bandwidth kernel (after one untimed pass); the median is kept."})

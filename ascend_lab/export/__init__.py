@@ -46,10 +46,11 @@ class ExportedModel:
     cache_hit: bool
     extra: dict = field(default_factory=dict, repr=False)  # meta.json: parity figures, size, opset
     layer_outputs: bool = False  # the kv_cache graph's debug variant (export.layer_outputs)
+    cache_layout: str = "rank5"  # the kv_cache graph's cache layout (export.cache_layout, resolved)
 
     @property
     def contract(self) -> GraphContract:
-        return GraphContract(self.graph, self.dims, self.dtype, self.layer_outputs)
+        return GraphContract(self.graph, self.dims, self.dtype, self.layer_outputs, self.cache_layout)
 
 
 def parity_tolerance(cfg) -> tuple[float, str]:
@@ -76,6 +77,13 @@ def ensure_exported(cfg, ctx, dtype: str | None = None) -> ExportedModel:
                              f"(got model.dtype={cfg.model.dtype}).")
     start = time.perf_counter()
     cfg = dataclasses.replace(cfg, model=with_launch_paths(cfg.model, ctx.path))
+    from ascend_lab.cann import toolkit
+    from ascend_lab.export import cache_layout
+
+    if cfg.export.graph == "kv_cache":  # the layout this CANN takes, resolved before the cache key
+        layout, why = cache_layout.resolve(cfg.export.cache_layout, toolkit.toolkit_version(cfg.atc.toolkit_home))
+        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, cache_layout=layout))
+        ctx.tracker.set_tags({"export.cache_layout": f"{layout} ({why})"})
     material = key_material(cfg.model, cfg.export, cfg.seed)
     key = cache_key(material)
     folder = entry_dir(ctx.path(cfg.export.cache_dir), cfg.model.name, cfg.export.graph, cfg.model.dtype, key)
@@ -113,8 +121,8 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
     stages["load_model"] = lap()
     model, config = loaded.model, loaded.config
     wrapper = wrapper_for(ecfg.graph, model, layer_outputs=ecfg.layer_outputs,
-                          fuse_projections=ecfg.fuse_projections)
-    contract = GraphContract(ecfg.graph, ModelDims.of(config), cfg.model.dtype, ecfg.layer_outputs)
+                          fuse_projections=ecfg.fuse_projections, cache_layout=ecfg.cache_layout)
+    contract = GraphContract(ecfg.graph, ModelDims.of(config), cfg.model.dtype, ecfg.layer_outputs, ecfg.cache_layout)
     input_names, output_names = contract.input_names(), contract.output_names()
     axes = contract.dynamic_axes()
     dtype = torch_dtype(cfg.model.dtype)
@@ -158,6 +166,7 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
         "files": [f.name for f in files],
         "graph": ecfg.graph,
         "layer_outputs": ecfg.layer_outputs,
+        "cache_layout": ecfg.cache_layout,
         "input_names": input_names,
         "output_names": output_names,
         "dynamic_axes": axes if ecfg.dynamic_axes else {},
@@ -230,6 +239,7 @@ def _from_meta(entry: Path, meta: dict, hit: bool) -> ExportedModel:
         input_names=list(meta["input_names"]), output_names=list(meta["output_names"]),
         dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in meta["dynamic_axes"].items()},
         cache_key=meta["cache_key"], cache_hit=hit, extra=meta, layer_outputs=meta.get("layer_outputs", False),
+        cache_layout=meta.get("cache_layout") if meta.get("cache_layout") in ("rank5", "rank4") else "rank5",
     )
 
 

@@ -19,13 +19,14 @@ from ascend_lab.provenance import installed_versions
 
 # Bump when the wrappers or the export steps change what a given config produces.
 # 3: the kv_cache graph of ascend_lab.graph_contract (fixed-capacity cache, positions in); 4: its sizes read
-# once from the inputs, not per layer (ascend_lab.qwen2.project)
-CACHE_FORMAT = 4
+# once from the inputs, not per layer (ascend_lab.qwen2.project); 5: the attention softmax in float32 (Cast
+# before Softmax, ascend_lab.qwen2)
+CACHE_FORMAT = 5
 # Export fields that change the graph; parity_*, cache_dir, artifact limits, kv_capacity and prefill_chunks
 # (the cache dim is symbolic in the file; chunks are gears of the compile) do not. The int4 keys
 # (config.export.INT4_KEYS) shape it only with export.quantize=int4 and are hashed only then, so no other key moves.
 GRAPH_FIELDS = ("graph", "opset", "do_constant_folding", "exporter", "dynamic_axes", "external_data", "quantize",
-                "layer_outputs", "fuse_projections")
+                "layer_outputs", "fuse_projections", "cache_layout")
 KEY_PACKAGES = ("torch", "transformers", "onnx")
 
 

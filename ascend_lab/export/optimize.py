@@ -12,8 +12,9 @@ following RMSNorm (``SkipSimplifiedLayerNormalization``); it does not recognise 
 (the exported graph builds its own additive mask and repeats the KV heads for GQA), so no
 ``Attention``/``GroupQueryAttention``/``RotaryEmbedding`` fusion happens. The session's own level-``all``
 optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top. A kv_cache graph also gets
-the CPU cache layout (:func:`ascend_lab.export.cache_layout.split_cache_input`): one input per layer's keys and
-values in the layout the attention reads, so no decode step copies the past.
+the per-layer cache (:func:`ascend_lab.export.per_layer_cache.split_cache_input`): one input per layer's keys and
+values in the layout the attention reads, so no decode step copies the past. A rank-4 cache
+(``export.cache_layout=rank4``, a layout for rank-limited CANN releases) keeps the contract's input.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from ascend_lab import artifact_cache
 from ascend_lab import graph_contract as gc
-from ascend_lab.export.cache_layout import split_cache_input
+from ascend_lab.export.per_layer_cache import split_cache_input
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: i
                            optimization_options=options, opt_level=0, only_onnxruntime=False)
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     log.info("transformer optimizer fused: %s", fused or "nothing")
-    if any(i.name == gc.PAST_KEY_VALUES for i in model.model.graph.input):
+    cache = next((i for i in model.model.graph.input if i.name == gc.PAST_KEY_VALUES), None)
+    if cache is not None and len(cache.type.tensor_type.shape.dim) == 5:
         fused["cache_layer_inputs"] = split_cache_input(model.model)
     if external:
         onnx.save_model(model.model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,

@@ -116,12 +116,12 @@ def _copy_calls(path: Path, phase: str) -> list[OpEvent]:
 def exporter_for(toolkit_home: str | None) -> Callable[[Path], None]:
     """``msprof --export=on --output=<session>`` in CANN's environment (CANN profiling docs, "Exporting
     Profile Data": it parses a session first when needed)."""
-    from ascend_lab import cann
+    from ascend_lab.cann import toolkit
 
     def export(session: Path) -> None:
-        environment = cann.load_environment("msprof", toolkit_home)
+        environment = toolkit.load_environment("msprof", toolkit_home)
         if environment.path is None:
-            raise ToolchainError(cann.missing_toolkit_message(
+            raise ToolchainError(toolkit.missing_toolkit_message(
                 f"msprof (parsing the pyACL profile in {session}; or set profile.msprof_export=false)", toolkit_home))
         proc = subprocess.run([str(environment.path), "--export=on", f"--output={session}"], capture_output=True,
                               text=True, env=environment.env, timeout=EXPORT_TIMEOUT_S, stdin=subprocess.DEVNULL)

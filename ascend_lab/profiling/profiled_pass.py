@@ -23,11 +23,11 @@ from typing import Callable
 
 import numpy as np
 
-from ascend_lab.bench.stats import summarize
 from ascend_lab.config.profile import ProfileConfig
 from ascend_lab.profiling import msprof
 from ascend_lab.profiling.events import DECODE, FORWARD, PREFILL, OpEvent, TraceFile
 from ascend_lab.profiling.table import METRIC_PREFIX, OpTable
+from ascend_lab.stats import summarize
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Greedy generation engines, the same on every runtime.
 
 :class:`CacheEngine` drives the ``kv_cache`` graph through a runtime's :class:`CacheBackend`: the prompt
-is left-padded to whole prefill chunks and fed a chunk per execution (largest first), then one token
-per execution; positions, cache slots and pad counts are computed on the host once
-(:mod:`ascend_lab.graph_contract`), and the cache never leaves the backend. Every runtime therefore
-executes the same sequence of graph calls with the same inputs, which is what makes their tokens
-comparable.
+runs in one execution where the graph takes any length, or on a compiled artifact is left-padded to whole
+prefill chunks (its gears) and fed a chunk per execution (largest first); then one token per execution;
+positions, cache slots and pad counts are computed on the host once (:mod:`ascend_lab.graph_contract`), and
+the cache never leaves the backend. Every runtime therefore executes the same sequence of graph calls with the
+same inputs, which is what makes their tokens comparable.
 
 :class:`RecomputeEngine` generates with the cache-less ``logits`` graph: each token re-reads the whole
 sequence (what that graph is for: a check, not a deployment).
@@ -93,6 +93,17 @@ class CacheBackend(Protocol):
     def to_host(self, tokens: Any) -> np.ndarray:
         """Tokens returned by :meth:`execute` as int64 numpy."""
 
+    # Optional (torch and onnxruntime): what iteration-level batching (:mod:`ascend_lab.serve.scheduler`) needs to
+    # place a prompt prefilled apart into one row of a running batch, and to slide the rows along the slots.
+
+    def read_slots(self, start: int, stop: int, row: int | None = None) -> Any:
+        """A copy of cache slots ``[start, stop)`` of ``row`` ([stop - start, 2·layers, kv_heads, dim]) or of every
+        row (``row`` None: [stop - start, batch, ...]), in the backend's own form (what :meth:`write_slots` takes)."""
+
+    def write_slots(self, start: int, values: Any, row: int | None = None) -> None:
+        """Write ``values`` (from :meth:`read_slots` of a backend of the same runtime) into the slots from ``start``
+        of ``row``, or of every row."""
+
     def last_logits(self) -> np.ndarray:
         """The last execution's logits [batch, vocab] on the host (a copy from the device)."""
 
@@ -121,6 +132,19 @@ def engine_for(runtime, export, max_tokens: int, tracker=None, keep_logits: bool
     return engine
 
 
+def prefill_chunks_of(backend: CacheBackend) -> tuple[int, ...] | None:
+    """The chunk sizes a prompt is fed in on ``backend``: a compiled artifact's gears above 1 (it runs nothing
+    else; ``export.prefill_chunks`` chose them at compile time), or None where the graph takes any sequence length
+    (onnxruntime, torch): the prompt then runs in ONE execution (:func:`~ascend_lab.graph_contract.plan_prefill`),
+    since on a CPU every execution streams every weight and chunking only multiplies that."""
+    gears = backend.seq_gears
+    if gears is None:
+        return None
+    if 1 not in gears:
+        raise AscendLabError(f"the compiled graph has no 1-token gear for decode steps (gears {list(gears)});"
+                             " compile it with atc.dynamic_mode=auto")
+    return tuple(sorted(g for g in gears if g > 1)) or (1,)
+
 
 class CacheEngine:
     def __init__(self, backend: CacheBackend, contract: gc.GraphContract, prefill_chunks, capacity_limit: int,
@@ -128,18 +152,7 @@ class CacheEngine:
         contract.require_generative()
         self.backend, self.contract = backend, contract
         self.traffic = backend.traffic
-        gears = backend.seq_gears
-        if gears is not None:
-            # A compiled artifact runs only its gears: the prefill chunks it has, and 1 for decode steps.
-            if 1 not in gears:
-                raise AscendLabError(f"the compiled graph has no 1-token gear for decode steps (gears {list(gears)});"
-                                     " compile it with atc.dynamic_mode=auto")
-            prefill_chunks = tuple(g for g in gears if g > 1) or (1,)
-        # A graph that takes any sequence length (onnxruntime, torch) runs a prompt in ONE execution: on a CPU
-        # every execution streams every weight, so chunking only multiplies that. export.prefill_chunks are
-        # the gears of a compiled artifact, which runs nothing else.
-        self.prefill_chunks: tuple[int, ...] | None = (tuple(sorted(set(prefill_chunks))) if gears is not None
-                                                       else None)
+        self.prefill_chunks = prefill_chunks_of(backend)
         self.capacity_limit = backend.fixed_capacity or capacity_limit
         self.max_tokens = max_tokens  # prompt + new tokens a generation is expected to need (sizes the cache)
         self.keep_logits = keep_logits  # copy each execution's logits to the host (accuracy checks)
@@ -154,23 +167,20 @@ class CacheEngine:
 
     # -- sizing ---------------------------------------------------------------------------------
 
-    def plan(self, prompt_len: int) -> gc.PrefillPlan:
-        """How a prompt is fed: the gears' plan on a compiled artifact, else one execution of the whole prompt."""
-        if self.prefill_chunks is None:
-            if prompt_len < 1:
-                raise ValueError("a prompt needs at least one token")
-            return gc.PrefillPlan(prompt_len, 0, (prompt_len,))
-        return gc.plan_prefill(prompt_len, self.prefill_chunks)
+    def plan(self, prompt_len: int, new_tokens: int) -> gc.PrefillPlan:
+        """The prefill plan (one execution where the graph takes any length), its padding bounded by the cache
+        slots the generation leaves for the prompt."""
+        return gc.plan_prefill(prompt_len, self.prefill_chunks, self.capacity_limit - max(new_tokens - 1, 0))
 
     def slots_needed(self, prompt_len: int, new_tokens: int) -> int:
         """Cache slots one generation uses: the padded prompt and every generated token but the last."""
-        return self.plan(prompt_len).padded_len + max(new_tokens - 1, 0)
+        return self.plan(prompt_len, new_tokens).padded_len + max(new_tokens - 1, 0)
 
     def prepare(self, batch: int, prompt_len: int, new_tokens: int) -> None:
         """Allocate the cache for this shape now (outside any timing)."""
         needed = self.slots_needed(prompt_len, new_tokens)
         if needed > self.capacity_limit:
-            padded_len = self.plan(prompt_len).padded_len
+            padded_len = self.plan(prompt_len, new_tokens).padded_len
             padded = f" (padded to whole prefill chunks: {padded_len})" if padded_len != prompt_len else ""
             raise ConfigError(
                 "export.kv_capacity", self.capacity_limit,
@@ -191,9 +201,10 @@ class CacheEngine:
             pads = gc.left_pad_lengths(attention_mask)
         except ValueError as exc:
             raise AscendLabError(f"generation: {exc}") from None
-        plan = self.plan(prompt_len)
+        new_tokens = max(self.max_tokens - prompt_len, 1)
+        plan = self.plan(prompt_len, new_tokens)
         # A no-op when prepare() already sized the cache for this generation.
-        self.prepare(batch, prompt_len, max(self.max_tokens - prompt_len, 1))
+        self.prepare(batch, prompt_len, new_tokens)
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         if plan.extra_pad:
             ids = np.concatenate([np.zeros((batch, plan.extra_pad), dtype=np.int64), ids], axis=1)

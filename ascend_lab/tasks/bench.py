@@ -13,15 +13,15 @@ closed (:mod:`ascend_lab.tuning.accuracy_check`).
 
 from __future__ import annotations
 
+from ascend_lab.bench.roofline import generate_roofline
 from ascend_lab.bench.scenarios import make_inputs, run_forward, run_generate
-from ascend_lab.bench.summary import Row, figure_text
+from ascend_lab.bench.summary import Row
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.errors import ConfigError
 from ascend_lab.prepare import open_engine
-from ascend_lab.report import format_table
+from ascend_lab.report import format_number, format_table
 from ascend_lab.telemetry import bench_figures, work_device
-from ascend_lab.telemetry.bandwidth import generate_roofline
 from ascend_lab.telemetry.energy import Figures
 
 # Figures shown on the console after a run (all of them are logged).
@@ -81,7 +81,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
              f"batch {bench.batch_size}, seq {input_ids.shape[1]}"
              + (f", {runtime.threads} threads" if runtime.threads else "")
              + (f", {bench.new_tokens} new tokens" if bench.scenario == "generate" else ""))
-    print(format_table(["metric", "value"], [(k, figure_text(metrics[k])) for k in SHOWN if k in metrics], title=title))
+    print(format_table(["metric", "value"], [(k, format_number(metrics[k])) for k in SHOWN if k in metrics], title=title))
     if profile is not None:
         print(profile.log(ctx.tracker, cfg.profile.top_n, f"profile: {title}"))
         metrics.update(profile.metrics)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 
-from ascend_lab import cann
-from ascend_lab.bench.stats import summarize
-from ascend_lab.bench.summary import figure_text
+from ascend_lab.cann import npu_smi as cann_npu_smi, toolkit as cann_toolkit
 from ascend_lab.config import AppConfig
 from ascend_lab.context import JobContext
 from ascend_lab.device import HostTimer, measure
 from ascend_lab.provenance import installed_version
-from ascend_lab.report import format_table
+from ascend_lab.report import format_number, format_table
+from ascend_lab.stats import summarize
 from ascend_lab.telemetry import environment
 from ascend_lab.telemetry.pairing import check_pairing
 
@@ -45,7 +44,7 @@ def time_matmul(device, size: int, dtype_name: str, warmup: int, repeats: int, o
     return summarize(samples).p50
 
 
-def board_table(overview: cann.NpuSmiOverview) -> str | None:
+def board_table(overview: cann_npu_smi.NpuSmiOverview) -> str | None:
     """npu-smi's chips as a table (None without npu-smi): health, power, temperature, HBM (else memory) in use."""
     if overview.path is None:
         return None
@@ -55,7 +54,7 @@ def board_table(overview: cann.NpuSmiOverview) -> str | None:
     def used(a, b) -> str:
         return "-" if a is None else f"{a:,.0f} / {b:,.0f}" if b else f"{a:,.0f}"
 
-    rows = [(f"{c.npu_id}/{c.chip_id}", c.name, c.health, figure_text(c.power_w), figure_text(c.temp_c),
+    rows = [(f"{c.npu_id}/{c.chip_id}", c.name, c.health, format_number(c.power_w), format_number(c.temp_c),
              used(c.hbm_used_mb, c.hbm_total_mb) if c.hbm_used_mb is not None else used(c.memory_used_mb,
                                                                                         c.memory_total_mb))
             for c in overview.chips]
@@ -94,10 +93,10 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
     reference = _reference(cfg, ctx)
     device = ctx.device
     doc = cfg.doctor
-    smi = cann.query_npu_smi()
-    atc_path = cann.find_atc(cfg.atc.toolkit_home)
-    acl_ok, acl_why = cann.acl_importable()
-    set_env = cann.find_set_env(cfg.atc.toolkit_home)
+    smi = cann_npu_smi.query_npu_smi()
+    atc_path = cann_toolkit.find_atc(cfg.atc.toolkit_home)
+    acl_ok, acl_why = cann_toolkit.acl_importable()
+    set_env = cann_toolkit.find_set_env(cfg.atc.toolkit_home)
 
     device_ms = time_matmul(device, doc.matmul_size, doc.matmul_dtype, doc.warmup, doc.repeats, on_cpu=False)
     # A speedup is a comparison with an accelerator: on the CPU it would compare the CPU with itself (noise).
@@ -122,7 +121,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
     facts = {
         "torch": torch.__version__,
         "torch_npu": installed_version("torch_npu"),
-        "CANN toolkit": cann.toolkit_version(cfg.atc.toolkit_home) or "not installed",
+        "CANN toolkit": cann_toolkit.toolkit_version(cfg.atc.toolkit_home) or "not installed",
         "device": str(device.torch_device),
         "chosen because": device.reason,
         "device count": device.count(),
@@ -132,15 +131,16 @@ def run(cfg: AppConfig, ctx: JobContext) -> dict:
         "device memory reserved (MB)": memory.reserved_mb,
         "npu-smi": str(smi.path) if smi.path else "not found",
         "npu-smi chips": ", ".join(smi.names) or "-",
-        "suggested atc.soc_version": smi.soc_version or "-",
+        "suggested atc.soc_version": "{} (from {})".format(*cann_npu_smi.detected_soc_version()) if smi.path or acl_ok
+        else "-",
         "atc": str(atc_path) if atc_path else "not found",
         "set_env.sh": str(set_env) if set_env else "not found",
         "pyACL (import acl)": "ok" if acl_ok else acl_why,
     }
-    pairing = check_pairing(torch.__version__, facts["torch_npu"], cann.toolkit_version(cfg.atc.toolkit_home))
+    pairing = check_pairing(torch.__version__, facts["torch_npu"], cann_toolkit.toolkit_version(cfg.atc.toolkit_home))
     facts["torch ↔ torch_npu ↔ CANN"] = f"{pairing.status}: {pairing.message}"
     table = format_table(["check", "result"], list(facts.items()), title="ascend_lab doctor")
-    board = board_table(cann.npu_smi_overview())
+    board = board_table(cann_npu_smi.npu_smi_overview())
     if board:
         table += "\n" + board
     print(table)

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 
-from ascend_lab import cann
+from ascend_lab.cann import toolkit as cann_toolkit
 from ascend_lab.bench.summary import publish
 from ascend_lab.config import AppConfig, Task
 from ascend_lab.context import JobContext
@@ -46,7 +46,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> list:
         ensure_exported(cfg, _stage(ctx, tracker))
     with ctx.tracker.child("compile", {"stage": "compile"}, ctx.params_for(cfg, Task.compile)) as tracker:
         compiled = None
-        if cann.find_atc(cfg.atc.toolkit_home) or cann.find_set_env(cfg.atc.toolkit_home):
+        if cann_toolkit.find_atc(cfg.atc.toolkit_home) or cann_toolkit.find_set_env(cfg.atc.toolkit_home):
             # ATC compiles the graph exported in atc.export_dtype, once per batch size (static batch).
             for_atc = ensure_exported(cfg, _stage(ctx, tracker), dtype=cfg.atc.export_dtype)
             for batch_size in cfg.benchmark.batch_sizes:
@@ -54,7 +54,7 @@ def run(cfg: AppConfig, ctx: JobContext) -> list:
             skipped = "dry run (atc.dry_run=true)" if cfg.atc.dry_run else "atc not found after loading set_env.sh"
         else:
             skipped = "atc not found (no CANN toolkit on PATH or under " \
-                      + ", ".join(str(p.parent) for p in cann.set_env_locations(cfg.atc.toolkit_home)) + ")"
+                      + ", ".join(str(p.parent) for p in cann_toolkit.set_env_locations(cfg.atc.toolkit_home)) + ")"
         if compiled is None:
             tracker.set_tags({"compile_skipped": skipped})
             ctx.tracker.set_tags({"compile_skipped": skipped})

@@ -1,4 +1,4 @@
-"""Telemetry, energy, the roofline and the environment: what a run measured *with*, beside what it measured.
+"""Telemetry, energy and the environment: what a run measured *with*, beside what it measured.
 
 One concern per module:
 
@@ -8,13 +8,11 @@ One concern per module:
   the RAPL monitor, on MLflow's monitor base class, and the sampler that keeps time-stamped samples.
 - :mod:`~ascend_lab.telemetry.energy`: which power sources count, how each is read (RAPL, NVML, npu-smi), and
   the energy figures of a window.
-- :mod:`~ascend_lab.telemetry.bandwidth`: the device's read bandwidth, cached per host and device, and a generate
-  job's roofline.
 - :mod:`~ascend_lab.telemetry.environment`: ``environment.json`` and the diff behind ``doctor.compare_to``.
 - :mod:`~ascend_lab.telemetry.pairing`: the torch ↔ torch_npu ↔ CANN pairing against Ascend's published table.
 
-``telemetry=off`` samples nothing and measures no bandwidth; ``environment.json`` is logged on every run with a
-tracking store all the same. The names below are the package's interface.
+``telemetry=off`` samples nothing and measures no bandwidth (the roofline: :mod:`ascend_lab.bench.roofline`);
+``environment.json`` is logged on every run with a tracking store all the same. The names below are the package's interface.
 """
 
 from ascend_lab.telemetry.energy import WorkDevice

@@ -9,7 +9,7 @@ The snapshot's groups (the diff reports by group):
 
 - ``toolchain``: CANN toolkit version and where it is installed (the folder of its ``set_env.sh``), the
   ``ASCEND_*`` environment variables (``ASCEND_RT_VISIBLE_DEVICES`` among them), the ``LD_LIBRARY_PATH``
-  entries under the Ascend roots (:func:`ascend_lab.cann.candidate_toolkit_roots` and their parents), and the
+  entries under the Ascend roots (:func:`ascend_lab.cann_toolkit.candidate_toolkit_roots` and their parents), and the
   git commit of the code that ran.
 - ``driver``: from ``npu-smi``: its version, the driver version (``npu-smi info``'s header), each NPU's
   firmware (``npu-smi info -t board -i <id>``) and each chip's name and health.
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ascend_lab import cann
+from ascend_lab.cann import npu_smi as cann_npu_smi, toolkit as cann_toolkit
 from ascend_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def _os_name() -> str:
 
 
 def _ascend_roots(toolkit_home: str | None) -> list[Path]:
-    roots = cann.candidate_toolkit_roots(toolkit_home)
+    roots = cann_toolkit.candidate_toolkit_roots(toolkit_home)
     return list(dict.fromkeys([*roots, *(r.parent for r in roots)]))
 
 
@@ -84,10 +84,10 @@ def _under(entry: str, roots: list[Path]) -> bool:
 def toolchain_facts(launch_dir: Path, toolkit_home: str | None = None) -> dict[str, Any]:
     from ascend_lab.tracking.metadata import git_commit
 
-    set_env = cann.find_set_env(toolkit_home)
+    set_env = cann_toolkit.find_set_env(toolkit_home)
     roots = _ascend_roots(toolkit_home)
     return {
-        "cann_version": cann.toolkit_version(toolkit_home) or "not installed",
+        "cann_version": cann_toolkit.toolkit_version(toolkit_home) or "not installed",
         "cann_path": str(set_env.parent) if set_env else "not found",
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("ASCEND_")},
         "ld_library_path_ascend": [e for e in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
@@ -97,7 +97,7 @@ def toolchain_facts(launch_dir: Path, toolkit_home: str | None = None) -> dict[s
 
 
 def driver_facts(timeout_s: float) -> dict[str, Any]:
-    overview = cann.npu_smi_overview(timeout_s=timeout_s)
+    overview = cann_npu_smi.npu_smi_overview(timeout_s=timeout_s)
     if overview.path is None:
         return {"npu_smi": "not found"}
     facts: dict[str, Any] = {"npu_smi": str(overview.path), "npu_smi_version": overview.npu_smi_version or "unknown",
@@ -108,7 +108,7 @@ def driver_facts(timeout_s: float) -> dict[str, Any]:
     for i, chip in enumerate(overview.chips):
         chips[f"npu_{i}"] = {"npu_id": chip.npu_id, "chip_id": chip.chip_id, "name": chip.name, "health": chip.health}
     for npu_id in sorted({c.npu_id for c in overview.chips}):
-        board, _ = cann.npu_smi_fields("board", npu_id, timeout_s=timeout_s)
+        board, _ = cann_npu_smi.npu_smi_fields("board", npu_id, timeout_s=timeout_s)
         fields = next(iter(board.values()), {})
         firmware[f"npu_{npu_id}"] = fields.get("Firmware Version", "unknown")
     facts["firmware"], facts["chips"] = firmware, chips

@@ -31,7 +31,7 @@ from collections import defaultdict
 from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from ascend_lab import cann
+from ascend_lab.cann import npu_smi
 from ascend_lab.telemetry.energy import RaplReader, physical_index
 
 log = logging.getLogger(__name__)
@@ -65,43 +65,43 @@ class NpuMonitor(BaseMetricsMonitor):
     # (a timed window's edge samples still read them).
     min_interval_s = 1.0
 
-    def __init__(self, chips: list[cann.NpuChip], timeout_s: float) -> None:
+    def __init__(self, chips: list[npu_smi.NpuChip], timeout_s: float) -> None:
         super().__init__()
         self.chips = chips
         self.timeout_s = timeout_s
         self.errors: dict[int, str] = {}
 
     def collect_metrics(self) -> None:
-        by_npu: dict[int, list[tuple[int, cann.NpuChip]]] = defaultdict(list)
+        by_npu: dict[int, list[tuple[int, npu_smi.NpuChip]]] = defaultdict(list)
         for i, chip in enumerate(self.chips):
             by_npu[chip.npu_id].append((i, chip))
         for npu_id, chips in by_npu.items():
-            power, power_error = cann.npu_smi_fields("power", npu_id, timeout_s=self.timeout_s)
-            usages, _ = cann.npu_smi_fields("usages", npu_id, timeout_s=self.timeout_s)
-            temp, _ = cann.npu_smi_fields("temp", npu_id, timeout_s=self.timeout_s)
+            power, power_error = npu_smi.npu_smi_fields("power", npu_id, timeout_s=self.timeout_s)
+            usages, _ = npu_smi.npu_smi_fields("usages", npu_id, timeout_s=self.timeout_s)
+            temp, _ = npu_smi.npu_smi_fields("temp", npu_id, timeout_s=self.timeout_s)
             for i, chip in chips:
                 self._chip(i, chip, power.get(chip.chip_id, {}), usages.get(chip.chip_id, {}),
                            temp.get(chip.chip_id, {}), power_error)
         self._torch_memory()
 
-    def _chip(self, i: int, chip: cann.NpuChip, power: dict, usages: dict, temp: dict, power_error: str | None) -> None:
-        watts = cann.field_number(power, *POWER_FIELDS)
+    def _chip(self, i: int, chip: npu_smi.NpuChip, power: dict, usages: dict, temp: dict, power_error: str | None) -> None:
+        watts = npu_smi.field_number(power, *POWER_FIELDS)
         if watts is None:
             self.errors[i] = power_error or (f"`npu-smi info -t power -i {chip.npu_id}` printed no power figure for "
                                              f"chip {chip.chip_id} ({power or 'no fields'})")
         else:
             self.errors.pop(i, None)
             self._metrics[f"npu_{i}_power_usage_watts"].append(watts)
-        utilization = cann.field_number(usages, *UTILIZATION_FIELDS)
+        utilization = npu_smi.field_number(usages, *UTILIZATION_FIELDS)
         if utilization is not None:
             self._metrics[f"npu_{i}_utilization_percentage"].append(utilization)
         for capacity_field, rate_field in HBM_FIELDS:
-            capacity, rate = cann.field_number(usages, capacity_field), cann.field_number(usages, rate_field)
+            capacity, rate = npu_smi.field_number(usages, capacity_field), npu_smi.field_number(usages, rate_field)
             if capacity is not None and rate is not None:
                 self._metrics[f"npu_{i}_memory_usage_percentage"].append(rate)
                 self._metrics[f"npu_{i}_memory_usage_megabytes"].append(capacity * rate / 100)
                 break
-        celsius = cann.field_number(temp, *TEMPERATURE_FIELDS)
+        celsius = npu_smi.field_number(temp, *TEMPERATURE_FIELDS)
         if celsius is not None:
             self._metrics[f"npu_{i}_temperature_celsius"].append(celsius)
 

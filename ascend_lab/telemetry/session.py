@@ -37,7 +37,7 @@ class TelemetrySession:
     """The sampler of one run and the last timed window (see the module docstring)."""
 
     def __init__(self, cfg: TelemetryConfig, run_id: str, tracking_uri: str) -> None:
-        from ascend_lab import cann
+        from ascend_lab.cann import npu_smi
         from ascend_lab.telemetry.monitors import JobSystemMetricsMonitor, NpuMonitor, RaplMonitor
 
         self.cfg = cfg
@@ -46,7 +46,7 @@ class TelemetrySession:
         self.npu_chips: list = []
         self.npu_reason: str | None = None
         extra = []
-        overview = cann.npu_smi_overview(timeout_s=cfg.npu_smi_timeout_s)
+        overview = npu_smi.npu_smi_overview(timeout_s=cfg.npu_smi_timeout_s)
         if overview.path is None:
             self.npu_reason = "npu-smi not found on PATH (no Ascend driver on this host)"
         elif overview.error:

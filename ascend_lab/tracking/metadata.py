@@ -49,7 +49,7 @@ def package_versions() -> dict[str, str]:
 
 def environment_tags(launch_dir: Path) -> dict[str, str]:
     tags = {f"version.{k}": v for k, v in package_versions().items()}
-    from ascend_lab.cann import toolkit_version
+    from ascend_lab.cann.toolkit import toolkit_version
 
     tags["version.cann"] = toolkit_version() or "not installed"
     # With host, identifies the process that owns the run: a job killed from outside (or by a

@@ -167,10 +167,21 @@ def resolve_summarizer(path: str | None) -> Summarizer | None:
         return None
 
 
+def _each(summarizers: list[Summarizer]) -> Summarizer:
+    """One summarizer that calls every one of ``summarizers`` (each picks the children it knows how to show)."""
+
+    def summarize(tracker: Tracker, runs: list) -> None:
+        for summarize_one in summarizers:
+            summarize_one(tracker, runs)
+
+    return summarize
+
+
 class SweepCallback(Callback):
     """Opens one MLflow parent run per ``-m`` sweep, before any job starts, and closes it.
 
-    ``summarizer``: dotted path of a :data:`Summarizer` called on the parent before it closes.
+    ``summarizer``: dotted path of a :data:`Summarizer` called on the parent before it closes;
+    ``more_summarizers``: further ones, called after it.
 
     Hydra turns exceptions raised in callbacks into warnings, so a tracking store that cannot be
     set up (server unreachable with ``tracking.strict=true``, unwritable folder) stops the sweep
@@ -179,8 +190,9 @@ class SweepCallback(Callback):
 
     interrupted = False  # set by ascend_lab.run.main on Ctrl-C
 
-    def __init__(self, summarizer: str | None = None) -> None:
-        self._summarize = resolve_summarizer(summarizer)
+    def __init__(self, summarizer: str | None = None, more_summarizers: list[str] | None = None) -> None:
+        found = [f for f in (resolve_summarizer(path) for path in [summarizer, *(more_summarizers or [])]) if f]
+        self._summarize = found[0] if len(found) == 1 else (_each(found) if found else None)
         self._store: Store | None = None
         self._parent_run_id: str | None = None
         self._launch_dir: Path | None = None

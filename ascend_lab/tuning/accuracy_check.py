@@ -10,7 +10,7 @@ on the CPU by default) over ``accuracy.prompts`` × ``accuracy.new_tokens`` gree
 - ``tf_max_abs_diff_max``: the largest |Δ| of any logit at any step;
 - ``accuracy_gate_passed``: task=accuracy's gate for the job's precision (``accuracy.gate.<precision>``).
 
-Everything is task=accuracy's own code (:mod:`ascend_lab.accuracy`, :mod:`ascend_lab.tasks.accuracy`): the sides'
+Everything is task=accuracy's own code (:mod:`ascend_lab.accuracy_measure`): the sides'
 configs, the planning and opening of each side, the decoding, the metric definitions, the thresholds. This module
 only runs it inside a bench job, without the layer report and without failing the job: a setting that fails the gate
 is recorded (0) and the sweep's summary ranks it last (:mod:`ascend_lab.bench.summary`).
@@ -26,7 +26,7 @@ REFERENCE_PREFIX, CANDIDATE_PREFIX = "accuracy.reference.", "accuracy.candidate.
 
 def measure_accuracy(cfg: AppConfig, ctx) -> dict[str, float]:
     """The job's configuration (at batch 1, each prompt alone) against the reference; logs and returns the figures."""
-    from ascend_lab.tasks.accuracy import measure
+    from ascend_lab.accuracy_measure import measure
 
     measured = measure(cfg, ctx, candidate_prefix=CANDIDATE_PREFIX, reference_prefix=REFERENCE_PREFIX)
     figures = measured.aggregate

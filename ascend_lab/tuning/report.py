@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ascend_lab.bench.summary import figure_text, summarize_sweep
-from ascend_lab.report import format_table
+from ascend_lab.bench.summary import summarize_sweep
+from ascend_lab.report import format_number, format_table
 from ascend_lab.tuning.sampler import default_of
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def _report(trials: list[Trial], searched: list[str], best: Trial | None, defaul
     for label, trial in (("best", best), ("default", default)):
         if trial is not None:
             rows.append([f"{label} (trial {trial.number})", *(trial.params.get(k, "-") for k in searched),
-                         figure_text(trial.objective), "yes" if trial.feasible else "no"])
+                         format_number(trial.objective), "yes" if trial.feasible else "no"])
     title = f"search: {len(trials)} trials, {sum(t.feasible for t in trials)} feasible"
     lines = [format_table(headers, rows, title=title)]
     if best is None:
@@ -143,10 +143,10 @@ def _report(trials: list[Trial], searched: list[str], best: Trial | None, defaul
         lines.append("the default configuration is not among the trials (use the DefaultsFirstSampler)")
     elif not default.feasible:
         lines.append(f"the default configuration breaks the constraint; best feasible {metric} "
-                     f"{figure_text(best.objective)}")
+                     f"{format_number(best.objective)}")
     else:
-        lines.append(f"best {metric} {figure_text(best.objective)} against the default's "
-                     f"{figure_text(default.objective)}: {best.objective / default.objective:.2f}× "
+        lines.append(f"best {metric} {format_number(best.objective)} against the default's "
+                     f"{format_number(default.objective)}: {best.objective / default.objective:.2f}× "
                      f"(one run each on this host: repeat the best and the default to tell noise from gain)")
     return "\n".join(lines)
 

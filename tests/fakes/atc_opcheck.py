@@ -47,10 +47,17 @@ gears every shape is known when each graph is built, so the int64 shape arithmet
 or --input_shape_range) Shape/Size are not folded. An int64 CumSum over attention_mask is runtime data and
 is checked.
 
+Opsets. The parser registry is keyed by ``ai.onnx::<opset>::<OpType>`` and ConstructOriType never falls back
+to a lower opset (Ascend/parser parser/onnx/onnx_parser.cc), so a node at an opset its plugin does not
+register gets the same E19010 as an unknown op. The registered opsets are the ones each op's page lists
+(the table's "opsets"), except where ATC's own sources say more (:data:`REGISTERED_BEYOND_PAGE`):
+  - Constant: onnx_parser.cc kOnnxOpMap maps it to Const before the versioned lookup (any opset).
+  - Unsqueeze: the current pages list v8-v12, but the plugin
+    https://gitcode.com/cann/ops-math/blob/master/conversion/unsqueeze/framework/unsequeeze_onnx_plugin.cpp
+    registers ai.onnx::13..18::Unsqueeze (UnsqueezeV3, axes as an input), and the canncommercial/700 page
+    (atlasoxol_09_0165) listed v14-v18.
+
 Not enforced, on purpose:
-  - The pages' opset ranges. They lag the parser: the Unsqueeze page lists v8-v12 only, yet exporters
-    emit opset-13 Unsqueeze (axes as an input) and ATC converts it. The range is kept in the table as
-    information only.
   - Inputs the page does not list (opset-13 ``axes`` inputs of Unsqueeze/Squeeze/ReduceSum, ...) and
     inputs whose dtype the page leaves open (Clip min/max, Gemm C, Trilu k).
   - Reshape's data list on the 80RC3+/850/900 pages omits float: a documentation slip (the 601 page lists
@@ -117,13 +124,32 @@ def ori_type(model, node) -> str:
     return f"{domain}::{_opset(model, node.domain or '')}::{node.op_type}"
 
 
+# Opsets ATC's sources register beyond what an op's page lists (see the module docstring); None: any opset.
+REGISTERED_BEYOND_PAGE: dict[str, set[int] | None] = {"Constant": None, "Unsqueeze": set(range(13, 19))}
+
+
+def page_opsets(text: str) -> set[int]:
+    """The opsets a page lists, from its wording ("Opset v8/v9/10/v11/v12")."""
+    import re
+
+    return {int(v) for v in re.findall(r"v?(\d+)", text.replace("Opset", ""))}
+
+
+def registered(op_type: str, opset: int, table: dict[str, dict]) -> bool:
+    if op_type not in table:
+        return False
+    beyond = REGISTERED_BEYOND_PAGE.get(op_type, set())
+    return beyond is None or opset in beyond or opset in page_opsets(table[op_type]["opsets"])
+
+
 def parser_errors(model, table: dict[str, dict]) -> tuple[list[str], list[str]]:
     """(one "No parser is registered ..." message per node without a parser, op types missing from the table)."""
     messages, missing = [], []
+    opset = _opset(model, "")
     for name, node in zip(atc_node_names(model.graph), model.graph.node):
-        if node.domain not in ("", "ai.onnx") or node.op_type not in table:
+        if node.domain not in ("", "ai.onnx") or not registered(node.op_type, opset, table):
             messages.append(f"No parser is registered for Op [{name}, optype [{ori_type(model, node)}]].")
-            if node.domain in ("", "ai.onnx") and node.op_type not in missing:
+            if node.domain in ("", "ai.onnx") and node.op_type not in table and node.op_type not in missing:
                 missing.append(node.op_type)
     return messages, missing
 

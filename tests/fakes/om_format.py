@@ -21,7 +21,8 @@ Optional fields the fake ATC also writes (readers may ignore them):
                       dims are -1 in ``inputs``; a true dynamic-shape model, no gears)
   output_nodes        list, one {"op_name": str, "edge_index": int} per entry of ``outputs``: the ATC name
                       of the ONNX node producing that output (an unnamed node is ``<OpType>_<n>``, as
-                      Ascend/parser onnx_parser.cc UpdateAllNodeName names it) and which of its outputs it is
+                      Ascend/parser onnx_parser.cc UpdateAllNodeName names it, or a fused PartitionedCall_... name)
+                      and which of its outputs it is; "named": false where --out_nodes was given (no output name)
   external_data_from  str, only for graphs whose weights are ONNX external data (over protobuf's 2 GB): the
                       source .onnx, whose data file the simulator reads in place (the stand-in does not copy
                       gigabytes into its container; only must_keep_origin_dtype is emulated for these)

@@ -9,19 +9,24 @@ Written against the documented pyACL Python API (CANN "pyACL API reference", acl
 - the return codes, memory and copy kinds this project uses, and ``aclDataType`` → numpy;
 - :class:`AclError` (a call and its code, with the cause where the docs name it) and :class:`AclInputError`;
 - :func:`import_acl`, failing with how to load CANN;
-- :func:`acquire_acl` / :func:`release_acl`: ``acl.init`` once per process, reference counted over its users;
-  the last release calls ``acl.finalize``. When pyACL was already initialised by someone else in this
-  process (``acl.init`` returns 100002, e.g. torch_npu), that owner finalizes it, not us;
-- :func:`output_name` and :class:`HostBridge` (host buffers before and after CANN 6.0.1).
+- :func:`acquire_acl` / :func:`release_acl`: ``acl.init`` once in the life of the process, reference counted
+  over its users (runtimes, the roofline's bandwidth, sweep jobs run in one process), ``acl.finalize`` once at
+  exit. The pyACL pages ask for one init and one finalize "before the process exits" (aclpythondevg_0013,
+  canncommercial/601; acl.finalize, aclpythondevg_01_0005 of the Atlas 200I DK A2 23.0.RC2 guide); init after
+  finalize in one process is allowed by recent cann/runtime FAQs only, so no CANN we support is asked to
+  re-initialise. When pyACL was already initialised by someone else in this process (``acl.init`` returns
+  100002, e.g. torch_npu), that owner finalizes it, not us;
+- :func:`graph_output_names` and :class:`HostBridge` (host buffers before and after CANN 6.0.1).
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 import numpy as np
 
-from ascend_lab import cann
+from ascend_lab.cann import toolkit
 from ascend_lab.errors import AscendLabError, ToolchainError
 
 ACL_SUCCESS = 0
@@ -67,7 +72,7 @@ def import_acl():
     try:
         import acl
     except Exception as exc:  # ImportError, or OSError from a missing libascendcl.so
-        raise ToolchainError(cann.missing_toolkit_message(
+        raise ToolchainError(toolkit.missing_toolkit_message(
             f"runtime=acl: `import acl` failed ({type(exc).__name__}: {exc})")) from None
     return acl
 
@@ -90,14 +95,16 @@ def numpy_dtype(acl_dtype: int, where: str) -> np.dtype:
 
 _init_lock = threading.Lock()
 _init_users = 0
-_init_owned = False  # this module called acl.init successfully and must finalize
+_init_owned = False  # this module called acl.init successfully and finalizes at exit
+_init_module = None  # the acl module initialised in this process (None: not yet)
 
 
 def acquire_acl(acl) -> None:
-    """``acl.init`` for one more user in this process (the first user's call initialises pyACL)."""
-    global _init_users, _init_owned
+    """One more user of pyACL in this process; the first ever calls ``acl.init`` (and arranges ``acl.finalize``
+    at exit)."""
+    global _init_users, _init_owned, _init_module
     with _init_lock:
-        if _init_users == 0:
+        if _init_module is not acl:
             ret = acl.init()
             if ret == ACL_ERROR_REPEAT_INITIALIZE:
                 _init_owned = False  # initialised elsewhere in this process; its owner finalizes
@@ -105,27 +112,59 @@ def acquire_acl(acl) -> None:
                 raise AclError("acl.init", ret)
             else:
                 _init_owned = True
+                atexit.register(_finalize_at_exit, acl)
+            _init_module = acl
         _init_users += 1
 
 
 def release_acl(acl) -> None:
-    """One user fewer; the last one finalizes pyACL if :func:`acquire_acl` initialised it."""
-    global _init_users, _init_owned
+    """One user fewer. pyACL stays initialised for the next (a sweep's next job): see the module docstring."""
+    global _init_users
     with _init_lock:
-        _init_users -= 1
-        if _init_users == 0 and _init_owned:
-            _init_owned = False
-            ret = acl.finalize()
-            if ret != ACL_SUCCESS:
-                raise AclError("acl.finalize", ret)
+        _init_users = max(_init_users - 1, 0)
+
+
+def acl_users() -> int:
+    """The users holding pyACL now (0 when every runtime is closed)."""
+    return _init_users
+
+
+def _finalize_at_exit(acl) -> None:
+    global _init_owned, _init_module
+    with _init_lock:
+        if not (_init_owned and _init_module is acl):
+            return
+        _init_owned, _init_module = False, None
+        ret = acl.finalize()
+    if ret != ACL_SUCCESS:
+        import logging
+
+        logging.getLogger(__name__).warning("acl.finalize at exit returned %s", ret)
 
 
 # ------------------------------------------------------------------ host memory
 
 
-def output_name(raw: str) -> str:
-    """An output's graph name: ONNX-built models report ``op_name:edge_index:output_name``."""
-    return raw.split(":")[-1]
+def graph_output_names(raw: list[str], expected: list[str] | None, model: str) -> list[str]:
+    """The graph names of a model's outputs, from pyACL's ``get_output_name_by_index`` strings.
+
+    ONNX-built models report ``op_name:edge_index:output_name`` (aclcppdevg_03_1457), the op part possibly a
+    fused name (``PartitionedCall_…``); with ATC's ``--out_nodes`` the form is ``op_name:edge_index``, with no
+    name. Outputs are matched by name where every one has a name; else, where their number is the contract's
+    (``expected``), they are taken in the contract's order. Otherwise the error names the flag that causes it.
+    """
+    parts = [item.split(":") for item in raw]
+    names = [p[-1] if len(p) != 2 else None for p in parts]  # ["op", "idx"]: --out_nodes, no name
+    if all(names) and (expected is None or sorted(names) == sorted(expected)):
+        return names
+    if expected is not None and len(raw) == len(expected):
+        return list(expected)
+    unnamed = [item for item, name in zip(raw, names) if name is None]
+    why = (f"{len(unnamed)} of them carry no name ({', '.join(unnamed[:3])}: the op_name:edge_index form ATC's "
+           "--out_nodes produces; drop --out_nodes from atc.extra_args, or list the contract's outputs in its "
+           "order)") if unnamed else "their names are not the graph contract's"
+    raise ToolchainError(f"runtime=acl: {model} has outputs {raw}, but the graph contract expects "
+                         f"{expected}: {why}.")
 
 
 class HostBridge:

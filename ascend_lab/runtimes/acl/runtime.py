@@ -26,7 +26,7 @@ only the next token ids. The traffic per token is therefore the same at any cont
 Policies:
   * Output names: for a model built from ONNX, ``acl.mdl.get_output_name_by_index`` returns
     ``op_name:edge_index:output_name`` (aclpythondevg get_output_name_by_index; open-mmlab/mmdeploy
-    ``backend/ascend/wrapper.py`` strips it with ``split(':')[-1]``): :func:`output_name` is the one
+    ``backend/ascend/wrapper.py`` strips it with ``split(':')[-1]``): :func:`graph_output_names` is the one
     place that normalises it. Input names are the graph's own.
   * Feeds are checked against the model description (names, dtype, dims, gears) before anything is
     copied or executed; a mismatch raises :class:`AclInputError` naming the input, expected and got.
@@ -60,7 +60,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ascend_lab import cann
+from ascend_lab.cann import npu_smi
 from ascend_lab import graph_contract as gc
 from ascend_lab.errors import AscendLabError, ConfigError, ToolchainError
 from ascend_lab.graph_contract import GraphContract
@@ -70,7 +70,7 @@ from ascend_lab.runtimes.engine import Traffic, no_layer_outputs
 from ascend_lab.runtimes.acl.pyacl import (ACL_MEM_MALLOC_HUGE_FIRST, ACL_MEMCPY_DEVICE_TO_DEVICE,
                                        ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE, ACL_SUCCESS,
                                        DYNAMIC_TENSOR_NAME, AclError, AclInputError, HostBridge, acquire_acl,
-                                       import_acl, numpy_dtype, output_name, release_acl)
+                                       graph_output_names, import_acl, numpy_dtype, release_acl)
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ class AclRuntime(Runtime):
         self._allocate()
 
     def _load_hint(self) -> str:
-        chip = cann.query_npu_smi().soc_version
+        chip = npu_smi.detected_soc_version()[0]
         here = f"this host's chip is {chip}" if chip else "see the Name column of `npu-smi info`"
         return (f"Could not load {self.om_path}. Either the file is corrupt or truncated (delete it: the next "
                 f"task=compile or task=bench compiles it again), it was built by another CANN version, or it was "
@@ -360,8 +360,9 @@ class AclRuntime(Runtime):
             dtype = None if i == self._mbatch_index else numpy_dtype(acl.mdl.get_input_data_type(desc, i),
                                                                      f"input {name!r}")
             self._inputs.append(_Tensor(name, dims, dtype, size))
-        for i in range(num_outputs):
-            name = output_name(acl.mdl.get_output_name_by_index(desc, i))
+        expected = self.contract.output_names() if self.contract is not None else None
+        raw = [acl.mdl.get_output_name_by_index(desc, i) for i in range(num_outputs)]
+        for i, name in enumerate(graph_output_names(raw, expected, self.om_path.name)):
             dims = self._dims("acl.mdl.get_output_dims", acl.mdl.get_output_dims(desc, i))
             dtype = numpy_dtype(acl.mdl.get_output_data_type(desc, i), f"output {name!r}")
             self._outputs.append(_Tensor(name, dims, dtype, acl.mdl.get_output_size_by_index(desc, i)))
@@ -626,7 +627,7 @@ class AclCacheBackend:
         self.contract = runtime.contract
         self.traffic = runtime.traffic
         past = runtime.tensor(gc.PAST_KEY_VALUES)
-        if -1 in past.dims or len(past.dims) != 5:
+        if -1 in past.dims or len(past.dims) != len(self.contract.cache_shape(1, 1)):
             raise AscendLabError(f"runtime=acl: {runtime.om_path.name}'s {gc.PAST_KEY_VALUES} is {past.dims}; the "
                                  "kv_cache graph is compiled with a static capacity and batch (atc.dynamic_mode=auto)")
         self.fixed_capacity, self.compiled_batch = past.dims[0], past.dims[1]

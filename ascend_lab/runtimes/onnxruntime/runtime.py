@@ -15,7 +15,7 @@ Generation over the kv_cache graph (:class:`OrtCacheBackend`) binds the cache wi
 CPU provider it is an ``OrtValue`` over a numpy array, so the session reads it in place and the new
 tokens' slots are written into it in place — nothing is copied per step but those slots. The
 transformer-optimised graph takes the cache per layer in the layout its attention reads
-(:mod:`ascend_lab.export.cache_layout`), so no step copies or transposes the past either.
+(:mod:`ascend_lab.export.per_layer_cache`), so no step copies or transposes the past either.
 """
 
 from __future__ import annotations
@@ -199,13 +199,13 @@ class OnnxRuntime(Runtime):
 class OrtCacheBackend:
     """The kv_cache graph on an ``InferenceSession`` with I/O binding (see the module docstring).
 
-    A graph with the CPU cache layout (:mod:`ascend_lab.export.cache_layout`, the transformer-optimised derived
+    A graph with the per-layer cache (:mod:`ascend_lab.export.per_layer_cache`, the transformer-optimised derived
     graph) takes one input per layer's keys and values in the layout its attention reads: the backend then holds
     the keys of every layer as one array [layers, batch, kv_heads, dim, capacity] and the values as
     [layers, batch, kv_heads, capacity, dim], binds each layer's part in place once per allocation, and writes the
-    new tokens' slots into both after each execution (two numpy copies of the new slots, whatever the depth).
-    ``cache`` is then a slot-major view [capacity, batch, 2·layers, kv_heads, dim] of the same memory (as the
-    contract's), for readers that want the contract's layout."""
+    new tokens' slots into both after each execution (two numpy copies of the new slots, whatever the depth);
+    :meth:`read_slots` and :meth:`write_slots` (the serve scheduler's row moves) convert to and from the
+    contract's slot-major layout, and so does ``cache`` (a copy then) for readers that want the whole of it."""
 
     fixed_capacity = None
     seq_gears = None
@@ -250,11 +250,7 @@ class OrtCacheBackend:
     def cache(self) -> np.ndarray:
         """The cache in the contract's layout [capacity, batch, 2·layers, kv_heads, dim] (a copy with the CPU
         layout)."""
-        if not self.split:
-            return self._cache
-        keys = self._keys.transpose(4, 1, 0, 2, 3)  # [capacity, batch, layers, kv_heads, dim]
-        values = self._values.transpose(3, 1, 0, 2, 4)
-        return np.stack([keys, values], axis=3).reshape(self.contract.cache_shape(self.capacity, self.batch))
+        return self._cache if not self.split else self.read_slots(0, self.capacity)
 
     def execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
@@ -274,18 +270,40 @@ class OrtCacheBackend:
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.contract.output_names(), (value.numpy() for value in binding.get_outputs())))
         present = outputs[gc.PRESENT_KEY_VALUES]  # [seq, batch, 2·layers, kv_heads, dim]
-        end = past_length + present.shape[0]
-        if self.split:
-            self._keys[..., past_length:end] = present[:, :, 0::2].transpose(2, 1, 3, 4, 0)
-            self._values[:, :, :, past_length:end] = present[:, :, 1::2].transpose(2, 1, 3, 0, 4)
-        else:
-            self._cache[past_length:end] = present
+        self.write_slots(past_length, present)
         self._logits = outputs[gc.LOGITS]
         self._layer_hidden = outputs.get(gc.LAYER_HIDDEN_STATES)
         return outputs[gc.NEXT_TOKEN].astype(np.int64, copy=False)
 
     def to_host(self, tokens) -> np.ndarray:
         return np.asarray(tokens, dtype=np.int64)
+
+    def read_slots(self, start: int, stop: int, row: int | None = None) -> np.ndarray:
+        """Slots ``[start, stop)`` in the contract's layout [n, batch, 2·layers, kv_heads, dim] (row: [n, 2·layers,
+        kv_heads, dim]), a copy."""
+        if not self.split:
+            return (self._cache[start:stop] if row is None else self._cache[start:stop, row]).copy()
+        rows = slice(None) if row is None else slice(row, row + 1)
+        keys = self._keys[:, rows, :, :, start:stop].transpose(4, 1, 0, 2, 3)  # [n, batch, layers, kv_heads, dim]
+        values = self._values[:, rows, :, start:stop].transpose(3, 1, 0, 2, 4)
+        slots = np.stack([keys, values], axis=3).reshape(keys.shape[:2] + (-1,) + keys.shape[3:])
+        return slots if row is None else slots[:, 0]
+
+    def write_slots(self, start: int, values: np.ndarray, row: int | None = None) -> None:
+        """Write ``values`` (the contract's layout, as :meth:`read_slots` gives) at slot ``start``, in place: the
+        bound OrtValues share this memory."""
+        stop = start + values.shape[0]
+        if not self.split:
+            if row is None:
+                self._cache[start:stop] = values
+            else:
+                self._cache[start:stop, row] = values
+            return
+        if row is not None:
+            values = values[:, None]
+        rows = slice(None) if row is None else slice(row, row + 1)
+        self._keys[:, rows, :, :, start:stop] = values[:, :, 0::2].transpose(2, 1, 3, 4, 0)
+        self._values[:, rows, :, start:stop] = values[:, :, 1::2].transpose(2, 1, 3, 0, 4)
 
     def last_logits(self) -> np.ndarray:
         return np.array(self._logits, copy=True)

@@ -213,6 +213,15 @@ class TorchCacheBackend:
     def to_host(self, tokens) -> np.ndarray:
         return tokens.cpu().numpy().astype(np.int64)
 
+    def read_slots(self, start: int, stop: int, row: int | None = None):
+        return (self.cache[start:stop] if row is None else self.cache[start:stop, row]).clone()
+
+    def write_slots(self, start: int, values, row: int | None = None) -> None:
+        if row is None:
+            self.cache[start:start + values.shape[0]].copy_(values)
+        else:
+            self.cache[start:start + values.shape[0], row].copy_(values)
+
     def last_logits(self) -> np.ndarray:
         return _to_numpy(self._logits)
 

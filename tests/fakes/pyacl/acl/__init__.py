@@ -30,16 +30,32 @@ ACL_MEMCPY_DEVICE_TO_DEVICE = 3
 ACL_SUCCESS = 0
 
 
+# acl.init after acl.finalize in one process. The pyACL guides pair one init with one finalize "before the
+# process exits" (aclpythondevg_0013, canncommercial/601; aclpythondevg_0007, CANNCommunityEdition/900beta2);
+# only recent cann/runtime FAQs (aclInit_initialization_failures.md) allow a re-init, and nothing documents
+# it for 8.0, so the stand-in refuses it. The code is the simulator's own: the documents give the rule only.
+ACL_ERROR_REINIT_AFTER_FINALIZE = 100049
+
+
 @api("init", "ret")
 def init(config_path: str | None = None) -> int:
     check(not _sim.state.initialized, ACL_ERROR_REPEAT_INITIALIZE)
+    check(_sim.state.finalizes == 0, ACL_ERROR_REINIT_AFTER_FINALIZE)
     if config_path:
         try:
             json.loads(Path(config_path).read_text())
         except (OSError, ValueError):
             raise AclFail(ACL_ERROR_INVALID_FILE)
     _sim.state.initialized = True
+    _sim.state.inits += 1
     return 0
+
+
+@api("get_soc_name", "value")
+def get_soc_name() -> str | None:
+    """``name = acl.get_soc_name()``: the chip's version string, None on failure; no constraint (no init
+    needed): aclpythondevg_01_0008 (canncommercial/601)."""
+    return _sim.state.chip
 
 
 @api("finalize", "ret")
@@ -47,6 +63,7 @@ def finalize() -> int:
     check(_sim.state.initialized, ACL_ERROR_UNINITIALIZE)
     # Leaked objects stay registered so that _sim.leaks() still reports them after finalize.
     _sim.state.initialized = False
+    _sim.state.finalizes += 1
     return 0
 
 
@@ -68,4 +85,4 @@ def destroy_data_buffer(buffer: int) -> int:
     return 0
 
 
-__all__ = ["init", "finalize", "create_data_buffer", "destroy_data_buffer", "rt", "mdl", "prof", "util", "_sim"]
+__all__ = ["init", "finalize", "get_soc_name", "create_data_buffer", "destroy_data_buffer", "rt", "mdl", "prof", "util", "_sim"]

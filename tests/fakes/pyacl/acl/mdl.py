@@ -147,7 +147,9 @@ def load_from_file(path: str):
     inputs = [dict(i) for i in header["inputs"]]
     dyn = header.get("dynamic")
     if dyn:
-        count = 1 if dyn["kind"] == "batch" else sum(len(i["dims"]) for i in inputs)
+        # GE sizes the mbatch input by the -1 values of --input_shape and writes only those (the audit of GE's
+        # SetDynamicDims, shared Ascend notes §8; set_input_dynamic_dims still takes every input's full dims).
+        count = 1 if dyn["kind"] == "batch" else sum(d == -1 for i in inputs for d in i["dims"])
         inputs.append({"name": DYNAMIC_TENSOR_NAME, "dims": [count], "dtype": "int64"})
     model_id = _sim.state.handle()
     _sim.state.models[model_id] = Model(model_id=model_id, path=str(file), header=header, session=session,
@@ -239,6 +241,8 @@ def _output_name(model: Model, index: int) -> str:
     name = model.outputs[index]["name"]
     nodes = model.header.get("output_nodes")
     if model.header.get("framework") == 5 and nodes:
+        if nodes[index].get("named") is False:  # built with --out_nodes: "op_name:edge_index" (aclcppdevg_03_1457)
+            return f"{nodes[index]['op_name']}:{nodes[index]['edge_index']}"
         return f"{nodes[index]['op_name']}:{nodes[index]['edge_index']}:{name}"
     return name
 
@@ -376,7 +380,9 @@ def _buffer_memory(dataset: int, index: int) -> tuple[bytearray, int, int]:
 
 # ---------------------------------------------------------------- dynamic gears
 
-def _set_dynamic(model_id: int, dataset: int, index: int, kind: str, values: list[int]) -> None:
+def _set_dynamic(model_id: int, dataset: int, index: int, kind: str, values: list[int],
+                 selected: list[int] | None = None) -> None:
+    """Write ``values`` into the mbatch buffer; ``selected``: the full dims they stand for (dims gears)."""
     model = _model_in_current_context(model_id)
     dyn = _dynamic(model)
     check(dyn is not None, ACL_ERROR_MODEL_NOT_DYNAMIC)
@@ -387,7 +393,7 @@ def _set_dynamic(model_id: int, dataset: int, index: int, kind: str, values: lis
     payload = np.asarray(values, dtype=np.int64).tobytes()
     check(size >= len(payload), ACL_ERROR_INVALID_PARAM)
     data[offset:offset + len(payload)] = payload  # the set_* call fills the mbatch buffer
-    _sim.state.datasets[dataset].dynamic[model_id] = (kind, list(values))
+    _sim.state.datasets[dataset].dynamic[model_id] = (kind, list(values), list(selected or values))
 
 
 @api("mdl.set_dynamic_batch_size", "ret")
@@ -406,8 +412,12 @@ def set_input_dynamic_dims(model_id: int, dataset: int, index: int, dims: dict) 
           and dims.get("dimCount") == len(dims["dims"]), ACL_ERROR_INVALID_PARAM)
     dyn = _dynamic(model)
     if dyn is not None and dyn["kind"] == "dims":
-        # The full concatenated shape of all inputs, equal to one compiled gear.
+        # The full concatenated shape of all inputs, equal to one compiled gear (GE checks the static dims too).
         check(any(list(dims["dims"]) == _full_dims(model, g) for g in dyn["gears"]), ACL_ERROR_INVALID_PARAM)
+        compiled = [d for spec in model.inputs[:-1] for d in spec["dims"]]
+        written = [value for value, d in zip(dims["dims"], compiled) if d == -1]
+        _set_dynamic(model_id, dataset, index, "dims", written, list(dims["dims"]))
+        return 0
     _set_dynamic(model_id, dataset, index, "dims", list(dims["dims"]))
     return 0
 
@@ -425,13 +435,13 @@ def _chosen_gear(model: Model, dataset: int):
     dyn = _dynamic(model)
     ds = _sim.state.datasets[dataset]
     check(model.model_id in ds.dynamic, ACL_ERROR_MODEL_INPUT_NOT_MATCH)
-    kind, values = ds.dynamic[model.model_id]
+    kind, values, selected = ds.dynamic[model.model_id]
     data, offset, _ = _buffer_memory(dataset, len(model.inputs) - 1)
     stored = np.frombuffer(bytes(data[offset:offset + 8 * len(values)]), dtype=np.int64).tolist()
     check(stored == values, ACL_ERROR_MODEL_INPUT_NOT_MATCH)  # someone wrote into the mbatch buffer
     if dyn["kind"] == "batch":
         return values[0]
-    return next(g for g in dyn["gears"] if _full_dims(model, g) == values)
+    return next(g for g in dyn["gears"] if _full_dims(model, g) == selected)
 
 
 @api("mdl.execute", "ret")
@@ -445,8 +455,9 @@ def execute(model_id: int, in_dataset: int, out_dataset: int) -> int:
     check(len(ins.buffers) == len(model.inputs), ACL_ERROR_MODEL_INPUT_NOT_MATCH)
     check(len(outs.buffers) == len(model.outputs), ACL_ERROR_MODEL_OUTPUT_NOT_MATCH)
     for index in range(len(model.inputs)):
-        # Input buffers are the model's input sizes (the largest gear for dynamic models).
-        check(_buffer_memory(in_dataset, index)[2] == _input_size(model, index), ACL_ERROR_MODEL_INPUT_NOT_MATCH)
+        # get_input_size_by_index is the largest gear's size; GE refuses a smaller buffer, not a larger one
+        # (GE's input copy checks the user buffer holds the model's input: shared Ascend notes §8).
+        check(_buffer_memory(in_dataset, index)[2] >= _input_size(model, index), ACL_ERROR_MODEL_INPUT_NOT_MATCH)
     gear = _chosen_gear(model, in_dataset) if _dynamic(model) else None
     dims = _concrete_dims(model, gear)
     arrays = []
