@@ -72,10 +72,10 @@ def measure(cfg: AppConfig, ctx: JobContext, candidate_prefix: str = "",
     ctx.device_for(candidate.name)  # runtime=acl: the host, torch_npu never imported
     reference = plan_runtime(reference_cfg, reference_ctx)
     precision = precision_of(candidate_cfg, candidate.name)
-    candidate_text = f"{candidate.name} {precision} on {ctx.device.torch_device}"
+    candidate_text = f"{candidate.name} {precision} on {ctx.device.label}"
     reference_text = (f"{reference.name} {precision_of(reference_cfg, reference.name)} on "
-                      f"{reference_ctx.device.torch_device}")
-    reference_ctx.tracker.set_tags({"device": str(reference_ctx.device.torch_device)})
+                      f"{reference_ctx.device.label}")
+    reference_ctx.tracker.set_tags({"device": reference_ctx.device.label})
     ctx.tracker.set_tags({"accuracy.precision": precision, "accuracy.candidate": candidate_text,
                           "accuracy.reference": reference_text})
     print(f"candidate: {candidate_text} ({candidate.reason})\nreference: {reference_text} ({reference.reason})")
@@ -144,11 +144,11 @@ def reference_device(cfg: AppConfig):
 
 def precision_of(cfg: AppConfig, runtime: str) -> str:
     """What a side computes in, the key of its ``accuracy.gate`` row: the compiled graph's
-    ``atc.export_dtype`` on acl, int8 for a quantised graph on onnxruntime, else ``model.dtype``."""
+    ``atc.export_dtype`` on acl, int8/int4 for a quantised graph on onnxruntime, else ``model.dtype``."""
     if runtime == "acl":
         return cfg.atc.export_dtype
-    if runtime == "onnxruntime" and cfg.export.quantize == "int8":
-        return "int8"
+    if runtime == "onnxruntime" and cfg.export.quantize != "none":
+        return cfg.export.quantize
     return cfg.model.dtype
 
 

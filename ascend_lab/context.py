@@ -65,13 +65,13 @@ class JobContext:
             from ascend_lab.device import resolve_device
 
             self._device = resolve_device(self.cfg.device)
-            torch_device, reason = str(self._device.torch_device), self._device.reason
+            label, reason = self._device.label, self._device.reason
             if getattr(self.cfg.runtime, "name", None) == "acl":  # pyACL runs the .om; torch only prepares inputs
                 index = self.cfg.device.index
-                torch_device, reason = f"npu:{index}", f"runtime=acl runs the .om on NPU {index} with pyACL; " \
-                                                       f"torch's own work stays on {torch_device} ({reason})"
-            self.tracker.set_tags({"device": torch_device, "device.reason": reason})
-            log.info("device: %s (%s)", torch_device, reason)
+                label, reason = f"npu:{index}", f"runtime=acl runs the .om on NPU {index} with pyACL; " \
+                                                f"torch's own work stays on {label} ({reason})"
+            self.tracker.set_tags({"device": label, "device.reason": reason})
+            log.info("device: %s (%s)", label, reason)
         return self._device
 
     def device_for(self, runtime_name: str):

@@ -71,6 +71,11 @@ class Device:
     reason: str
 
     @property
+    def label(self) -> str:
+        """``cpu``, ``cuda:0``, ``npu:1``: what ``str(torch_device)`` says, without importing torch."""
+        return "cpu" if self.kind == "cpu" else f"{self.kind}:{self.index}"
+
+    @property
     def torch_device(self):
         import torch
 
@@ -79,9 +84,11 @@ class Device:
     @property
     def backend(self) -> ModuleType | None:
         """``torch.cuda`` or ``torch.npu`` (same API); None on the CPU."""
+        if self.kind == "cpu":
+            return None
         import torch
 
-        return None if self.kind == "cpu" else getattr(torch, self.kind)
+        return getattr(torch, self.kind)
 
     @property
     def is_accelerator(self) -> bool:
@@ -177,12 +184,15 @@ def iter_auto_candidates() -> Iterator[tuple[str, Callable[[], tuple[bool, str]]
 
 
 def resolve_device(cfg: DeviceConfig) -> Device:
-    """Pick the device ``cfg`` asks for; float32 becomes torch's default dtype (NPUs have no float64)."""
+    """Pick the device ``cfg`` asks for; float32 becomes torch's default dtype (NPUs have no float64).
+
+    device=cpu imports no torch: a runtime that does not compute in torch (onnxruntime) then never loads it
+    (its libraries alone hold about half a gigabyte of resident memory)."""
+    if cfg.name == "cpu":
+        return Device("cpu", 0, "device=cpu requested")
     import torch
 
     torch.set_default_dtype(torch.float32)
-    if cfg.name == "cpu":
-        return Device("cpu", 0, "device=cpu requested")
     if cfg.name == "auto":
         skipped = []
         for kind, probe in iter_auto_candidates():

@@ -63,6 +63,10 @@ LOGITS = "logits"
 NEXT_TOKEN = "next_token"
 PRESENT_KEY_VALUES = "present_key_values"
 LAYER_HIDDEN_STATES = "layer_hidden_states"
+# The per-layer cache of onnxruntime's derived graph (ascend_lab.export.per_layer_cache): one input per layer's keys
+# (even j = 2·layer: [batch, kv_heads, dim, capacity]) and values (odd j: [batch, kv_heads, capacity, dim]) in place
+# of past_key_values. Never what ATC compiles.
+PAST_LAYER_INPUT = PAST_KEY_VALUES + ".{}"
 
 # Replaces masked attention scores: finite in float16 (whose largest magnitude is 65504) and far below
 # any real score, so exp() of it underflows to exactly 0 in float16 and float32 alike. ATC's default
@@ -198,6 +202,11 @@ class GraphFile:
     contract: GraphContract
 
 
+def has_layer_cache(input_names) -> bool:
+    """Whether a graph with these inputs takes the cache per layer (:data:`PAST_LAYER_INPUT`)."""
+    return PAST_LAYER_INPUT.format(0) in input_names
+
+
 # The prefill cost model: one execution reads every weight once, which is what a prompt chunk costs on an
 # accelerator (a chunk of up to a few hundred tokens stays bound by reading the weights), plus the compute
 # of the slots it covers, pads included. EXECUTION_SLOTS is that read expressed in slots: an extra
@@ -210,7 +219,7 @@ def prefill_cost(chunks: tuple[int, ...] | list[int]) -> float:
     return len(chunks) + sum(chunks) / EXECUTION_SLOTS
 
 
-def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...], max_padded: int | None = None
+def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...] | None, max_padded: int | None = None
                  ) -> PrefillPlan:
     """The cheapest way to feed a prompt through the chunk sizes (the compiled gears): left-pad it to a
     length the chunks sum to, largest chunks first, choosing the padded length by :func:`prefill_cost`.
@@ -218,9 +227,14 @@ def plan_prefill(prompt_len: int, chunk_sizes: list[int] | tuple[int, ...], max_
     With chunks (16, 128): 496 tokens are padded to 512 and fed as 4 × 128 (not 3 × 128 + 7 × 16), 17 tokens
     as 1 × 128, 129 as 128 + 16. ``max_padded`` bounds the padded length (the cache slots left for the
     prompt); the least padding is taken when no cheaper plan fits.
+
+    ``chunk_sizes=None``: a graph that takes any length (onnxruntime, torch) runs the whole prompt in one
+    execution, unpadded (on a CPU every execution streams every weight, so chunking only multiplies that).
     """
     if prompt_len < 1:
         raise ValueError("a prompt needs at least one token")
+    if chunk_sizes is None:
+        return PrefillPlan(prompt_len, 0, (prompt_len,))
     sizes = sorted(set(chunk_sizes), reverse=True)
     limit = prompt_len + sizes[0]  # padding past one more largest chunk never lowers the cost
     fewest: list[tuple[int, ...] | None] = [()] + [None] * limit  # fewest chunks summing to each length

@@ -117,8 +117,8 @@ def check_ops(cfg: "AppConfig", tracker, onnx_path: Path) -> opcheck.OpCheck:
     advice = [
         f"export at an opset ATC parses every op at: export.opset={fitting}" if fitting else None,
         "use another export.graph (export.graph=kv_cache is made for ATC)",
-        "drop export.quantize (its int8 ops are onnxruntime's own, com.microsoft domain)" if foreign else None,
-        "for int8 on the NPU, quantise with Ascend's own AMCT instead of export.quantize",
+        "drop export.quantize (its int8/int4 ops are onnxruntime's own, com.microsoft domain)" if foreign else None,
+        "for int8/int4 on the NPU, quantise with Ascend's own AMCT instead of export.quantize",
         "export in float16 (atc.export_dtype=float16: ATC's MatMul takes float16 only)"
         if any(o.dtype == "float" for o in result.offenders) else None,
         "or, if you know this CANN takes them, atc.skip_op_check=true",

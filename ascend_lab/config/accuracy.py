@@ -24,8 +24,8 @@ from ascend_lab.errors import require, require_choice, require_positive
 
 REFERENCE_RUNTIMES = ("torch", "onnxruntime", "acl")
 LAYER_REPORT_MODES = ("never", "on_failure", "always")
-# What a candidate computes in: the model dtypes, and int8 for an export.quantize=int8 graph.
-PRECISIONS = (*MODEL_DTYPES, "int8")
+# What a candidate computes in: the model dtypes, and int8/int4 for an export.quantize=int8/int4 graph.
+PRECISIONS = (*MODEL_DTYPES, "int8", "int4")
 
 
 @dataclass
@@ -61,12 +61,15 @@ def default_gates() -> dict[str, GateThresholds]:
     layer error 0.1–0.2 %); bfloat16 keeps 8 mantissa bits (≈ 4e-3 per op); int8 weight quantisation moves
     every matmul by about 1 % (Qwen2.5-0.5B shapes: worst-step cosine 0.9988, mean KL 3e-4, layer error
     2–5 % growing with depth, top-1 0.89 with random weights, whose near-ties flip; tiny_qwen: cosine
-    0.99992, top-1 0.97). The top-1 floors leave room for near-ties and still catch a collapse."""
+    0.99992, top-1 0.97); 4-bit weights (MatMulNBits, block 32) move them about ten times more (tiny_qwen: worst-step
+    cosine 0.989, mean KL 2e-4, layer error up to 9 %, top-1 0.65–0.77 with random weights). The top-1 floors leave
+    room for near-ties and still catch a collapse."""
     return {
         "float32": GateThresholds(),  # the field defaults
         "float16": GateThresholds(min_cosine=0.999, min_top1_agreement=0.95, max_mean_kl=5e-3, layer_tolerance=2e-2),
         "bfloat16": GateThresholds(min_cosine=0.99, min_top1_agreement=0.90, max_mean_kl=2e-2, layer_tolerance=5e-2),
         "int8": GateThresholds(min_cosine=0.99, min_top1_agreement=0.85, max_mean_kl=5e-2, layer_tolerance=1e-1),
+        "int4": GateThresholds(min_cosine=0.98, min_top1_agreement=0.5, max_mean_kl=5e-2, layer_tolerance=0.3),
     }
 
 
@@ -93,7 +96,7 @@ class AccuracyConfig:
         metadata={"help": "The reference's model.dtype (float32, float16, bfloat16); acl computes in "
                           "atc.export_dtype whatever this says."})
     reference_quantize: str = field(
-        default="none", metadata={"help": "The reference's export.quantize (none, int8): onnxruntime only."})
+        default="none", metadata={"help": "The reference's export.quantize (none, int8, int4): onnxruntime only."})
     reference_device: str = field(
         default="cpu",
         metadata={"help": "The reference's device (auto, cpu, cuda, npu; index: device.index). cpu by default, so a "
@@ -116,7 +119,7 @@ class AccuracyConfig:
                           "on_failure (of the gate) or always."})
     gate: Dict[str, GateThresholds] = field(
         default_factory=default_gates,
-        metadata={"help": "Thresholds per candidate precision (float32, float16, bfloat16, int8); see "
+        metadata={"help": "Thresholds per candidate precision (float32, float16, bfloat16, int8, int4); see "
                           "default_gates() for the defaults and why. A failed gate ends the run with a non-zero "
                           "exit after everything is logged."})
 

@@ -10,7 +10,10 @@ from ascend_lab.errors import require, require_choice
 EXPORT_GRAPHS = ("hidden_states", "logits", "kv_cache")
 EXPORTERS = ("torchscript", "dynamo")
 EXTERNAL_DATA_MODES = ("auto", "always", "never")
-QUANTIZE_MODES = ("none", "int8")
+QUANTIZE_MODES = ("none", "int8", "int4")
+# export.quantize=int4 only: the keys and their defaults (onnxruntime-genai builder's int4 scheme).
+INT4_KEYS = ("int4_block_size", "int4_accuracy_level")
+INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 CACHE_LAYOUTS = ("auto", "rank5", "rank4")
 
 
@@ -35,10 +38,11 @@ class ExportConfig:
     )
     prefill_chunks: List[int] = field(
         default_factory=lambda: [16, 128],
-        metadata={"help": "kv_cache graph: prompt tokens per prefill execution. A prompt is left-padded to the "
-                          "length the chunks cover in the fewest executions (graph_contract.plan_prefill's cost "
-                          "model: a 496-token prompt is 4 runs of 128), largest first, on every runtime alike; with the decode step's 1 they are ATC's --dynamic_dims "
-                          "gears. Not part of the ONNX file."},
+        metadata={"help": "kv_cache graph: prompt tokens per prefill execution of a compiled .om; with the decode "
+                          "step's 1 they are ATC's --dynamic_dims gears. A prompt is left-padded to the length the "
+                          "chunks cover in the fewest executions (graph_contract.plan_prefill's cost model: a "
+                          "496-token prompt is 4 runs of 128), largest first. onnxruntime and torch, whose graph "
+                          "takes any length, run a prompt in one execution. Not part of the ONNX file."},
     )
     # 14: ATC's parser looks ops up per opset (ai.onnx::<opset>::<op>) and the ONNX operator pages list every op of
     # the kv_cache graph at v14 (ReduceMean stops at v16, Sub at v15; atlasoxol_09_0123/_0159); the ATC pages give
@@ -65,7 +69,21 @@ class ExportConfig:
     parity_batch_size: int = field(default=2, metadata={"help": "Batch of the seeded parity inputs."})
     parity_seq_len: int = field(default=8, metadata={"help": "Sequence length of the seeded parity inputs."})
     cache_dir: str = field(default="outputs/export_cache", metadata={"help": "Content-addressed export cache."})
-    quantize: str = field(default="none", metadata={"help": "none or int8 (onnxruntime dynamic weight quantisation)."})
+    quantize: str = field(
+        default="none",
+        metadata={"help": "Weight quantisation of the exported graph with onnxruntime's quantisers "
+                          "(ascend_lab/export/quantize.py): none; int8 (MatMulNBits 8-bit, block 32); int4 "
+                          "(MatMulNBits 4-bit, export.int4_block_size, export.int4_accuracy_level). The quantised "
+                          "ops are onnxruntime's own (com.microsoft): onnxruntime only, never ATC."})
+    int4_block_size: int = field(
+        default=32,
+        metadata={"help": "export.quantize=int4 only: input channels sharing one weight scale (MatMulNBits "
+                          "block_size; a power of 2, at least 16). Smaller blocks: closer to float, more scales."})
+    int4_accuracy_level: int = field(
+        default=4,
+        metadata={"help": "export.quantize=int4 only: MatMulNBits accuracy_level, the precision activations are "
+                          "computed in: 0 unset (the weights' float type), 1 float32, 2 float16, 3 bfloat16, "
+                          "4 int8 (blockwise-quantised activations × int4 weights: the fastest CPU kernels)."})
     layer_outputs: bool = field(
         default=False,
         metadata={"help": "kv_cache graph: export its debug variant, which also outputs each decoder layer's hidden "
@@ -90,6 +108,16 @@ class ExportConfig:
         require_choice("export.exporter", self.exporter, EXPORTERS)
         require_choice("export.external_data", self.external_data, EXTERNAL_DATA_MODES)
         require_choice("export.quantize", self.quantize, QUANTIZE_MODES)
+        if self.quantize != "int4":
+            for name in INT4_KEYS:
+                default = type(self).__dataclass_fields__[name].default
+                require(getattr(self, name) == default, f"export.{name}", getattr(self, name),
+                        f"only applies with export.quantize=int4 (got export.quantize={self.quantize}); "
+                        "drop it or set export.quantize=int4")
+        block = self.int4_block_size
+        require(block >= 16 and block & (block - 1) == 0, "export.int4_block_size", block,
+                "must be a power of 2, at least 16 (e.g. 32, 64, 128)")
+        require_choice("export.int4_accuracy_level", self.int4_accuracy_level, INT4_ACCURACY_LEVELS)
         require_choice("export.cache_layout", self.cache_layout, CACHE_LAYOUTS)
         require(self.cache_layout == "auto" or self.graph == "kv_cache", "export.cache_layout", self.cache_layout,
                 "applies only to export.graph=kv_cache")

@@ -25,8 +25,8 @@ from ascend_lab.models import with_launch_paths
 
 log = logging.getLogger(__name__)
 
-# int8 weight quantisation moves logits much more than float rounding does.
-INT8_DEFAULT_TOLERANCE = 1.0
+# Weight quantisation moves logits much more than float rounding does; 4-bit more than 8-bit.
+QUANTIZED_DEFAULT_TOLERANCE = {"int8": 1.0, "int4": 4.0}
 DUMMY_PROMPT = "你好,昇腾!"  # the walkthrough's dummy input
 DUMMY_BATCH = 3  # not 1 (the tracer may specialise size-1 dims) and unlike the parity batch
 DUMMY_SPARE_SLOTS = 7  # kv_cache: cache capacity = prompt + this, unlike every other dim
@@ -59,8 +59,9 @@ def parity_tolerance(cfg) -> tuple[float, str]:
 
     if cfg.export.parity_tol is not None:
         return cfg.export.parity_tol, "export.parity_tol"
-    if cfg.export.quantize == "int8":
-        return INT8_DEFAULT_TOLERANCE, "default for int8-quantised graphs"
+    if cfg.export.quantize in QUANTIZED_DEFAULT_TOLERANCE:
+        return (QUANTIZED_DEFAULT_TOLERANCE[cfg.export.quantize],
+                f"default for {cfg.export.quantize}-quantised graphs")
     return default_tolerance(cfg.model.dtype), f"default for {cfg.model.dtype}"
 
 
@@ -71,8 +72,8 @@ def ensure_exported(cfg, ctx, dtype: str | None = None) -> ExportedModel:
     """
     if dtype is not None and dtype != cfg.model.dtype:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
-    if cfg.export.quantize == "int8" and cfg.model.dtype != "float32":
-        raise AscendLabError(f"export.quantize=int8 quantises float32 weights; set model.dtype=float32 "
+    if cfg.export.quantize != "none" and cfg.model.dtype != "float32":
+        raise AscendLabError(f"export.quantize={cfg.export.quantize} quantises float32 weights; set model.dtype=float32 "
                              f"(got model.dtype={cfg.model.dtype}).")
     start = time.perf_counter()
     cfg = dataclasses.replace(cfg, model=with_launch_paths(cfg.model, ctx.path))
@@ -145,6 +146,11 @@ def _export_into(tmp: Path, cfg, key: str, material: dict) -> dict:
         from ascend_lab.export.quantize import quantize_int8
 
         path = quantize_int8(path, external)
+        stages["quantize"] = lap()
+    elif ecfg.quantize == "int4":
+        from ascend_lab.export.quantize import quantize_int4
+
+        path = quantize_int4(path, external, ecfg.int4_block_size, ecfg.int4_accuracy_level)
         stages["quantize"] = lap()
     opset = onnx_export.graph_opset(path)
     if opset != ecfg.opset:

@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ascend_lab.config.export import ExportConfig
+from ascend_lab.config.export import INT4_KEYS, ExportConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.provenance import installed_versions
 
@@ -23,7 +23,8 @@ from ascend_lab.provenance import installed_versions
 # before Softmax, ascend_lab.qwen2)
 CACHE_FORMAT = 5
 # Export fields that change the graph; parity_*, cache_dir, artifact limits, kv_capacity and prefill_chunks
-# (the cache dim is symbolic in the file; chunks are gears of the compile) do not.
+# (the cache dim is symbolic in the file; chunks are gears of the compile) do not. The int4 keys
+# (config.export.INT4_KEYS) shape it only with export.quantize=int4 and are hashed only then, so no other key moves.
 GRAPH_FIELDS = ("graph", "opset", "do_constant_folding", "exporter", "dynamic_axes", "external_data", "quantize",
                 "layer_outputs", "fuse_projections", "cache_layout")
 KEY_PACKAGES = ("torch", "transformers", "onnx")
@@ -37,7 +38,8 @@ def key_material(model_cfg: ModelConfig, export_cfg: ExportConfig, seed: int,
     material = {
         "format": CACHE_FORMAT,
         "model": model,
-        "export": {name: getattr(export_cfg, name) for name in GRAPH_FIELDS},
+        "export": {name: getattr(export_cfg, name)
+                   for name in GRAPH_FIELDS + (INT4_KEYS if export_cfg.quantize == "int4" else ())},
         "versions": versions if versions is not None else installed_versions(KEY_PACKAGES),
     }
     if model_cfg.weights == "random":

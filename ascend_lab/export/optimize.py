@@ -11,7 +11,10 @@ export it fuses the RMSNorms (``SimplifiedLayerNormalization``) and each residua
 following RMSNorm (``SkipSimplifiedLayerNormalization``); it does not recognise the attention
 (the exported graph builds its own additive mask and repeats the KV heads for GQA), so no
 ``Attention``/``GroupQueryAttention``/``RotaryEmbedding`` fusion happens. The session's own level-``all``
-optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top.
+optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top. A kv_cache graph also gets
+the per-layer cache (:func:`ascend_lab.export.per_layer_cache.split_cache_input`): one input per layer's keys and
+values in the layout the attention reads, so no decode step copies the past. A rank-4 cache
+(``export.cache_layout=rank4``, a layout for rank-limited CANN releases) keeps the contract's input.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ascend_lab import artifact_cache
+from ascend_lab import graph_contract as gc
+from ascend_lab.export.per_layer_cache import split_cache_input
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # Bump when a derivation's code changes what it produces: entries of another format are rebuilt.
-DERIVED_FORMAT = 2  # 2: int8 dynamic quantisation per tensor (export/quantize.py)
+# 2: int8 dynamic quantisation per tensor (export/quantize.py); 3: ortopt splits the kv_cache graph's cache per layer
+DERIVED_FORMAT = 3
 
 
 def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],
@@ -65,6 +71,9 @@ def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: i
                            optimization_options=options, opt_level=0, only_onnxruntime=False)
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     log.info("transformer optimizer fused: %s", fused or "nothing")
+    cache = next((i for i in model.model.graph.input if i.name == gc.PAST_KEY_VALUES), None)
+    if cache is not None and len(cache.type.tensor_type.shape.dim) == 5:
+        fused["cache_layer_inputs"] = split_cache_input(model.model)
     if external:
         onnx.save_model(model.model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=DATA_FILE, size_threshold=1024)

@@ -1,6 +1,10 @@
-"""int8 weight quantisation of an exported graph (``export.quantize=int8``) with onnxruntime's tools.
+"""Weight quantisation of an exported graph (``export.quantize=int8|int4``) with onnxruntime's tools.
 
-Two methods, both quantising exactly the weight matmuls (``MatMul`` whose second input is a
+int4 (:func:`quantize_int4`): ``MatMulNBits`` with 4-bit weights, symmetric, one scale per block of
+``export.int4_block_size`` input channels, at ``export.int4_accuracy_level`` (the scheme of
+onnxruntime-genai's model builder ``-p int4``: microsoft/onnxruntime-genai, src/python/py/models/builder.py).
+
+int8 (:func:`quantize_int8`) has two methods, both quantising exactly the weight matmuls (``MatMul`` whose second input is a
 constant weight: the projections, the MLP and the LM head); activations-by-activations matmuls
 (attention scores, attention × values) stay float, and so do the embedding lookups:
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,25 +99,44 @@ def quantize_int8(path: Path, external: bool, method: str = DEFAULT_INT8_METHOD,
 
     ``external``: weights in one side file (:data:`DATA_FILE`), as the float graph had them.
     """
-    import onnx
-
     if method not in INT8_METHODS:
         raise AscendLabError(f"unknown int8 quantisation method {method!r}; choose one of {', '.join(INT8_METHODS)}")
-    path = Path(path)
+
+    def quantize(model, nodes, work: Path) -> None:
+        if method == "matmul_nbits":
+            _matmul_nbits(model, nodes, work / MODEL_FILE, external, 8, BLOCK_SIZE, accuracy_level)
+        else:
+            _dynamic(model, nodes, work, external)
+
+    return _quantize_in_place(Path(path), f"int8 ({method})", quantize)
+
+
+def quantize_int4(path: Path, external: bool, block_size: int = BLOCK_SIZE, accuracy_level: int = ACCURACY_LEVEL) -> Path:
+    """4-bit ``MatMulNBits`` weights (symmetric, one scale per ``block_size`` input channels) in place at ``path``;
+    the embedding table too (``GatherBlockQuantized``, blocks along the hidden axis), as onnxruntime-genai's int4
+    does: in float it would be the largest tensor left (a 151,936-token vocabulary × 896 is 0.54 GB)."""
+    return _quantize_in_place(
+        Path(path), f"int4 (block {block_size}, accuracy_level {accuracy_level})",
+        lambda model, nodes, work: _matmul_nbits(model, nodes, work / MODEL_FILE, external, 4, block_size,
+                                                 accuracy_level))
+
+
+def _quantize_in_place(path: Path, what: str, quantize) -> Path:
+    """Fold the weight transposes of the graph at ``path``, ``quantize(model, weight_nodes, work_dir)`` into a
+    work folder, then replace the graph's files by the quantised ones."""
+    import onnx
+
     model = onnx.load(str(path))  # external data loaded too
     folded = fold_weight_transposes(model)
     nodes = weight_matmuls(model)
     if not nodes:
-        raise AscendLabError(f"export.quantize=int8: {path} has no MatMul with a constant weight to quantise")
-    log.info("int8 (%s): %d weight matmuls (%d weight transposes folded)", method, len(nodes), folded)
-    work = path.parent / "int8"
+        raise AscendLabError(f"export.quantize: {path} has no MatMul with a constant weight to quantise")
+    log.info("%s: %d weight matmuls (%d weight transposes folded)", what, len(nodes), folded)
+    work = path.parent / "quantized"
     work.mkdir()
     try:
         with _quiet_quantizers():
-            if method == "matmul_nbits":
-                _matmul_nbits(model, nodes, work / MODEL_FILE, external, accuracy_level)
-            else:
-                _dynamic(model, nodes, work, external)
+            quantize(model, nodes, work)
         del model
         for old in path.parent.iterdir():
             if old.is_file():
@@ -127,27 +151,48 @@ def quantize_int8(path: Path, external: bool, method: str = DEFAULT_INT8_METHOD,
 
 @contextmanager
 def _quiet_quantizers() -> Iterator[None]:
-    """onnxruntime's quantisers log a line per node at INFO and advice on the root logger."""
+    """onnxruntime's quantisers log a line per node at INFO and advice on the root logger, and warn about the
+    all-zero blocks they handle."""
     names = ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization", "root")
     loggers = [logging.getLogger(n) if n != "root" else logging.getLogger() for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(max(lg.level, logging.ERROR))
     try:
-        yield
+        with warnings.catch_warnings():
+            # An all-zero block divides 0 by a 0 scale before np.where picks 0 for it.
+            warnings.filterwarnings("ignore", "invalid value encountered in divide", RuntimeWarning)
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
 
-def _matmul_nbits(model, nodes: list[str], out: Path, external: bool, accuracy_level: int) -> None:
+def embedding_gathers(model) -> list[str]:
+    """Names of the Gather nodes that look rows up in a constant 2-D table (the token embedding)."""
+    tables = {init.name for init in model.graph.initializer if len(init.dims) == 2}
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables and n.name]
+
+
+def _matmul_nbits(model, nodes: list[str], out: Path, external: bool, bits: int, block_size: int,
+                  accuracy_level: int) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
-                                     accuracy_level=accuracy_level, nodes_to_include=nodes,
-                                     op_types_to_quantize=("MatMul",))
+    # GatherBlockQuantized takes 4-bit tables only.
+    gathers = embedding_gathers(model) if bits == 4 else []
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=accuracy_level, nodes_to_include=nodes + gathers,
+                                     op_types_to_quantize=("MatMul", "Gather") if gathers else ("MatMul",))
+    opsets = {o.domain: o.version for o in model.opset_import}
     quantizer.process()
-    _save(quantizer.model.model, out, external)
+    quantized = quantizer.model.model
+    # Quantising a Gather raises the default domain's opset (for its int4 tensors), which would change what the
+    # graph's own ops mean (ReduceMean's axes become an input at 18): the int4 type needs the IR version, not the
+    # opset, so the graph keeps the opset it was exported at.
+    for opset in quantized.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.domain in opsets:
+            opset.version = opsets[opset.domain]
+    _save(quantized, out, external)
 
 
 def _dynamic(model, nodes: list[str], work: Path, external: bool) -> None:

@@ -47,6 +47,9 @@ class Runtime(ABC):
     tokenizer: Any = None  # set where loading the runtime built one (torch)
     # Per-execution splits (pyACL: h2d_ms, npu_compute_ms, d2h_ms, as ais_bench reports them); none elsewhere.
     timings: Mapping[str, list[float]] = MappingProxyType({})
+    # Host threads one execution computes on (onnxruntime's intra-op threads, torch's CPU threads); None where
+    # the host does not compute (a device runtime). Reported beside every figure a task logs.
+    threads: int | None = None
 
     @classmethod
     @abstractmethod

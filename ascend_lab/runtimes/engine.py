@@ -1,11 +1,11 @@
 """Greedy generation engines, the same on every runtime.
 
 :class:`CacheEngine` drives the ``kv_cache`` graph through a runtime's :class:`CacheBackend`: the prompt
-is left-padded to whole prefill chunks and fed a chunk per execution (largest first), then one token
-per execution; positions, cache slots and pad counts are computed on the host once
-(:mod:`ascend_lab.graph_contract`), and the cache never leaves the backend. Every runtime therefore
-executes the same sequence of graph calls with the same inputs, which is what makes their tokens
-comparable.
+runs in one execution where the graph takes any length, or on a compiled artifact is left-padded to whole
+prefill chunks (its gears) and fed a chunk per execution (largest first); then one token per execution;
+positions, cache slots and pad counts are computed on the host once (:mod:`ascend_lab.graph_contract`), and
+the cache never leaves the backend. Every runtime therefore executes the same sequence of graph calls with the
+same inputs, which is what makes their tokens comparable.
 
 :class:`RecomputeEngine` generates with the cache-less ``logits`` graph: each token re-reads the whole
 sequence (what that graph is for: a check, not a deployment).
@@ -132,6 +132,19 @@ def engine_for(runtime, export, max_tokens: int, tracker=None, keep_logits: bool
     return engine
 
 
+def prefill_chunks_of(backend: CacheBackend) -> tuple[int, ...] | None:
+    """The chunk sizes a prompt is fed in on ``backend``: a compiled artifact's gears above 1 (it runs nothing
+    else; ``export.prefill_chunks`` chose them at compile time), or None where the graph takes any sequence length
+    (onnxruntime, torch): the prompt then runs in ONE execution (:func:`~ascend_lab.graph_contract.plan_prefill`),
+    since on a CPU every execution streams every weight and chunking only multiplies that."""
+    gears = backend.seq_gears
+    if gears is None:
+        return None
+    if 1 not in gears:
+        raise AscendLabError(f"the compiled graph has no 1-token gear for decode steps (gears {list(gears)});"
+                             " compile it with atc.dynamic_mode=auto")
+    return tuple(sorted(g for g in gears if g > 1)) or (1,)
+
 
 class CacheEngine:
     def __init__(self, backend: CacheBackend, contract: gc.GraphContract, prefill_chunks, capacity_limit: int,
@@ -139,19 +152,14 @@ class CacheEngine:
         contract.require_generative()
         self.backend, self.contract = backend, contract
         self.traffic = backend.traffic
-        gears = backend.seq_gears
-        if gears is not None:
-            # A compiled artifact runs only its gears: the prefill chunks it has, and 1 for decode steps.
-            if 1 not in gears:
-                raise AscendLabError(f"the compiled graph has no 1-token gear for decode steps (gears {list(gears)});"
-                                     " compile it with atc.dynamic_mode=auto")
-            prefill_chunks = tuple(g for g in gears if g > 1) or (1,)
-        self.prefill_chunks = tuple(sorted(set(prefill_chunks)))
+        self.prefill_chunks = prefill_chunks_of(backend)
         self.capacity_limit = backend.fixed_capacity or capacity_limit
         self.max_tokens = max_tokens  # prompt + new tokens a generation is expected to need (sizes the cache)
         self.keep_logits = keep_logits  # copy each execution's logits to the host (accuracy checks)
         self.logits: list[np.ndarray] = []
-        self.notes: list[str] = [f"kv_cache engine: prefill chunks {list(self.prefill_chunks)}, cache capacity "
+        chunking = (f"prefill chunks {list(self.prefill_chunks)}" if self.prefill_chunks is not None
+                    else "prefill in one execution per prompt (any length)")
+        self.notes: list[str] = [f"kv_cache engine: {chunking}, cache capacity "
                                  + (f"{backend.fixed_capacity} (compiled)" if backend.fixed_capacity
                                     else f"allocated as needed up to {capacity_limit}")]
         self._tokens: list = []
@@ -160,7 +168,8 @@ class CacheEngine:
     # -- sizing ---------------------------------------------------------------------------------
 
     def plan(self, prompt_len: int, new_tokens: int) -> gc.PrefillPlan:
-        """The prefill plan, its padding bounded by the cache slots the generation leaves for the prompt."""
+        """The prefill plan (one execution where the graph takes any length), its padding bounded by the cache
+        slots the generation leaves for the prompt."""
         return gc.plan_prefill(prompt_len, self.prefill_chunks, self.capacity_limit - max(new_tokens - 1, 0))
 
     def slots_needed(self, prompt_len: int, new_tokens: int) -> int:
@@ -171,10 +180,11 @@ class CacheEngine:
         """Allocate the cache for this shape now (outside any timing)."""
         needed = self.slots_needed(prompt_len, new_tokens)
         if needed > self.capacity_limit:
+            padded_len = self.plan(prompt_len, new_tokens).padded_len
+            padded = f" (padded to whole prefill chunks: {padded_len})" if padded_len != prompt_len else ""
             raise ConfigError(
                 "export.kv_capacity", self.capacity_limit,
-                f"a {prompt_len}-token prompt (padded to whole prefill chunks: "
-                f"{self.plan(prompt_len, new_tokens).padded_len}) plus {new_tokens} new tokens "
+                f"a {prompt_len}-token prompt{padded} plus {new_tokens} new tokens "
                 f"needs {needed} cache slots; raise export.kv_capacity (and compile again) or shorten "
                 "benchmark.seq_len / benchmark.new_tokens")
         if self.backend.batch == batch and self.backend.capacity >= needed:

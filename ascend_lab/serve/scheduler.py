@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ascend_lab import graph_contract as gc
-from ascend_lab.runtimes.engine import CAPACITY_ALIGN, CacheEngine
+from ascend_lab.runtimes.engine import CAPACITY_ALIGN, CacheEngine, prefill_chunks_of
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,7 @@ class Scheduler:
                  observer=None) -> None:
         self.backend = runtime.cache_backend()
         self.joins = self.backend.fixed_capacity is None and hasattr(self.backend, "read_slots")
-        gears = self.backend.seq_gears
-        if gears is not None:  # a compiled artifact runs only its gears
-            prefill_chunks = tuple(g for g in gears if g > 1) or (1,)
-        self.prefill_chunks = tuple(sorted(set(prefill_chunks)))
+        self.prefill_chunks = prefill_chunks_of(self.backend)  # None: one execution per prompt
         self.capacity = self.backend.fixed_capacity or kv_capacity  # the most slots the cache may have
         self.max_batch, self.queue_size = max_batch, queue_size
         self.observer = observer
@@ -137,7 +134,8 @@ class Scheduler:
     # -- any thread ------------------------------------------------------------------------------
 
     def slots_needed(self, prompt_len: int, max_tokens: int) -> int:
-        """Cache slots one request needs (its prompt padded to whole prefill chunks, then its new tokens)."""
+        """Cache slots one request needs (its prompt, padded to whole prefill chunks on a compiled artifact, then
+        its new tokens)."""
         return self._plan(prompt_len, max_tokens).padded_len + max_tokens - 1
 
     def _plan(self, prompt_len: int, max_tokens: int) -> gc.PrefillPlan:

@@ -31,7 +31,7 @@ SHOWN = ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "throughput_samp
          "d2d_bytes_per_token", "runtime_calls_per_token", "prefill_executions", "host_peak_rss_mb",
          "host_rss_growth_mb", "device_peak_mb", "load_seconds", "iterations", "roofline_tokens_s",
          "roofline_fraction", "energy_j", "joules_per_token", "power_w_mean", "power_w_max",
-         "device_utilization_pct_mean", "peak_memory_mb")
+         "device_utilization_pct_mean", "peak_memory_mb", "threads")
 
 
 def run(cfg: AppConfig, ctx: JobContext) -> Row:
@@ -66,7 +66,8 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
         # The timed figures above are final; the profiled pass runs apart from them (profile=on).
         profile = loaded.profile(engine, input_ids, attention_mask) if cfg.profile.enabled else None
     metrics = {**result.metrics, "load_seconds": loaded.load_seconds, "prepare_seconds": plan.prepare_seconds,
-               "seq_len": float(input_ids.shape[1])}
+               "seq_len": float(input_ids.shape[1]),
+               **({"threads": float(runtime.threads)} if runtime.threads else {})}
     # Tokens the timed window processed: generated ones (generate) or prompt ones (forward), every iteration.
     window_tokens = bench.batch_size * (bench.new_tokens if bench.scenario == "generate" else prompt_len) \
         * int(result.metrics["iterations"])
@@ -76,8 +77,9 @@ def run(cfg: AppConfig, ctx: JobContext) -> Row:
                           "telemetry.work_device": f"{work.kind}:{work.index}"})
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_dict({"scenario": bench.scenario, "samples_ms": result.samples_ms}, "latency_samples.json")
-    title = (f"bench: {cfg.model.name} on {plan.name} ({device.torch_device}), {bench.scenario}, "
+    title = (f"bench: {cfg.model.name} on {plan.name} ({device.label}), {bench.scenario}, "
              f"batch {bench.batch_size}, seq {input_ids.shape[1]}"
+             + (f", {runtime.threads} threads" if runtime.threads else "")
              + (f", {bench.new_tokens} new tokens" if bench.scenario == "generate" else ""))
     print(format_table(["metric", "value"], [(k, format_number(metrics[k])) for k in SHOWN if k in metrics], title=title))
     if profile is not None:

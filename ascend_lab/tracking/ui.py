@@ -10,7 +10,7 @@ table, charts, compare view). Which one an experiment opens on is decided in the
 
 So the experiment is created with the tag, and the printed link names the runs tab and the
 workflow type. The hash route and parameter are those of MLflow 3.17's ``server/js`` bundle
-(routes ``/experiments/:id/runs``, ``workflowType``); ``tests/test_mlflow_ui.py`` opens the link in
+(routes ``/experiments/:id/runs``, ``workflowType``); ``tests/tracking/test_mlflow_ui.py`` opens the link in
 headless Chromium and checks the runs table shows.
 """
 

@@ -273,3 +273,39 @@ def test_decode_vs_hf_smoke(launch):
     assert overhead["help_seconds"] > 0 and "task=bench" in overhead["sweep_command"]
     assert results["ratios"]["runner_overhead"] == overhead["runner_overhead"]
     assert "runner overhead" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# vs_genai.py: onnxruntime-genai side by side (onnxruntime-genai is in the test extra)
+
+VS_GENAI = REPO / "benchmarks" / "vs_genai.py"
+
+
+@pytest.mark.slow
+def test_vs_genai_smoke(tmp_path):
+    """--smoke on tiny_qwen: the peer's fp32 and int4 models are built from our folder, both sides run each row in
+    their own process at 2 threads, and the figures, ratios, agreement and load averages come out."""
+    out = tmp_path / "vs_genai.json"
+    done = subprocess.run([sys.executable, str(VS_GENAI), "--smoke", "--launch-dir", str(tmp_path), "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    folder = tmp_path / "outputs" / "vs_genai" / "tiny_qwen-seed0"
+    assert (folder / "hf" / "config.json").is_file()
+    for precision in ("fp32", "int4"):
+        config = json.loads((folder / f"genai-{precision}" / "genai_config.json").read_text())
+        assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 2
+    assert set(results["results"]) == {"fp32.b1", "int4.b1", "fp32.b2", "int4.b2"}
+    for row in results["results"].values():
+        for side in ("ours", "peer"):
+            (figures,) = row[side]
+            assert figures["threads"] == 2 and figures["decode_tokens_s"] > 0 and figures["ttft_ms"] > 0
+            assert figures["peak_rss_mb"] > 0
+    # Our side ran without torch (device=cpu, onnxruntime): its libraries would be most of a small model's RSS.
+    assert not any(row["ours"][0]["torch_loaded"] for row in results["results"].values())
+    assert {"decode.fp32.b1", "ttft.fp32.b1", "rss.int4.b1"} <= set(results["ratios"])
+    assert set(results["agreement"]) == {"1", "2"} and all(total > 0 for _, total in results["agreement"].values())
+    assert len(results["load_average"]) == 1
+    for text in ("round 1 fp32.b1", "(2 threads)", "load average before", "ratios of medians",
+                 "greedy agreement at fp32, batch 1"):
+        assert text in done.stdout, text

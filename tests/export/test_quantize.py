@@ -176,3 +176,102 @@ def test_unknown_int8_method_is_a_clear_error(tmp_path):
 
     with pytest.raises(AscendLabError, match="matmul_nbits, dynamic"):
         quantize_int8(tmp_path / "model.onnx", False, "int4")
+
+
+# -- int4 (export.quantize=int4) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int4_context(tmp_path_factory):
+    from test_runtimes import _context
+
+    launch = tmp_path_factory.mktemp("launch4")
+    return _context(launch, "runtime=onnxruntime", "export.quantize=int4", "export.int4_block_size=16")
+
+
+def test_int4_export_quantises_every_weight_to_4_bits_and_generates(int4_context, exported):
+    """export.quantize=int4: every weight matmul becomes a 4-bit MatMulNBits with the configured block size and
+    accuracy level (through onnxruntime's quantiser), the weights take under a sixth of their float bytes, and
+    the graph generates with logits close to the float graph's."""
+    import onnx
+    from onnx import helper
+
+    from ascend_lab.export import ensure_exported
+
+    cfg, ctx = int4_context
+    int4 = ensure_exported(cfg, ctx)
+    assert int4.cache_key != exported.cache_key and int4.extra["key_material"]["export"]["int4_block_size"] == 16
+    graph = onnx.load(str(int4.onnx_path)).graph
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == WEIGHT_MATMULS
+    # The embedding table too, in 4 bits: no float table is left.
+    assert [n.op_type for n in graph.node if n.op_type.startswith("Gather") and n.input[1] == "input_ids"] == [
+        "GatherBlockQuantized"]
+    assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                and not i.name.endswith("_scales")]
+    attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 16, 4)
+    float_engine, int4_engine = engine_on(exported.onnx_path, exported), engine_on(int4.onnx_path, int4)
+    ids = np.random.default_rng(3).integers(0, 384, size=(4, 12))
+    mask = np.ones_like(ids)
+    for engine in (float_engine, int4_engine):
+        engine.prefill(ids, mask)
+    a, b = float_engine.logits[-1], int4_engine.logits[-1]
+    cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    print(f"int4: cosine of the prefill logits per prompt: {np.round(cosine, 5)}")
+    assert cosine.min() > 0.98
+
+
+def test_int4_graph_is_refused_by_the_op_check_before_atc(int4_context):
+    """ATC never sees com.microsoft ops: the op check refuses an int4 graph with its clear message."""
+    from ascend_lab.compile import check_ops
+    from ascend_lab.errors import AscendLabError
+    from ascend_lab.export import ensure_exported
+
+    cfg, ctx = int4_context
+    with pytest.raises(AscendLabError) as failure:
+        check_ops(cfg, ctx.tracker, ensure_exported(cfg, ctx).onnx_path)
+    message = str(failure.value)
+    for text in ("(com.microsoft::MatMulNBits): domain 'com.microsoft' has no ATC parser", "atc was not run",
+                 "drop export.quantize (its int8/int4 ops are onnxruntime's own", "AMCT"):
+        assert text in message, text
+
+
+def test_int4_keys_are_hashed_only_with_int4_and_refused_without_it():
+    from test_runtimes import _context
+
+    from ascend_lab.config.export import ExportConfig
+    from ascend_lab.config.model import ModelConfig
+    from ascend_lab.errors import ConfigError
+    from ascend_lab.export.keys import cache_key, key_material
+
+    def key(**fields):
+        return cache_key(key_material(ModelConfig(), ExportConfig(**fields), 0, versions={}))
+
+    assert "int4_block_size" not in key_material(ModelConfig(), ExportConfig(quantize="int8"), 0, versions={})["export"]
+    assert key(quantize="int4") != key(quantize="int4", int4_block_size=64) != key(quantize="int4",
+                                                                                  int4_accuracy_level=0)
+    assert key(quantize="int4") != key(quantize="int8")
+    with pytest.raises(ConfigError, match=r"export.int4_block_size=64: only applies with export.quantize=int4 "
+                                          r"\(got export.quantize=int8\)"):
+        ExportConfig(quantize="int8", int4_block_size=64)
+    with pytest.raises(ConfigError, match=r"export.int4_accuracy_level=1: only applies with export.quantize=int4"):
+        _context(None, "export.int4_accuracy_level=1")
+    with pytest.raises(ConfigError, match=r"export.int4_block_size=48: must be a power of 2, at least 16"):
+        ExportConfig(quantize="int4", int4_block_size=48)
+    with pytest.raises(ConfigError, match=r"export.int4_accuracy_level=5: valid values are 0, 1, 2, 3, 4"):
+        ExportConfig(quantize="int4", int4_accuracy_level=5)
+
+
+@pytest.mark.slow
+def test_cli_int4_accuracy_gate(run_cli, tmp_path):
+    """task=accuracy gates an int4 candidate with the int4 thresholds (accuracy.gate.int4)."""
+    proc = run_cli("task=accuracy", "runtime=onnxruntime", "export.quantize=int4", "accuracy.new_tokens=4",
+                   "tracking=off")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "candidate: onnxruntime int4 on cpu" in proc.stdout
+    assert "accuracy gate passed (int4 thresholds)" in proc.stdout and "accuracy.gate.int4.min_cosine" in proc.stdout
+    failing = run_cli("task=accuracy", "runtime=onnxruntime", "export.quantize=int4", "accuracy.new_tokens=4",
+                      "tracking=off", "accuracy.gate.int4.min_cosine=1.0", "accuracy.layer_report=never")
+    assert failing.returncode == 1 and "Traceback" not in failing.stderr
+    assert "accuracy gate FAILED (int4 thresholds)" in failing.stderr

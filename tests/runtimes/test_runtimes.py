@@ -154,15 +154,25 @@ def test_torch_engine_gives_hugging_face_greedy_tokens(torch_runtime, batch, pad
 
 
 def test_prefill_chunking_does_not_change_the_tokens(torch_runtime):
-    """A 40-token prompt fed as one 48-chunk, as 3 × 16, or token by token: the same generation."""
+    """A 40-token prompt on a graph that takes any length: one execution of 40, unpadded, whatever
+    export.prefill_chunks says. On a backend with gears (a compiled .om's) it is fed as one 48-chunk, as
+    3 × 16, or token by token: the same generation every way."""
+    from ascend_lab.runtimes.engine import CacheEngine
+
     ids, mask = prompts(7, 2, 40, (0, 11))
+    engine, dynamic = generate(torch_runtime, ids, mask, 8, (16,))
+    assert engine.prefill_executions == 1 and engine.plan(40, 8) == gc.PrefillPlan(40, 0, (40,))
+    assert engine.backend.capacity == 48  # 40 + 7, rounded up: no slot spent on padding
     results = {}
     for chunks in ((48,), (16,), (1,)):
-        engine, result = generate(torch_runtime, ids, mask, 8, chunks)
+        backend = torch_runtime.cache_backend()
+        backend.seq_gears = (1, *chunks)
+        engine = CacheEngine(backend, torch_runtime.contract, chunks, CAPACITY, 48)
+        result = greedy_generate(engine, ids, mask, 8, HostTimer)
         results[chunks] = (result.tokens, engine.prefill_executions)
     assert [n for _, n in results.values()] == [1, 3, 40]
     for tokens, _ in results.values():
-        np.testing.assert_array_equal(tokens, results[(48,)][0])
+        np.testing.assert_array_equal(tokens, dynamic.tokens)
 
 
 def test_the_cache_is_sized_for_the_generation_and_reused(torch_runtime):
@@ -182,7 +192,7 @@ def test_kv_capacity_bounds_a_generation(torch_runtime):
 
     ids, mask = prompts(2, 1, 14)
     engine = torch_runtime.engine(14 + 30, CHUNKS, 32)
-    with pytest.raises(ConfigError, match=r"export.kv_capacity.*needs 45 cache slots"):
+    with pytest.raises(ConfigError, match=r"export.kv_capacity.*14-token prompt plus 30 new tokens needs 43 cache slots"):
         engine.prepare(1, 14, 30)
 
 
@@ -268,10 +278,27 @@ def test_onnxruntime_gives_the_torch_runtimes_tokens(launch_dir, torch_runtime):
             _, from_torch = generate(torch_runtime, ids, mask, 20)
             np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
             assert len(np.unique(from_torch.tokens)) > 1  # not a degenerate constant stream
-        # The cache is one numpy array the session reads in place; only the new slots are written.
+        # The cache (per layer, in the attention's layout: the derived graph's) is two numpy arrays the session
+        # reads in place; only the new slots are written.
         backend = engine.backend
-        assert backend.cache.shape == ort_runtime.contract.cache_shape(backend.capacity, 8)
-        assert backend._cache_value.data_ptr() == backend.cache.ctypes.data
+        assert backend.split and backend.cache.shape == ort_runtime.contract.cache_shape(backend.capacity, 8)
+        parts = [part.ctypes.data for layer in zip(backend._keys, backend._values) for part in layer]
+        assert [value.data_ptr() for value in backend._cache_values] == parts
+
+
+def test_the_plain_export_reads_the_contracts_cache_in_place(launch_dir, torch_runtime):
+    """runtime.transformer_optimize=false loads the export as it is: one cache tensor in the contract's layout,
+    bound in place, and the same tokens."""
+    from ascend_lab.prepare import open_engine
+
+    cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=false")
+    with open_engine(cfg, ctx) as loaded:
+        ids, mask = prompts(12, 2, 9, (0, 3))
+        engine, from_onnx = generate(loaded.runtime, ids, mask, 12)
+        _, from_torch = generate(torch_runtime, ids, mask, 12)
+        np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
+        backend = engine.backend
+        assert not backend.split and backend._cache_value.data_ptr() == backend.cache.ctypes.data
 
 
 def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(launch_dir, torch_runtime):
@@ -288,6 +315,14 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     plain, fused = (onnx.load(str(p), load_external_data=False).graph.node
                     for p in (plan.exported.onnx_path, plan.onnx_path))
     assert "SimplifiedLayerNormalization" in {n.op_type for n in fused} and len(fused) < len(plain)
+    # The per-layer cache: the attention's MatMuls read each layer's keys and values straight from the inputs
+    # (no Gather, no Transpose of the past per step).
+    graph = onnx.load(str(plan.onnx_path), load_external_data=False).graph
+    layer_inputs = [i.name for i in graph.input if i.name.startswith("past_key_values.")]
+    assert len(layer_inputs) == 2 * plan.exported.dims.num_layers and "past_key_values" not in {
+        i.name for i in graph.input}
+    readers = {n.op_type for n in graph.node for name in n.input if name in layer_inputs}
+    assert readers <= {"MatMul", "Shape"} and "MatMul" in readers
     with open_engine(cfg, ctx, plan) as loaded:
         ort_runtime = loaded.runtime
         assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path
@@ -309,11 +344,13 @@ def test_the_backend_writes_exactly_the_new_slots(launch_dir):
         engine.prefill(ids, mask)
         cache = engine.backend.cache
         written = np.abs(cache).reshape(cache.shape[0], -1).sum(axis=1) > 0
-        assert written[:8].all() and not written[8:].any()  # one 8-chunk (3 pad slots + 5 tokens)
+        assert written[:5].all() and not written[5:].any()  # the 5 tokens in one execution, no pad slots
+        assert engine.prefill_executions == 1
         engine.step()
         engine.step()
+        cache = engine.backend.cache
         written = np.abs(cache).reshape(cache.shape[0], -1).sum(axis=1) > 0
-        assert written[:10].all() and not written[10:].any()
+        assert written[:7].all() and not written[7:].any()
         assert engine.generated().shape == (2, 3)
 
 

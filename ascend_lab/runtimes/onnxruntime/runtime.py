@@ -13,7 +13,9 @@ lacks (the CANN and CUDA providers ship in separate onnxruntime builds).
 
 Generation over the kv_cache graph (:class:`OrtCacheBackend`) binds the cache with I/O binding: on the
 CPU provider it is an ``OrtValue`` over a numpy array, so the session reads it in place and the new
-tokens' slots are written into it in place — nothing is copied per step but those slots.
+tokens' slots are written into it in place — nothing is copied per step but those slots. The
+transformer-optimised graph takes the cache per layer in the layout its attention reads
+(:mod:`ascend_lab.export.per_layer_cache`), so no step copies or transposes the past either.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class OnnxRuntime(Runtime):
         self._session = open_session(onnx_path, device_kind, device_index, intra_op_threads, inter_op_threads,
                                      graph_optimization, self.notes, profile_prefix=profile_prefix)
         self.providers: list[str] = self._session.get_providers()
+        self.threads = self._session.get_session_options().intra_op_num_threads
         self._inputs = [_spec(i) for i in self._session.get_inputs()]
         self._outputs = [_spec(o) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
@@ -194,7 +197,15 @@ class OnnxRuntime(Runtime):
 
 
 class OrtCacheBackend:
-    """The kv_cache graph on an ``InferenceSession`` with I/O binding (see the module docstring)."""
+    """The kv_cache graph on an ``InferenceSession`` with I/O binding (see the module docstring).
+
+    A graph with the per-layer cache (:mod:`ascend_lab.export.per_layer_cache`, the transformer-optimised derived
+    graph) takes one input per layer's keys and values in the layout its attention reads: the backend then holds
+    the keys of every layer as one array [layers, batch, kv_heads, dim, capacity] and the values as
+    [layers, batch, kv_heads, capacity, dim], binds each layer's part in place once per allocation, and writes the
+    new tokens' slots into both after each execution (two numpy copies of the new slots, whatever the depth);
+    :meth:`read_slots` and :meth:`write_slots` (the serve scheduler's row moves) convert to and from the
+    contract's slot-major layout, and so does ``cache`` (a copy then) for readers that want the whole of it."""
 
     fixed_capacity = None
     seq_gears = None
@@ -203,6 +214,7 @@ class OrtCacheBackend:
         self.session, self.contract = session, contract
         self.traffic = Traffic()
         self.batch = self.capacity = 0
+        self.split = gc.has_layer_cache([i.name for i in session.get_inputs()])
         self._binding = session.io_binding()
         self._pads: np.ndarray | None = None
         self._logits: np.ndarray | None = None
@@ -215,9 +227,30 @@ class OrtCacheBackend:
     def allocate(self, batch: int, capacity: int) -> None:
         import onnxruntime as ort
 
-        self.cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=self.contract.numpy_dtype)
-        self._cache_value = ort.OrtValue.ortvalue_from_numpy(self.cache)  # shares the numpy memory
+        binding, dtype = self._binding, self.contract.numpy_dtype
+        binding.clear_binding_inputs()
+        if self.split:
+            d = self.contract.dims
+            self._keys = np.zeros((d.num_layers, batch, d.num_kv_heads, d.head_dim, capacity), dtype=dtype)
+            self._values = np.zeros((d.num_layers, batch, d.num_kv_heads, capacity, d.head_dim), dtype=dtype)
+            # OrtValues over each layer's part of the two arrays: the session reads the cache where it lies.
+            self._cache_values = []
+            for layer in range(d.num_layers):
+                for j, part in ((2 * layer, self._keys[layer]), (2 * layer + 1, self._values[layer])):
+                    value = ort.OrtValue.ortvalue_from_numpy(part)
+                    binding.bind_ortvalue_input(gc.PAST_LAYER_INPUT.format(j), value)
+                    self._cache_values.append(value)
+        else:
+            self._cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=dtype)
+            self._cache_value = ort.OrtValue.ortvalue_from_numpy(self._cache)  # shares the numpy memory
+            binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
         self.batch, self.capacity = batch, capacity
+
+    @property
+    def cache(self) -> np.ndarray:
+        """The cache in the contract's layout [capacity, batch, 2·layers, kv_heads, dim] (a copy with the CPU
+        layout)."""
+        return self._cache if not self.split else self.read_slots(0, self.capacity)
 
     def execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
@@ -226,19 +259,18 @@ class OrtCacheBackend:
         if pad_lengths is not None:
             self._pads = np.ascontiguousarray(pad_lengths, dtype=np.int64)
         binding = self._binding
-        binding.clear_binding_inputs()
+        # The cache stays bound from allocate(); binding a name again replaces its earlier binding.
         binding.clear_binding_outputs()
         binding.bind_cpu_input(gc.INPUT_IDS, ids)
         binding.bind_cpu_input(gc.POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
         binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
         binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
-        binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
         for name in self.contract.output_names():
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.contract.output_names(), (value.numpy() for value in binding.get_outputs())))
-        present = outputs[gc.PRESENT_KEY_VALUES]
-        self.cache[past_length:past_length + present.shape[0]] = present
+        present = outputs[gc.PRESENT_KEY_VALUES]  # [seq, batch, 2·layers, kv_heads, dim]
+        self.write_slots(past_length, present)
         self._logits = outputs[gc.LOGITS]
         self._layer_hidden = outputs.get(gc.LAYER_HIDDEN_STATES)
         return outputs[gc.NEXT_TOKEN].astype(np.int64, copy=False)
@@ -247,14 +279,31 @@ class OrtCacheBackend:
         return np.asarray(tokens, dtype=np.int64)
 
     def read_slots(self, start: int, stop: int, row: int | None = None) -> np.ndarray:
-        return (self.cache[start:stop] if row is None else self.cache[start:stop, row]).copy()
+        """Slots ``[start, stop)`` in the contract's layout [n, batch, 2·layers, kv_heads, dim] (row: [n, 2·layers,
+        kv_heads, dim]), a copy."""
+        if not self.split:
+            return (self._cache[start:stop] if row is None else self._cache[start:stop, row]).copy()
+        rows = slice(None) if row is None else slice(row, row + 1)
+        keys = self._keys[:, rows, :, :, start:stop].transpose(4, 1, 0, 2, 3)  # [n, batch, layers, kv_heads, dim]
+        values = self._values[:, rows, :, start:stop].transpose(3, 1, 0, 2, 4)
+        slots = np.stack([keys, values], axis=3).reshape(keys.shape[:2] + (-1,) + keys.shape[3:])
+        return slots if row is None else slots[:, 0]
 
     def write_slots(self, start: int, values: np.ndarray, row: int | None = None) -> None:
-        # In place: the bound OrtValue shares this memory.
-        if row is None:
-            self.cache[start:start + values.shape[0]] = values
-        else:
-            self.cache[start:start + values.shape[0], row] = values
+        """Write ``values`` (the contract's layout, as :meth:`read_slots` gives) at slot ``start``, in place: the
+        bound OrtValues share this memory."""
+        stop = start + values.shape[0]
+        if not self.split:
+            if row is None:
+                self._cache[start:stop] = values
+            else:
+                self._cache[start:stop, row] = values
+            return
+        if row is not None:
+            values = values[:, None]
+        rows = slice(None) if row is None else slice(row, row + 1)
+        self._keys[:, rows, :, :, start:stop] = values[:, :, 0::2].transpose(2, 1, 3, 4, 0)
+        self._values[:, rows, :, start:stop] = values[:, :, 1::2].transpose(2, 1, 3, 0, 4)
 
     def last_logits(self) -> np.ndarray:
         return np.array(self._logits, copy=True)

@@ -54,6 +54,7 @@ class TorchRuntime(Runtime):
             torch.set_num_threads(intra_op_threads)
         self.contract = contract
         self.device = torch_device
+        self.threads = torch.get_num_threads() if torch.device(torch_device).type == "cpu" else None
         self.model = model
         self.tokenizer = tokenizer
         self.graph_capture, self.compile = graph_capture, compile
