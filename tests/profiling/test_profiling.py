@@ -298,8 +298,8 @@ def test_profiled_bench_on_torch_and_onnxruntime_side_by_side(run_cli, mlflow_ru
     whose shares sum to 100 % and the chart, prints its top-10 table; the sweep's summary compares their shares."""
     from sweep_helpers import split_runs
 
-    proc = run_cli("-m", "task=bench", "benchmark.scenario=generate", "runtime=torch,onnxruntime", "profile=on", export_cache,
-                   *FAST)
+    proc = run_cli("-m", "task=bench", "benchmark.scenario=generate", "runtime=torch,onnxruntime", "profile=on",
+                   export_cache, *FAST)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("profile: bench: tiny_qwen") == 2 and "| op type" in proc.stdout
     assert "top operator" in proc.stdout and "host gaps between device work" in proc.stdout
