@@ -62,24 +62,44 @@ class _Graph:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.initializers = {i.name: i for i in graph.initializer}
+        self.constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+                          and n.attribute[0].name == "value"}
+
+    def stored(self, name: str) -> str | None:
+        """``name`` if it is a stored tensor (an initializer or a ``Constant``'s output), or the stored tensor an
+        ``Identity`` passes on (the exporter shares equal tensors that way); else None."""
+        while name not in self.initializers and name not in self.constants:
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return name
+
+    def array(self, name: str) -> np.ndarray:
+        """The value of a stored tensor (see :meth:`stored`)."""
+        from onnx import numpy_helper
+
+        name = self.stored(name)
+        stored = self.initializers.get(name)
+        return numpy_helper.to_array(stored if stored is not None else self.constants[name].attribute[0].t)
 
     def weight_node(self, layer: int, projection: str):
         """The node that multiplies by ``layers.<layer>.<projection>``'s weight (``MatMul``, ``MatMulNBits``)."""
         pattern = re.compile(rf"(^|\.)layers\.{layer}\.{re.escape(projection)}\.weight")
         found = [n for n in self.graph.node if n.op_type in ("MatMul", "MatMulNBits") and len(n.input) > 1
                  and pattern.search(n.input[1])]
-        if len(found) != 1 or not all(i in self.initializers for i in found[0].input[1:] if i):
+        if len(found) != 1 or not all(self.stored(i) for i in found[0].input[1:] if i):
             raise AscendLabError(f"kv_cache graph: expected one matmul by a stored layers.{layer}.{projection}.weight, "
                                  f"found {len(found)}; the attention fusion does not know this graph")
         return found[0]
 
-    def bias_add(self, matmul):
-        """The ``Add`` of a stored bias right after ``matmul``, or None."""
+    def bias(self, matmul) -> str | None:
+        """The name of the stored bias an ``Add`` adds right after ``matmul``, or None."""
         readers = self.consumers.get(matmul.output[0], [])
         if len(readers) == 1 and readers[0].op_type == "Add":
             other = [i for i in readers[0].input if i != matmul.output[0]]
-            if len(other) == 1 and other[0] in self.initializers:
-                return readers[0]
+            if len(other) == 1 and self.stored(other[0]):
+                return other[0]
         return None
 
 
@@ -131,16 +151,15 @@ def rotary_tables(model, slots: int, head_dim: int, elem: int) -> tuple[np.ndarr
 
 def pack_projections(g: _Graph, matmuls: list, biases: list, name: str) -> tuple[list, list, str]:
     """One matmul over the concatenated weights of ``matmuls`` (all reading the same input), plus one ``Add`` of the
-    concatenated biases where they have them: (new nodes, new initializers, the packed output)."""
+    concatenated ``biases`` (stored tensors' names, or None) where they have them: (new nodes, new initializers, the
+    packed output)."""
     from onnx import helper, numpy_helper
 
     first = matmuls[0]
     if len({m.op_type for m in matmuls}) != 1 or len({m.input[0] for m in matmuls}) != 1:
         raise AscendLabError("kv_cache graph: the q, k and v projections differ in kind or input")
 
-    def array(tensor_name: str) -> np.ndarray:
-        return numpy_helper.to_array(g.initializers[tensor_name])
-
+    array = g.array
     inits = []
     if first.op_type == "MatMul":  # weights [in, out]: concatenated along the outputs
         inits.append(numpy_helper.from_array(np.concatenate([array(m.input[1]) for m in matmuls], axis=1),
@@ -168,7 +187,7 @@ def pack_projections(g: _Graph, matmuls: list, biases: list, name: str) -> tuple
     if any(b is not None for b in biases):
         if not all(b is not None for b in biases):
             raise AscendLabError("kv_cache graph: some of the q, k and v projections have a bias and some not")
-        values = [array(next(i for i in b.input if i in g.initializers)) for b in biases]
+        values = [array(b) for b in biases]
         inits.append(numpy_helper.from_array(np.concatenate(values), f"{name}.bias"))
         nodes.append(helper.make_node("Add", [node.output[0], inits[-1].name], [f"{name}/biased"], name=f"{name}/Add"))
     return nodes, inits, nodes[-1].output[0]
@@ -232,7 +251,7 @@ def fuse_attention(model, num_heads: int, max_position_embeddings: int | None = 
     for i in range(layers2 // 2):
         projections = [g.weight_node(i, f"self_attn.{p}_proj") for p in "qkv"]
         o_proj = g.weight_node(i, "self_attn.o_proj")
-        nodes, inits, qkv = pack_projections(g, projections, [g.bias_add(m) for m in projections],
+        nodes, inits, qkv = pack_projections(g, projections, [g.bias(m) for m in projections],
                                              name(f"layer{i}/qkv_proj"))
         graph.initializer.extend(inits)
         keys, values = gc.PAST_LAYER_INPUT.format(2 * i), gc.PAST_LAYER_INPUT.format(2 * i + 1)
