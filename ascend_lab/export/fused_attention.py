@@ -131,7 +131,8 @@ def rotary_tables(model, slots: int, head_dim: int, elem: int) -> tuple[np.ndarr
     if reads - set(g.initializers) - {gc.POSITION_IDS}:
         raise AscendLabError(f"kv_cache graph: its rotary table reads {sorted(reads)}, not only {gc.POSITION_IDS}")
     sub = helper.make_model(
-        helper.make_graph(nodes, "rotary", [helper.make_tensor_value_info(gc.POSITION_IDS, TensorProto.INT64, [1, None])],
+        helper.make_graph(nodes, "rotary",
+                          [helper.make_tensor_value_info(gc.POSITION_IDS, TensorProto.INT64, [1, None])],
                           [helper.make_tensor_value_info(e, elem, None) for e in ends],
                           [g.initializers[i] for i in reads if i in g.initializers]),
         opset_imports=list(model.opset_import), ir_version=model.ir_version)
@@ -160,7 +161,7 @@ def pack_projections(g: _Graph, matmuls: list, biases: list, name: str) -> tuple
         raise AscendLabError("kv_cache graph: the q, k and v projections differ in kind or input")
 
     array = g.array
-    inits = []
+    inits: list = []
     if first.op_type == "MatMul":  # weights [in, out]: concatenated along the outputs
         inits.append(numpy_helper.from_array(np.concatenate([array(m.input[1]) for m in matmuls], axis=1),
                                              f"{name}.weight"))
@@ -170,6 +171,8 @@ def pack_projections(g: _Graph, matmuls: list, biases: list, name: str) -> tuple
         if any({k: v for k, v in a.items() if k != "N"} != {k: v for k, v in attrs[0].items() if k != "N"}
                for a in attrs) or any(len(m.input) != len(first.input) for m in matmuls):
             raise AscendLabError("kv_cache graph: the q, k and v MatMulNBits differ in their quantisation")
+        if any(first.input[4:]):  # g_idx and bias are not laid out per output row
+            raise AscendLabError("kv_cache graph: a MatMulNBits with g_idx or bias inputs cannot be packed")
         inputs = [first.input[0]]
         for k, part in enumerate(first.input[1:], start=1):
             if not part:
@@ -283,7 +286,8 @@ def fuse_attention(model, num_heads: int, max_position_embeddings: int | None = 
         raise AscendLabError(f"kv_cache graph: something besides the attention reads {gc.PAST_KEY_VALUES}")
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, gc.MAX_CACHE_SLOTS_KEY: str(slots)})
+    props = {p.key: p.value for p in model.metadata_props}
+    helper.set_model_props(model, {**props, gc.MAX_CACHE_SLOTS_KEY: str(slots)})
     return layers2 // 2
 
 
