@@ -63,10 +63,13 @@ LOGITS = "logits"
 NEXT_TOKEN = "next_token"
 PRESENT_KEY_VALUES = "present_key_values"
 LAYER_HIDDEN_STATES = "layer_hidden_states"
-# The per-layer cache of onnxruntime's derived graph (ascend_lab.export.per_layer_cache): one input per layer's keys
-# (even j = 2·layer: [batch, kv_heads, dim, capacity]) and values (odd j: [batch, kv_heads, capacity, dim]) in place
-# of past_key_values. Never what ATC compiles.
+# The per-layer cache of onnxruntime's derived graph (ascend_lab.export.fused_attention), never what ATC compiles:
+# one input per layer's keys (even j = 2·layer) and values (odd j), each [batch, kv_heads, capacity, dim], in place
+# of past_key_values, and an output of each name below bound to the same memory (the graph writes the new slots);
+# no present_key_values. The graph's metadata MAX_CACHE_SLOTS_KEY holds the most slots its cache may have.
 PAST_LAYER_INPUT = PAST_KEY_VALUES + ".{}"
+PRESENT_LAYER_OUTPUT = PRESENT_KEY_VALUES + ".{}"
+MAX_CACHE_SLOTS_KEY = "ascend_lab.max_cache_slots"
 
 # Replaces masked attention scores: finite in float16 (whose largest magnitude is 65504) and far below
 # any real score, so exp() of it underflows to exactly 0 in float16 and float32 alike. ATC's default

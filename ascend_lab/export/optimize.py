@@ -9,12 +9,11 @@ and a killed job leaves nothing half-written.
 (``onnxruntime.transformers.optimizer.optimize_model``). On this project's Qwen2 ``kv_cache``
 export it fuses the RMSNorms (``SimplifiedLayerNormalization``) and each residual add with the
 following RMSNorm (``SkipSimplifiedLayerNormalization``); it does not recognise the attention
-(the exported graph builds its own additive mask and repeats the KV heads for GQA), so no
-``Attention``/``GroupQueryAttention``/``RotaryEmbedding`` fusion happens. The session's own level-``all``
-optimisations add ``FusedMatMul`` (scaled QKᵀ) and ``QuickGelu`` (SiLU) on top. A kv_cache graph also gets
-the per-layer cache (:func:`ascend_lab.export.per_layer_cache.split_cache_input`): one input per layer's keys and
-values in the layout the attention reads, so no decode step copies the past. A rank-4 cache
-(``export.cache_layout=rank4``, a layout for rank-limited CANN releases) keeps the contract's input.
+(the exported graph builds its own mask and reads the KV heads grouped for GQA). So a kv_cache graph's attention is
+then fused here (:func:`ascend_lab.export.fused_attention.fuse_attention`): per layer one packed q|k|v matmul and
+one ``GroupQueryAttention`` that reads and writes the layer's cache in place, as onnxruntime-genai builds its
+models. The session's own level-``all`` optimisations add ``QuickGelu`` (SiLU) on top. A rank-4 cache
+(``export.cache_layout=rank4``, a layout for rank-limited CANN releases) keeps the contract's attention and input.
 """
 
 from __future__ import annotations
@@ -26,15 +25,16 @@ from pathlib import Path
 
 from ascend_lab import artifact_cache
 from ascend_lab import graph_contract as gc
-from ascend_lab.export.per_layer_cache import split_cache_input
+from ascend_lab.export.fused_attention import fuse_attention
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # Bump when a derivation's code changes what it produces: entries of another format are rebuilt.
-# 2: int8 dynamic quantisation per tensor (export/quantize.py); 3: ortopt splits the kv_cache graph's cache per layer
-DERIVED_FORMAT = 3
+# 2: int8 dynamic quantisation per tensor (export/quantize.py); 3: ortopt splits the kv_cache graph's cache per layer;
+# 4: ortopt fuses the kv_cache graph's attention (GroupQueryAttention, cache written in place)
+DERIVED_FORMAT = 4
 
 
 def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],
@@ -57,8 +57,10 @@ def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path],
     return artifact_cache.ensure(folder, make, required={"format": DERIVED_FORMAT}).path(MODEL_FILE)
 
 
-def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Write the transformer-optimised form of ``source`` to ``out``; returns the fused-op counts."""
+def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: int,
+                         max_position_embeddings: int | None = None) -> dict[str, int]:
+    """Write the transformer-optimised form of ``source`` to ``out``; returns the fused-op counts.
+    ``max_position_embeddings``: the model's, for the fused attention's rotary tables."""
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -73,7 +75,7 @@ def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: i
     log.info("transformer optimizer fused: %s", fused or "nothing")
     cache = next((i for i in model.model.graph.input if i.name == gc.PAST_KEY_VALUES), None)
     if cache is not None and len(cache.type.tensor_type.shape.dim) == 5:
-        fused["cache_layer_inputs"] = split_cache_input(model.model)
+        fused["GroupQueryAttention"] = fuse_attention(model.model, num_heads, max_position_embeddings)
     if external:
         onnx.save_model(model.model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=DATA_FILE, size_threshold=1024)
@@ -84,8 +86,9 @@ def transformer_optimize(source: Path, out: Path, num_heads: int, hidden_size: i
 
 def optimized_graph(exported, num_heads: int, hidden_size: int) -> Path:
     """The transformer-optimised graph of an :class:`~ascend_lab.export.ExportedModel`, cached beside it."""
+    positions = exported.extra.get("key_material", {}).get("model", {}).get("max_position_embeddings")
     return derived_graph(exported.onnx_path, "ortopt",
-                         lambda src, out: transformer_optimize(src, out, num_heads, hidden_size),
+                         lambda src, out: transformer_optimize(src, out, num_heads, hidden_size, positions),
                          exported.sha256)
 
 

@@ -4,6 +4,8 @@ greedy tokens, left padding included), runtime selection."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -278,12 +280,11 @@ def test_onnxruntime_gives_the_torch_runtimes_tokens(launch_dir, torch_runtime):
             _, from_torch = generate(torch_runtime, ids, mask, 20)
             np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
             assert len(np.unique(from_torch.tokens)) > 1  # not a degenerate constant stream
-        # The cache (per layer, in the attention's layout: the derived graph's) is two numpy arrays the session
-        # reads in place; only the new slots are written.
+        # The fused derived graph's cache: one numpy array [2·layers, batch, kv_heads, capacity, dim] whose layer
+        # parts the session reads and writes in place (each bound as a layer's input and output).
         backend = engine.backend
-        assert backend.split and backend.cache.shape == ort_runtime.contract.cache_shape(backend.capacity, 8)
-        parts = [part.ctypes.data for layer in zip(backend._keys, backend._values) for part in layer]
-        assert [value.data_ptr() for value in backend._cache_values] == parts
+        assert backend.in_place and backend.cache.shape == ort_runtime.contract.cache_shape(backend.capacity, 8)
+        assert [value.data_ptr() for value in backend._layer_values] == [part.ctypes.data for part in backend._layers]
 
 
 def test_the_plain_export_reads_the_contracts_cache_in_place(launch_dir, torch_runtime):
@@ -298,7 +299,7 @@ def test_the_plain_export_reads_the_contracts_cache_in_place(launch_dir, torch_r
         _, from_torch = generate(torch_runtime, ids, mask, 12)
         np.testing.assert_array_equal(from_onnx.tokens, from_torch.tokens)
         backend = engine.backend
-        assert not backend.split and backend._cache_value.data_ptr() == backend.cache.ctypes.data
+        assert not backend.in_place and backend._cache_value.data_ptr() == backend.cache.ctypes.data
 
 
 def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(launch_dir, torch_runtime):
@@ -315,14 +316,18 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     plain, fused = (onnx.load(str(p), load_external_data=False).graph.node
                     for p in (plan.exported.onnx_path, plan.onnx_path))
     assert "SimplifiedLayerNormalization" in {n.op_type for n in fused} and len(fused) < len(plain)
-    # The per-layer cache: the attention's MatMuls read each layer's keys and values straight from the inputs
-    # (no Gather, no Transpose of the past per step).
+    # The fused attention: per layer one q|k|v matmul and one GroupQueryAttention, the only reader and writer of
+    # the layer's cache (an input and an output of the same name pattern), and nothing else of the old attention.
     graph = onnx.load(str(plan.onnx_path), load_external_data=False).graph
+    layers = plan.exported.dims.num_layers
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["GroupQueryAttention"] == layers and ops["MatMul"] == 5 * layers + 1  # qkv, o, gate, up, down; head
+    assert ops["Softmax"] == ops["Transpose"] == 0 and ops["Where"] == 1  # the pads' bias
     layer_inputs = [i.name for i in graph.input if i.name.startswith("past_key_values.")]
-    assert len(layer_inputs) == 2 * plan.exported.dims.num_layers and "past_key_values" not in {
-        i.name for i in graph.input}
-    readers = {n.op_type for n in graph.node for name in n.input if name in layer_inputs}
-    assert readers <= {"MatMul", "Shape"} and "MatMul" in readers
+    assert len(layer_inputs) == 2 * layers and "past_key_values" not in {i.name for i in graph.input}
+    assert [o.name for o in graph.output if o.name.startswith("present_key_values")] == [
+        f"present_key_values.{j}" for j in range(2 * layers)]
+    assert {n.op_type for n in graph.node for name in n.input if name in layer_inputs} == {"GroupQueryAttention"}
     with open_engine(cfg, ctx, plan) as loaded:
         ort_runtime = loaded.runtime
         assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path

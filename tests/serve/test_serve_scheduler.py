@@ -1,5 +1,5 @@
 """The serving scheduler on the real tiny_qwen kv_cache graph (torch, onnxruntime, and onnxruntime on the derived
-graph with the per-layer cache, in process): a request that joins and leaves a running batch gets exactly the greedy
+graph with the fused attention, in process): a request that joins and leaves a running batch gets exactly the greedy
 tokens it gets alone, also when the rows slide (compaction at the cache's end, a long prompt joining a short
 context) and when requests wait for room; cancelling frees a row; seeded sampling repeats. Plus the text side (no
 character split across deltas, stop strings never sent) and the load-test figures' definitions."""
@@ -32,14 +32,15 @@ def runtimes(tmp_path_factory):
     cfg = AppConfig()
     exported = ensure_exported(cfg, JobContext(cfg, Tracker(), launch, launch))
     dims = exported.contract.dims
-    # What task=serve runtime=onnxruntime loads by default: the derived graph with the per-layer cache
-    # (ascend_lab.export.per_layer_cache), whose backend converts the rows it moves to the contract's layout.
+    # What task=serve runtime=onnxruntime loads by default: the derived graph with the fused attention
+    # (ascend_lab.export.fused_attention), which writes each layer's cache in place; its backend converts the rows
+    # it moves to the contract's layout, and the moved keys keep the rotary positions they were written with.
     optimized = optimized_graph(exported, dims.num_heads, dims.hidden_size)
     with load_torch_runtime(cfg, Device("cpu", 0, "test")) as torch_rt, \
             OnnxRuntime(exported.onnx_path, exported.contract, "cpu", 0, 1, 1, "all") as ort_rt, \
-            OnnxRuntime(optimized, exported.contract, "cpu", 0, 1, 1, "all") as per_layer_rt:
-        assert per_layer_rt.cache_backend().split
-        yield {"torch": torch_rt, "onnxruntime": ort_rt, "onnxruntime per-layer cache": per_layer_rt}
+            OnnxRuntime(optimized, exported.contract, "cpu", 0, 1, 1, "all") as fused_rt:
+        assert fused_rt.cache_backend().in_place
+        yield {"torch": torch_rt, "onnxruntime": ort_rt, "onnxruntime fused attention": fused_rt}
 
 
 def generate(scheduler: Scheduler, prompts, max_tokens, delays=None, sampling=None, cancel_after=None):
@@ -68,7 +69,7 @@ def generate(scheduler: Scheduler, prompts, max_tokens, delays=None, sampling=No
     return outs, finished
 
 
-@pytest.mark.parametrize("name", ["torch", "onnxruntime", "onnxruntime per-layer cache"])
+@pytest.mark.parametrize("name", ["torch", "onnxruntime", "onnxruntime fused attention"])
 @pytest.mark.parametrize("capacity", [256, 64])
 def test_requests_joining_a_running_batch_get_their_tokens_alone(runtimes, name, capacity):
     """capacity 64: the rows slide left when the write position reaches it, right when a long prompt joins, and a

@@ -27,10 +27,12 @@ class OnnxRuntimeConfig(RuntimeConfig):
     transformer_optimize: bool = field(
         default=True,
         metadata={"help": "load the export after onnxruntime's transformer optimizer (RMSNorms and residual adds "
-                          "fused into SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization: fewer nodes "
-                          "per step), built once and cached beside the export. Its fused ops are onnxruntime's own "
-                          "(com.microsoft), so it is never what ATC compiles; float32 logits differ from the plain "
-                          "graph's in the last bits. false: load the export as it is."},
+                          "fused into SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization) and with each "
+                          "layer's attention fused into one GroupQueryAttention that writes the cache in place "
+                          "(ascend_lab/export/fused_attention.py): fewer nodes per step, and attention over the "
+                          "context only, not the whole cache. Built once and cached beside the export. Its fused ops "
+                          "are onnxruntime's own (com.microsoft), so it is never what ATC compiles; float32 logits "
+                          "differ from the plain graph's in the last bits. false: load the export as it is."},
     )
 
     @property

@@ -14,8 +14,8 @@ lacks (the CANN and CUDA providers ship in separate onnxruntime builds).
 Generation over the kv_cache graph (:class:`OrtCacheBackend`) binds the cache with I/O binding: on the
 CPU provider it is an ``OrtValue`` over a numpy array, so the session reads it in place and the new
 tokens' slots are written into it in place — nothing is copied per step but those slots. The
-transformer-optimised graph takes the cache per layer in the layout its attention reads
-(:mod:`ascend_lab.export.per_layer_cache`), so no step copies or transposes the past either.
+transformer-optimised graph (:mod:`ascend_lab.export.fused_attention`) writes them itself: each layer's cache is
+bound as its input and its output at once.
 """
 
 from __future__ import annotations
@@ -199,13 +199,13 @@ class OnnxRuntime(Runtime):
 class OrtCacheBackend:
     """The kv_cache graph on an ``InferenceSession`` with I/O binding (see the module docstring).
 
-    A graph with the per-layer cache (:mod:`ascend_lab.export.per_layer_cache`, the transformer-optimised derived
-    graph) takes one input per layer's keys and values in the layout its attention reads: the backend then holds
-    the keys of every layer as one array [layers, batch, kv_heads, dim, capacity] and the values as
-    [layers, batch, kv_heads, capacity, dim], binds each layer's part in place once per allocation, and writes the
-    new tokens' slots into both after each execution (two numpy copies of the new slots, whatever the depth);
-    :meth:`read_slots` and :meth:`write_slots` (the serve scheduler's row moves) convert to and from the
-    contract's slot-major layout, and so does ``cache`` (a copy then) for readers that want the whole of it."""
+    The exported graph takes the contract's one cache tensor [capacity, batch, 2·layers, kv_heads, dim] and
+    outputs the new tokens' slots, which the backend writes into it after each execution. The fused derived graph
+    (:mod:`ascend_lab.export.fused_attention`, ``in_place``) takes each layer's keys and values
+    [batch, kv_heads, capacity, dim] as an input and an output bound to the same memory, one array
+    [2·layers, batch, kv_heads, capacity, dim] here, and writes the new slots itself; :meth:`read_slots` and
+    :meth:`write_slots` (the serve scheduler's row moves) convert to and from the contract's slot-major layout,
+    and so does ``cache`` (a copy then) for readers that want the whole of it."""
 
     fixed_capacity = None
     seq_gears = None
@@ -214,7 +214,11 @@ class OrtCacheBackend:
         self.session, self.contract = session, contract
         self.traffic = Traffic()
         self.batch = self.capacity = 0
-        self.split = gc.has_layer_cache([i.name for i in session.get_inputs()])
+        self.in_place = gc.has_layer_cache([i.name for i in session.get_inputs()])
+        slots = session.get_modelmeta().custom_metadata_map.get(gc.MAX_CACHE_SLOTS_KEY)
+        self.max_capacity = int(slots) if slots else None
+        # What execute() reads back: the present slots unless the graph writes them itself.
+        self._outputs = [n for n in contract.output_names() if not (self.in_place and n == gc.PRESENT_KEY_VALUES)]
         self._binding = session.io_binding()
         self._pads: np.ndarray | None = None
         self._logits: np.ndarray | None = None
@@ -227,30 +231,36 @@ class OrtCacheBackend:
     def allocate(self, batch: int, capacity: int) -> None:
         import onnxruntime as ort
 
+        if self.max_capacity is not None and capacity > self.max_capacity:
+            raise AscendLabError(
+                f"onnxruntime: a cache of {capacity} slots is more than the fused graph's rotary tables cover "
+                f"({self.max_capacity} positions, from the model's max_position_embeddings); lower export.kv_capacity "
+                f"to at most {self.max_capacity}, or load the export as it is (runtime.transformer_optimize=false)")
         binding, dtype = self._binding, self.contract.numpy_dtype
         binding.clear_binding_inputs()
-        if self.split:
+        binding.clear_binding_outputs()
+        if self.in_place:
             d = self.contract.dims
-            self._keys = np.zeros((d.num_layers, batch, d.num_kv_heads, d.head_dim, capacity), dtype=dtype)
-            self._values = np.zeros((d.num_layers, batch, d.num_kv_heads, capacity, d.head_dim), dtype=dtype)
-            # OrtValues over each layer's part of the two arrays: the session reads the cache where it lies.
-            self._cache_values = []
-            for layer in range(d.num_layers):
-                for j, part in ((2 * layer, self._keys[layer]), (2 * layer + 1, self._values[layer])):
-                    value = ort.OrtValue.ortvalue_from_numpy(part)
-                    binding.bind_ortvalue_input(gc.PAST_LAYER_INPUT.format(j), value)
-                    self._cache_values.append(value)
+            self._layers = np.zeros((2 * d.num_layers, batch, d.num_kv_heads, capacity, d.head_dim), dtype=dtype)
+            # One OrtValue per layer's keys or values, bound as input and output: read and written where it lies.
+            self._layer_values = [ort.OrtValue.ortvalue_from_numpy(part) for part in self._layers]
+            for j, value in enumerate(self._layer_values):
+                binding.bind_ortvalue_input(gc.PAST_LAYER_INPUT.format(j), value)
+                binding.bind_ortvalue_output(gc.PRESENT_LAYER_OUTPUT.format(j), value)
         else:
             self._cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=dtype)
             self._cache_value = ort.OrtValue.ortvalue_from_numpy(self._cache)  # shares the numpy memory
             binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
+        # The outputs execute() reads, bound after the cache's, so they are the last of get_outputs().
+        for name in self._outputs:
+            binding.bind_output(name, "cpu")
         self.batch, self.capacity = batch, capacity
 
     @property
     def cache(self) -> np.ndarray:
-        """The cache in the contract's layout [capacity, batch, 2·layers, kv_heads, dim] (a copy with the CPU
-        layout)."""
-        return self._cache if not self.split else self.read_slots(0, self.capacity)
+        """The cache in the contract's layout [capacity, batch, 2·layers, kv_heads, dim] (a copy with the fused
+        graph's)."""
+        return self._cache if not self.in_place else self.read_slots(0, self.capacity)
 
     def execute(self, input_ids, position_ids: np.ndarray, past_length: int, pad_lengths: np.ndarray | None):
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
@@ -260,17 +270,17 @@ class OrtCacheBackend:
             self._pads = np.ascontiguousarray(pad_lengths, dtype=np.int64)
         binding = self._binding
         # The cache stays bound from allocate(); binding a name again replaces its earlier binding.
-        binding.clear_binding_outputs()
         binding.bind_cpu_input(gc.INPUT_IDS, ids)
         binding.bind_cpu_input(gc.POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
         binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
         binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
-        for name in self.contract.output_names():
+        for name in self._outputs:  # fresh buffers: the last execution's stay with whoever read them
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        outputs = dict(zip(self.contract.output_names(), (value.numpy() for value in binding.get_outputs())))
-        present = outputs[gc.PRESENT_KEY_VALUES]  # [seq, batch, 2·layers, kv_heads, dim]
-        self.write_slots(past_length, present)
+        values = binding.get_outputs()
+        outputs = {name: value.numpy() for name, value in zip(self._outputs, values[len(values) - len(self._outputs):])}
+        if not self.in_place:
+            self.write_slots(past_length, outputs[gc.PRESENT_KEY_VALUES])  # [seq, batch, 2·layers, kv_heads, dim]
         self._logits = outputs[gc.LOGITS]
         self._layer_hidden = outputs.get(gc.LAYER_HIDDEN_STATES)
         return outputs[gc.NEXT_TOKEN].astype(np.int64, copy=False)
@@ -281,19 +291,17 @@ class OrtCacheBackend:
     def read_slots(self, start: int, stop: int, row: int | None = None) -> np.ndarray:
         """Slots ``[start, stop)`` in the contract's layout [n, batch, 2·layers, kv_heads, dim] (row: [n, 2·layers,
         kv_heads, dim]), a copy."""
-        if not self.split:
+        if not self.in_place:
             return (self._cache[start:stop] if row is None else self._cache[start:stop, row]).copy()
         rows = slice(None) if row is None else slice(row, row + 1)
-        keys = self._keys[:, rows, :, :, start:stop].transpose(4, 1, 0, 2, 3)  # [n, batch, layers, kv_heads, dim]
-        values = self._values[:, rows, :, start:stop].transpose(3, 1, 0, 2, 4)
-        slots = np.stack([keys, values], axis=3).reshape(keys.shape[:2] + (-1,) + keys.shape[3:])
-        return slots if row is None else slots[:, 0]
+        slots = self._layers[:, rows, :, start:stop].transpose(3, 1, 0, 2, 4)  # [n, batch, 2·layers, kv_heads, dim]
+        return np.ascontiguousarray(slots if row is None else slots[:, 0])
 
     def write_slots(self, start: int, values: np.ndarray, row: int | None = None) -> None:
         """Write ``values`` (the contract's layout, as :meth:`read_slots` gives) at slot ``start``, in place: the
         bound OrtValues share this memory."""
         stop = start + values.shape[0]
-        if not self.split:
+        if not self.in_place:
             if row is None:
                 self._cache[start:stop] = values
             else:
@@ -302,8 +310,7 @@ class OrtCacheBackend:
         if row is not None:
             values = values[:, None]
         rows = slice(None) if row is None else slice(row, row + 1)
-        self._keys[:, rows, :, :, start:stop] = values[:, :, 0::2].transpose(2, 1, 3, 4, 0)
-        self._values[:, rows, :, start:stop] = values[:, :, 1::2].transpose(2, 1, 3, 0, 4)
+        self._layers[:, rows, :, start:stop] = values.transpose(2, 1, 3, 0, 4)
 
     def last_logits(self) -> np.ndarray:
         return np.array(self._logits, copy=True)
