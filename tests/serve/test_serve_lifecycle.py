@@ -35,11 +35,15 @@ def test_sigterm_mid_load_ends_every_stream_cleanly_and_the_run_finished(tmp_pat
         for thread in threads:
             thread.start()
         started.wait()
-        # two decode, two wait: let the first tokens flow, then stop the server
+        # two decode, two wait: stop the server only once all four are admitted (a request still connecting when
+        # SIGTERM lands is refused by the closing socket, which is not what this test is about)
         import time
 
         deadline = time.monotonic() + 60
-        while "running_batch 2.0" not in _metrics(server.url) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            metrics = _metrics(server.url)
+            if "running_batch 2.0" in metrics and "queue_depth 2.0" in metrics:
+                break
             time.sleep(0.05)
         os.kill(server.proc.pid, signal.SIGTERM)
         for thread in threads:
