@@ -23,7 +23,7 @@ What runs:
   ``max_length`` so both sides make exactly the same number of tokens), ``og.Generator``, ``append_tokens``,
   ``generate_next_token``; its ``genai_config.json`` gets ``session_options.intra_op_num_threads`` = ours.
 - Both sides decode the same token ids (``task=bench``'s seeded random prompts, :func:`make_inputs`), each row in
-  a fresh subprocess so its peak RSS (``ru_maxrss``) is its own; within a round the side that goes first
+  a fresh subprocess so its peak RSS (the kernel's ``VmHWM``) is its own; within a round the side that goes first
   alternates. The load average is read before and after every round.
 
 Figures share ``task=bench``'s definitions: TTFT = prompt in → first token out (median over the timed
@@ -36,9 +36,10 @@ near-tie can flip a token).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -159,12 +160,8 @@ def peer_model(args, cfg, precision: str) -> Path:
     out = cache_root(args, cfg) / f"genai-{precision}"
     if not (out / "genai_config.json").is_file():
         tmp = out.with_name(out.name + ".tmp")
-        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder(args, cfg)),
-                   "-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(tmp / "cache")]
-        print("peer build:", " ".join(command[1:]), flush=True)
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"the peer's builder failed:\n{done.stderr[-3000:]}")
+        run_peer_builder(["-i", str(hf_folder(args, cfg)), "-o", str(tmp), "-p", precision, "-e", "cpu",
+                          "-c", str(tmp / "cache")])
         shutil.rmtree(tmp / "cache", ignore_errors=True)  # the builder's staging of the HF weights
         tmp.rename(out)
     config_path = out / "genai_config.json"
@@ -172,6 +169,34 @@ def peer_model(args, cfg, precision: str) -> Path:
     config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = args.threads
     config_path.write_text(json.dumps(config, indent=4))
     return out
+
+
+def run_peer_builder(argv: list[str]) -> None:
+    """``python -m onnxruntime_genai.models.builder <argv>``, run in this process: its imports (torch,
+    transformers) are paid once for every precision, and :func:`hf_folder` has paid them already."""
+    import runpy
+
+    print("peer build: -m onnxruntime_genai.models.builder", " ".join(argv), flush=True)
+    saved, sys.argv = sys.argv, ["onnxruntime_genai.models.builder", *argv]
+    console = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise SystemExit(f"the peer's builder failed ({stop.code}):\n{console.getvalue()[-3000:]}") from None
+    except Exception as error:
+        raise SystemExit(f"the peer's builder failed: {error!r}\n{console.getvalue()[-3000:]}") from error
+    finally:
+        sys.argv = saved
+
+
+def prepare_ours(args, row: Row) -> None:
+    """What our side's ``task=bench`` job of ``row`` prepares before it loads (the export, the derived graph), done
+    here so that the workers find it in the cache."""
+    from decode_vs_hf import cli_plan, compose
+
+    cli_plan(*compose(args.launch_dir, our_overrides(args, row)))
 
 
 def our_overrides(args, row: Row, reps: int | None = None) -> list[str]:
@@ -196,10 +221,6 @@ def prompt_ids(args, row: Row, vocab_size: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Workers: one side, one row, in a fresh process
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def peer_worker(spec: dict) -> dict:
@@ -310,7 +331,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
+        from ascend_lab.bench.memory import peak_rss_mb
+
         figures = peer_worker(spec) if spec["side"] == "peer" else our_worker(spec)
+        # The kernel's high-water mark of this process (ru_maxrss would carry the parent's over exec).
         figures["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(figures))
         return 0
@@ -342,14 +366,14 @@ def main(argv=None) -> int:
     # Our exports (and derived graphs) are built here, once, outside every timed round; the agreement check
     # uses the same fp32 prompts at every batch.
     print("preparing our side and checking greedy agreement at fp32 …", flush=True)
-    agree = {}
     for row in rows:
-        first = run_worker({**spec("ours", row, tokens=row.precision == "fp32" and row.prompt_len <= 64, reps=1),
-                            "warmup": 0})
-        if "tokens" in first:
-            peer = run_worker({**spec("peer", Row("fp32", row.batch, row.prompt_len, AGREEMENT_TOKENS), reps=1),
-                               "warmup": 0})
-            agree[row.batch] = agreement(first["tokens"], peer["tokens"])
+        prepare_ours(args, row)
+    agree = {}
+    for row in [r for r in rows if r.precision == "fp32" and r.prompt_len <= 64]:
+        ours = run_worker({**spec("ours", row, tokens=True, reps=1), "warmup": 0})
+        peer = run_worker({**spec("peer", Row("fp32", row.batch, row.prompt_len, AGREEMENT_TOKENS), reps=1),
+                           "warmup": 0})
+        agree[row.batch] = agreement(ours["tokens"], peer["tokens"])
     results: dict = {row.key: {"ours": [], "peer": []} for row in rows}
     loads = []
     for r in range(args.rounds):
