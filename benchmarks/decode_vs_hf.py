@@ -393,6 +393,8 @@ def runner_overhead(cfg, args, exported, onnx_path: Path) -> dict:
     sweep = [sys.executable, "-m", "ascend_lab.run", "-m", "task=bench",
              f"benchmark.batch_size={','.join(map(str, batches))}", f"device={args.device}", "runtime=onnxruntime",
              "tracking.experiment=ascend_lab_benchmarks_overhead", f"seed={cfg.seed}",
+             # The bandwidth this run's first job measured: the plain loop measures none, so neither does the sweep.
+             f"telemetry.bandwidth_cache_dir={args.bandwidth_dir / 'job0'}",
              *[f"benchmark.{k}={v}" for k, v in bench.items()], *args.overrides]
     spec = {"graph": exported.graph, "dims": dataclasses.asdict(exported.dims), "dtype": exported.dtype,
             "batches": batches, "benchmark": bench, "onnx_path": str(onnx_path), "device": args.device,

@@ -220,12 +220,14 @@ def _run_script(launch: Path, *argv: str, timeout: float = 600) -> subprocess.Co
 
 
 @pytest.mark.slow
-def test_decode_vs_hf_smoke(launch):
+def test_decode_vs_hf_smoke(launch, export_cache):
     """--tiny: every row runs, each CLI row's figures are its task=bench job's metrics (roofline included), the
     ratios and agreement come out, and the runner-overhead part times the -m sweep, the plain loop and --help
-    (one script run for both: each run pays the script's start, the export and its own bandwidth passes)."""
+    (one script run for both: each run pays the script's start, the export and its own bandwidth passes; one
+    timed pass per bandwidth kernel, and the exports in this worker's cache)."""
     out = launch / "smoke.json"
-    done = _run_script(launch, "--reps", "1", "--batches", "1,8", "--agreement-tokens", "6", "--rounds", "2",
+    done = _run_script(launch, "--overrides", "model=tiny_qwen", "telemetry.bandwidth_repeats=1", export_cache,
+                       "--reps", "1", "--batches", "1,8", "--agreement-tokens", "6", "--rounds", "2",
                        "--overhead-new-tokens", "2", "--overhead-iterations", "1", "--json", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -272,6 +274,9 @@ def test_decode_vs_hf_smoke(launch):
     assert overhead["sweep_seconds"] > 0 and len(overhead["plain_loop_runs"]) == 2
     assert overhead["help_seconds"] > 0 and "task=bench" in overhead["sweep_command"]
     assert results["ratios"]["runner_overhead"] == overhead["runner_overhead"]
+    # The sweep reads the bandwidth the first job measured (the plain loop measures none).
+    first_reading = Path(ort_runs[0]["tags"]["roofline.bandwidth"].rsplit(": ", 1)[1].rstrip(")"))
+    assert f"telemetry.bandwidth_cache_dir={first_reading.parent}" in overhead["sweep_command"].split()
     assert "runner overhead" in done.stdout
 
 
