@@ -103,7 +103,7 @@ def test_an_eight_job_joblib_sweep_gets_eight_distinct_npus(run_cli, tmp_path):
     env = stand_in_env(FAKE_NPU_SMI_CHIPS="8", FAKE_NPU_SMI_BARRIER=f"{tmp_path / 'barrier'}:8")
     env.pop("ASCEND_RT_VISIBLE_DEVICES", None)
     result = run_cli("-m", "task=doctor", "doctor.matmul_size=64", "doctor.repeats=1,2,3,4,5,6,7,8",
-                     "device.index=auto", f"device.lock_dir={tmp_path / 'locks'}",
+                     "device.index=auto", f"device.lock_dir={tmp_path / 'locks'}", "telemetry=off",
                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", env=env, timeout=600)
     _, children = split_runs(store_client(tmp_path))
     assert len(children) == 8, result.stdout + result.stderr

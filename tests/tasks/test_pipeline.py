@@ -7,8 +7,7 @@ import pytest
 
 from ascend_lab.bench.summary import SUMMARY_FILES
 
-FAST = ("benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=0", "doctor.matmul_size=64",
-        "doctor.repeats=2", "doctor.warmup=1")
+from conftest import FAST_PIPELINE as FAST
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from browser_helpers import UI_TIMEOUT_S, free_port, shots_folder, wait_for_text
-from conftest import all_runs, run_cli_in
+from conftest import FAST_PIPELINE, all_runs, run_cli_in
 
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.tracking import browse_hint, prepare_store, runs_table_url
@@ -62,9 +62,10 @@ def test_experiments_are_tagged_as_model_training(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline_store(tmp_path_factory):
-    """(launch dir, CLI stdout) of one real default pipeline run (`python -m ascend_lab.run`)."""
+    """(launch dir, CLI stdout) of one real pipeline run (`python -m ascend_lab.run`) with the default
+    stages and batch sizes (1, 4, 8), each stage measuring only a little; telemetry is not under test here."""
     launch = tmp_path_factory.mktemp("pipeline")
-    proc = run_cli_in(launch, timeout=600)
+    proc = run_cli_in(launch, *FAST_PIPELINE, "telemetry=off", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return launch, proc.stdout
 

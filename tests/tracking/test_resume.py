@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 # repeats=2 finishes, repeats=0 is rejected by validation inside the job (a raise before the
 # task's run could open), repeats=10000000 runs until the test kills its process.
 SWEEP = ("-m", "task=doctor", "doctor.matmul_size=128", "doctor.repeats=2,0,10000000",
-         "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5")
+         "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "telemetry=off")
 SLOW = "params.`doctor.repeats` = '10000000'"
 
 

@@ -12,7 +12,8 @@ from sweep_helpers import children_of, finish, split_runs, start_cli, store_clie
 
 DOCTOR_METRICS = ("matmul_ms_device", "matmul_ms_cpu", "matmul_tflops_device",
                   "device_mem_reserved_mb", "device_count")
-FAST_DOCTOR = ("task=doctor", "doctor.matmul_size=64")
+# Telemetry is not under test here: its sampling thread would only add work to every job.
+FAST_DOCTOR = ("task=doctor", "doctor.matmul_size=64", "telemetry=off")
 
 
 @pytest.mark.slow
