@@ -151,9 +151,9 @@ def rotary_tables(model, slots: int, head_dim: int, elem: int) -> tuple[np.ndarr
 
 
 def pack_projections(g: _Graph, matmuls: list, biases: list, name: str) -> tuple[list, list, str]:
-    """One matmul over the concatenated weights of ``matmuls`` (all reading the same input), plus one ``Add`` of the
-    concatenated ``biases`` (stored tensors' names, or None) where they have them: (new nodes, new initializers, the
-    packed output)."""
+    """One matmul over the concatenated weights of ``matmuls`` (all reading the same input) and their concatenated
+    ``biases`` (stored tensors' names, or None) where they have any that is not zero: MatMulNBits' own bias input, or
+    one ``Add`` after a float MatMul: (new nodes, new initializers, the packed output)."""
     from onnx import helper, numpy_helper
 
     first = matmuls[0]
@@ -190,9 +190,16 @@ def pack_projections(g: _Graph, matmuls: list, biases: list, name: str) -> tuple
     if any(b is not None for b in biases):
         if not all(b is not None for b in biases):
             raise AscendLabError("kv_cache graph: some of the q, k and v projections have a bias and some not")
-        values = [array(b) for b in biases]
-        inits.append(numpy_helper.from_array(np.concatenate(values), f"{name}.bias"))
-        nodes.append(helper.make_node("Add", [node.output[0], inits[-1].name], [f"{name}/biased"], name=f"{name}/Add"))
+        bias = np.concatenate([array(b) for b in biases])
+        # A bias of zeros adds nothing but a node per layer (onnxruntime-genai's builder drops it too); MatMulNBits
+        # adds a bias itself (its optional input 5), a float MatMul needs the Add.
+        if bias.any():
+            inits.append(numpy_helper.from_array(bias, f"{name}.bias"))
+            if node.op_type == "MatMulNBits":
+                node.input.extend([""] * (5 - len(node.input)) + [inits[-1].name])
+            else:
+                nodes.append(helper.make_node("Add", [node.output[0], inits[-1].name], [f"{name}/biased"],
+                                              name=f"{name}/Add"))
     return nodes, inits, nodes[-1].output[0]
 
 

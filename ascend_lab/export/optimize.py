@@ -33,8 +33,9 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # Bump when a derivation's code changes what it produces: entries of another format are rebuilt.
 # 2: int8 dynamic quantisation per tensor (export/quantize.py); 3: ortopt splits the kv_cache graph's cache per layer;
-# 4: ortopt fuses the kv_cache graph's attention (GroupQueryAttention, cache written in place)
-DERIVED_FORMAT = 4
+# 4: ortopt fuses the kv_cache graph's attention (GroupQueryAttention, cache written in place); 5: the packed q|k|v
+# bias inside MatMulNBits, none where it is all zeros
+DERIVED_FORMAT = 5
 
 
 def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],

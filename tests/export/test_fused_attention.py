@@ -110,3 +110,50 @@ def test_a_graph_the_fusion_does_not_know_is_a_clear_error(int4_export):
     with pytest.raises(AscendLabError, match=r"expected one matmul by a stored layers.1.self_attn.v_proj.weight, "
                                              r"found 0; the attention fusion does not know this graph"):
         fuse_attention(model, int4_export.dims.num_heads)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+@pytest.mark.parametrize("bias_scale", [0.0, 0.5])
+def test_packed_projections_compute_the_three_with_their_bias(tmp_path, bits, bias_scale):
+    """q, k and v (float MatMul or 4-bit MatMulNBits) with a bias each pack into one matmul whose output is the three
+    outputs side by side: a bias of zeros leaves no node or input behind; another goes into MatMulNBits' bias input
+    or one Add after a float MatMul."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ascend_lab.export.fused_attention import _Graph, pack_projections
+
+    rng = np.random.default_rng(3)
+    widths, inits, nodes = (32, 16, 16), [], []
+    for j, width in enumerate(widths):
+        inits += [numpy_helper.from_array(rng.standard_normal((64, width)).astype(np.float32), f"w{j}"),
+                  numpy_helper.from_array((bias_scale * rng.standard_normal(width)).astype(np.float32), f"b{j}")]
+        nodes += [helper.make_node("MatMul", ["x", f"w{j}"], [f"m{j}"], name=f"mm{j}"),
+                  helper.make_node("Add", [f"m{j}", f"b{j}"], [f"y{j}"], name=f"add{j}")]
+    outputs = [helper.make_tensor_value_info(f"y{j}", TensorProto.FLOAT, [3, w]) for j, w in enumerate(widths)]
+    model = helper.make_model(helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                             [3, 64])],
+                                                outputs, inits), opset_imports=[helper.make_opsetid("", 17)])
+    if bits:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=16, is_symmetric=True)
+        quantizer.process()
+        model = quantizer.model.model
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    expected = np.concatenate(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x}), axis=1)
+
+    g = _Graph(model.graph)
+    matmuls = [g.producer[f"m{j}"] for j in range(3)]
+    new_nodes, new_inits, packed = pack_projections(g, matmuls, [g.bias(m) for m in matmuls], "qkv")
+    assert len(new_nodes) == (2 if bias_scale and not bits else 1)
+    assert (len(new_nodes[0].input) == 6) == bool(bias_scale and bits)  # MatMulNBits' bias input
+    used = {i for n in new_nodes for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used] + new_inits
+    packed_model = helper.make_model(
+        helper.make_graph(new_nodes, "packed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+                          [helper.make_tensor_value_info(packed, TensorProto.FLOAT, [3, sum(widths)])], kept),
+        opset_imports=list(model.opset_import))
+    (got,) = ort.InferenceSession(packed_model.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
