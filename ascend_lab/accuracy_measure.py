@@ -80,7 +80,7 @@ def measure(cfg: AppConfig, ctx: JobContext, candidate_prefix: str = "",
                           "accuracy.reference": reference_text})
     print(f"candidate: {candidate_text} ({candidate.reason})\nreference: {reference_text} ({reference.reason})")
 
-    chunks, capacity = tuple(cfg.export.prefill_chunks), cfg.export.kv_capacity
+    capacity = cfg.export.kv_capacity
     with open_engine(reference_cfg, reference_ctx, reference) as loaded:
         runtime = loaded.runtime
         source = "accuracy.prompts_file" if acc.prompts_file else "accuracy.prompts"
@@ -88,12 +88,12 @@ def measure(cfg: AppConfig, ctx: JobContext, candidate_prefix: str = "",
         longest = max(len(p.ids) for p in prompts)
         check_sequence_fits(cfg.model, longest + acc.new_tokens, "accuracy.new_tokens", acc.new_tokens,
                             f"the longest prompt's {longest} tokens + accuracy.new_tokens")
-        reference_side = cmp.decode(runtime, prompts, acc.new_tokens, chunks, capacity)
+        reference_side = cmp.decode(runtime, prompts, acc.new_tokens, capacity)
     with open_engine(candidate_cfg, candidate_ctx, candidate) as loaded:
         runtime = loaded.runtime
         teachers = [r.tokens for r in reference_side]
-        teacher_forced = cmp.decode(runtime, prompts, acc.new_tokens, chunks, capacity, teachers)
-        free_running = cmp.decode(runtime, prompts, acc.new_tokens, chunks, capacity)
+        teacher_forced = cmp.decode(runtime, prompts, acc.new_tokens, capacity, teachers)
+        free_running = cmp.decode(runtime, prompts, acc.new_tokens, capacity)
     comparison = cmp.compare(prompts, reference_side, teacher_forced, free_running)
     verdict = evaluate(comparison.aggregate(), acc.gate[precision], precision)
     return Measurement(comparison, verdict, prompts, precision, candidate_cfg, reference_cfg, reference_ctx,
@@ -104,14 +104,14 @@ def layer_report(ctx: JobContext, candidate_cfg: AppConfig, reference_cfg: AppCo
                  prompts: list[cmp.Prompt], tolerance: float) -> cmp.LayerDrift:
     """Plan (export with the layer outputs → op check → compile), open and run the debug variant of both
     sides' graphs, one side at a time, and compare their per-layer hidden states."""
-    chunks, capacity = tuple(candidate_cfg.export.prefill_chunks), candidate_cfg.export.kv_capacity
+    capacity = candidate_cfg.export.kv_capacity
     hidden = []
     for side_cfg, device, prefix in ((reference_cfg, reference_ctx.device, "layers.reference."),
                                      (candidate_cfg, ctx.device, "layers.")):
         debug_cfg = dataclasses.replace(side_cfg, export=dataclasses.replace(side_cfg.export, layer_outputs=True))
         debug_ctx = side_context(ctx, debug_cfg, prefix, device)
         with open_engine(debug_cfg, debug_ctx) as loaded:
-            hidden.append(cmp.layer_hidden(loaded.runtime, prompts, chunks, capacity))
+            hidden.append(cmp.layer_hidden(loaded.runtime, prompts, capacity))
     return cmp.layer_drift(hidden[0], hidden[1], tolerance)
 
 

@@ -70,7 +70,7 @@ def per_token(runtime, sim, prompt_len: int, batch: int, new_tokens: int, cfg) -
     import numpy as np
 
     ids = np.random.default_rng(prompt_len).integers(0, min(1000, runtime.contract.dims.vocab_size), size=(batch, prompt_len))
-    engine = runtime.engine(prompt_len + new_tokens, tuple(cfg.export.prefill_chunks), cfg.export.kv_capacity)
+    engine = runtime.engine(prompt_len + new_tokens, cfg.export.kv_capacity)
     engine.prepare(batch, prompt_len, new_tokens)
     ours0 = runtime.traffic.snapshot()
     engine.prefill(ids, np.ones_like(ids))

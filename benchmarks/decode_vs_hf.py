@@ -377,8 +377,7 @@ def plain_loop(spec_json: str) -> None:
         bench = BenchmarkConfig(**{**spec["benchmark"], "batch_size": batch})
         with OnnxRuntime(spec["onnx_path"], contract, spec["device"], 0, *spec["runtime"]) as runtime:
             ids, mask = make_inputs(bench, batch, contract.dims.vocab_size, spec["seed"])
-            engine = runtime.engine(ids.shape[1] + bench.new_tokens, tuple(spec["prefill_chunks"]),
-                                    spec["kv_capacity"])
+            engine = runtime.engine(ids.shape[1] + bench.new_tokens, spec["kv_capacity"])
             result = run_generate(engine, ids, mask, bench, HostTimer, runtime, None, "onnxruntime")
         results[batch] = result.metrics["decode_tokens_s"]
     print(json.dumps(results))
@@ -398,7 +397,7 @@ def runner_overhead(cfg, args, exported, onnx_path: Path) -> dict:
              *[f"benchmark.{k}={v}" for k, v in bench.items()], *args.overrides]
     spec = {"graph": exported.graph, "dims": dataclasses.asdict(exported.dims), "dtype": exported.dtype,
             "batches": batches, "benchmark": bench, "onnx_path": str(onnx_path), "device": args.device,
-            "seed": cfg.seed, "prefill_chunks": list(cfg.export.prefill_chunks), "kv_capacity": cfg.export.kv_capacity,
+            "seed": cfg.seed, "kv_capacity": cfg.export.kv_capacity,
             "runtime": [cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, cfg.runtime.graph_optimization]}
     plain = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", json.dumps(spec)]
 

@@ -48,19 +48,19 @@ class Decoded:
     logits: np.ndarray  # [new_tokens, vocab] float32: the logits of each step
 
 
-def _engine(runtime, prompts: list[Prompt], new_tokens: int, prefill_chunks, capacity_limit: int):
+def _engine(runtime, prompts: list[Prompt], new_tokens: int, capacity_limit: int):
     longest = max(len(p.ids) for p in prompts)
-    engine = runtime.engine(longest + new_tokens, tuple(prefill_chunks), capacity_limit, keep_logits=True)
+    engine = runtime.engine(longest + new_tokens, capacity_limit, keep_logits=True)
     engine.prepare(1, longest, new_tokens)
     return engine
 
 
-def decode(runtime, prompts: list[Prompt], new_tokens: int, prefill_chunks, capacity_limit: int,
+def decode(runtime, prompts: list[Prompt], new_tokens: int, capacity_limit: int,
            teachers: list[np.ndarray] | None = None) -> list[Decoded]:
     """Greedy-generate ``new_tokens`` per prompt on ``runtime``, keeping every step's logits; with
     ``teachers`` (one [new_tokens] token array per prompt) step ``k`` is fed ``teachers[i][k - 1]`` instead of
     this side's own pick (teacher forcing)."""
-    engine = _engine(runtime, prompts, new_tokens, prefill_chunks, capacity_limit)
+    engine = _engine(runtime, prompts, new_tokens, capacity_limit)
     out = []
     for i, prompt in enumerate(prompts):
         ids = np.asarray([prompt.ids], dtype=np.int64)
@@ -130,10 +130,10 @@ def compare(prompts: list[Prompt], reference: list[Decoded], teacher_forced: lis
 # Layer drift
 
 
-def layer_hidden(runtime, prompts: list[Prompt], prefill_chunks, capacity_limit: int) -> list[np.ndarray]:
+def layer_hidden(runtime, prompts: list[Prompt], capacity_limit: int) -> list[np.ndarray]:
     """Each prompt's per-layer hidden states at its last position, [layers, hidden] float32, from the
     prefill of the graph's debug variant (``export.layer_outputs``) on ``runtime``."""
-    engine = _engine(runtime, prompts, 1, prefill_chunks, capacity_limit)
+    engine = _engine(runtime, prompts, 1, capacity_limit)
     out = []
     for prompt in prompts:
         ids = np.asarray([prompt.ids], dtype=np.int64)

@@ -84,12 +84,11 @@ class Runtime(ABC):
     def cache_backend(self) -> CacheBackend:
         """The kv_cache graph's device-resident cache on this runtime."""
 
-    def engine(self, max_tokens: int, prefill_chunks: tuple[int, ...], capacity_limit: int,
-               keep_logits: bool = False) -> Engine:
+    def engine(self, max_tokens: int, capacity_limit: int, keep_logits: bool = False) -> Engine:
         """The greedy decode engine of this runtime's graph.
 
-        ``max_tokens`` is the prompt + new tokens one generation needs; ``prefill_chunks`` and
-        ``capacity_limit`` are ``export.prefill_chunks`` and ``export.kv_capacity``. ``keep_logits`` (the
+        ``max_tokens`` is the prompt + new tokens one generation needs; ``capacity_limit`` is
+        ``export.kv_capacity`` (the prefill chunks are the backend's: a compiled artifact's gears, or none). ``keep_logits`` (the
         accuracy check): copy every execution's logits to the host (``engine.logits``); only the kv_cache
         graph's :class:`~ascend_lab.runtimes.engine.CacheEngine` does that (and takes given tokens for
         teacher forcing), so with it the engine is always one.
@@ -102,7 +101,7 @@ class Runtime(ABC):
                 raise ConfigError("export.graph", self.contract.graph,
                                   "comparing every step's logits (task=accuracy) needs export.graph=kv_cache")
             return RecomputeEngine(self)
-        return CacheEngine(self.cache_backend(), self.contract, prefill_chunks, capacity_limit, max_tokens,
+        return CacheEngine(self.cache_backend(), self.contract, capacity_limit, max_tokens,
                            keep_logits=keep_logits)
 
     def timer(self, device):

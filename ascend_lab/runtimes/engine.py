@@ -123,9 +123,9 @@ def no_layer_outputs(runtime: str) -> Exception:
 
 def engine_for(runtime, export, max_tokens: int, tracker=None, keep_logits: bool = False) -> Engine:
     """``runtime``'s generation engine (:meth:`~ascend_lab.runtimes.base.Runtime.engine`) for ``max_tokens`` (prompt +
-    new tokens) with ``export.prefill_chunks`` and ``export.kv_capacity``; its kind and notes become ``engine`` /
+    new tokens) with ``export.kv_capacity``; its kind and notes become ``engine`` /
     ``engine.notes`` tags on ``tracker`` where one is given."""
-    engine = runtime.engine(max_tokens, tuple(export.prefill_chunks), export.kv_capacity, keep_logits=keep_logits)
+    engine = runtime.engine(max_tokens, export.kv_capacity, keep_logits=keep_logits)
     if tracker is not None:
         tracker.set_tags({"engine": type(engine).__name__,
                           **({"engine.notes": "; ".join(engine.notes)} if engine.notes else {})})
@@ -145,9 +145,15 @@ def prefill_chunks_of(backend: CacheBackend) -> tuple[int, ...] | None:
                              " compile it with atc.dynamic_mode=auto")
     return tuple(sorted(g for g in gears if g > 1)) or (1,)
 
+def bounded_prefill_plan(prompt_len: int, new_tokens: int, chunks: tuple[int, ...] | None,
+                         capacity: int) -> gc.PrefillPlan:
+    """The prefill plan of a prompt (:func:`~ascend_lab.graph_contract.plan_prefill`), its padding bounded by the
+    cache slots that ``new_tokens`` leave of ``capacity``."""
+    return gc.plan_prefill(prompt_len, chunks, capacity - max(new_tokens - 1, 0))
+
 
 class CacheEngine:
-    def __init__(self, backend: CacheBackend, contract: gc.GraphContract, prefill_chunks, capacity_limit: int,
+    def __init__(self, backend: CacheBackend, contract: gc.GraphContract, capacity_limit: int,
                  max_tokens: int = 0, keep_logits: bool = False) -> None:
         contract.require_generative()
         self.backend, self.contract = backend, contract
@@ -170,7 +176,7 @@ class CacheEngine:
     def plan(self, prompt_len: int, new_tokens: int) -> gc.PrefillPlan:
         """The prefill plan (one execution where the graph takes any length), its padding bounded by the cache
         slots the generation leaves for the prompt."""
-        return gc.plan_prefill(prompt_len, self.prefill_chunks, self.capacity_limit - max(new_tokens - 1, 0))
+        return bounded_prefill_plan(prompt_len, new_tokens, self.prefill_chunks, self.capacity_limit)
 
     def slots_needed(self, prompt_len: int, new_tokens: int) -> int:
         """Cache slots one generation uses: the padded prompt and every generated token but the last."""

@@ -20,7 +20,6 @@ class ServedEngine:
     runtime: Any  # an ascend_lab.runtimes.base.Runtime
     tokenizer: Any
     load_seconds: float
-    prefill_chunks: tuple[int, ...]
     kv_capacity: int
     max_positions: int | None  # the model's rope table length (None: a local checkpoint's own limit applies)
 
@@ -38,5 +37,5 @@ def open_for_serving(cfg, ctx) -> Iterator[ServedEngine]:
     ctx.tracker.set_tags({"model": cfg.model.name})
     with open_engine(cfg, ctx) as loaded:
         yield ServedEngine(loaded.plan, loaded.runtime, loaded.tokenizer, loaded.load_seconds,
-                           tuple(cfg.export.prefill_chunks), cfg.export.kv_capacity,
+                           cfg.export.kv_capacity,
                            None if cfg.model.path else cfg.model.max_position_embeddings)

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ascend_lab import graph_contract as gc
-from ascend_lab.runtimes.engine import CAPACITY_ALIGN, CacheEngine, prefill_chunks_of
+from ascend_lab.runtimes.engine import CAPACITY_ALIGN, CacheEngine, bounded_prefill_plan, prefill_chunks_of
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.
 class Scheduler:
     """Owns the engine's batch on one thread; :meth:`submit` from any thread."""
 
-    def __init__(self, runtime, prefill_chunks: tuple[int, ...], kv_capacity: int, max_batch: int, queue_size: int,
+    def __init__(self, runtime, kv_capacity: int, max_batch: int, queue_size: int,
                  observer=None) -> None:
         self.backend = runtime.cache_backend()
         self.joins = self.backend.fixed_capacity is None and hasattr(self.backend, "read_slots")
@@ -114,7 +114,7 @@ class Scheduler:
         self.backend.allocate(max_batch, self.backend.fixed_capacity or CAPACITY_ALIGN)
         if self.joins:  # a batch-1 cache of the same runtime for prefilling one prompt apart
             self.scratch = runtime.cache_backend()
-            self.prefill_engine = CacheEngine(self.scratch, runtime.contract, self.prefill_chunks, self.capacity)
+            self.prefill_engine = CacheEngine(self.scratch, runtime.contract, self.capacity)
         self.rows: list[Request | None] = [None] * max_batch
         self.pads = np.zeros(max_batch, dtype=np.int64)
         self.last_tokens = np.zeros(max_batch, dtype=np.int64)
@@ -140,7 +140,7 @@ class Scheduler:
 
     def _plan(self, prompt_len: int, max_tokens: int) -> gc.PrefillPlan:
         """The prefill plan of a prompt, its padding bounded by the slots its new tokens leave (as CacheEngine.plan)."""
-        return gc.plan_prefill(prompt_len, self.prefill_chunks, self.capacity - max(max_tokens - 1, 0))
+        return bounded_prefill_plan(prompt_len, max_tokens, self.prefill_chunks, self.capacity)
 
     def submit(self, request: Request) -> None:
         with self._cond:

@@ -113,7 +113,7 @@ def serving(cfg, ctx) -> Iterator[Serving]:
     s = cfg.serve
     with open_for_serving(cfg, ctx) as served:
         metrics = ServerMetrics()
-        scheduler = Scheduler(served.runtime, served.prefill_chunks, served.kv_capacity, s.max_batch, s.queue_size,
+        scheduler = Scheduler(served.runtime, served.kv_capacity, s.max_batch, s.queue_size,
                               metrics)
         sock = None
         try:

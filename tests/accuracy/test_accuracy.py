@@ -25,7 +25,7 @@ from ascend_lab.errors import ConfigError
 
 from conftest import load_torch_runtime, stand_in_env
 
-CHUNKS, CAPACITY = (16, 128), 1024
+CAPACITY = 1024
 CPU = Device("cpu", 0, "test")
 LAYERS = 4  # the fault-injection model: tiny_qwen with 4 layers, so "the first drifting layer" is a real choice
 FAULTY_LAYER = 2
@@ -33,11 +33,11 @@ FAULTY_WEIGHT = f"model.model.layers.{FAULTY_LAYER}.mlp.down_proj.weight"
 
 
 
-def compare_runtimes(reference, candidate, prompts, new_tokens, chunks, capacity):
+def compare_runtimes(reference, candidate, prompts, new_tokens, capacity):
     """Both sides open together: the reference's tokens, the candidate teacher-forced and free-running."""
-    ref = decode(reference, prompts, new_tokens, chunks, capacity)
-    tf = decode(candidate, prompts, new_tokens, chunks, capacity, [r.tokens for r in ref])
-    return compare(prompts, ref, tf, decode(candidate, prompts, new_tokens, chunks, capacity))
+    ref = decode(reference, prompts, new_tokens, capacity)
+    tf = decode(candidate, prompts, new_tokens, capacity, [r.tokens for r in ref])
+    return compare(prompts, ref, tf, decode(candidate, prompts, new_tokens, capacity))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,16 +177,16 @@ def test_teacher_forcing_feeds_the_given_tokens(torch_debug):
     """Step k of a teacher-forced generation has the logits of the prompt + the given tokens' prefill."""
     prompt = prompts()[0]
     teacher = np.array([7, 300, 12, 99], dtype=np.int64)
-    (forced,) = decode(torch_debug, [prompt], 5, CHUNKS, CAPACITY, [teacher])
+    (forced,) = decode(torch_debug, [prompt], 5, CAPACITY, [teacher])
     for k in range(1, 5):
-        (prefilled,) = decode(torch_debug, [Prompt("", prompt.ids + tuple(teacher[:k]))], 1, CHUNKS, CAPACITY)
+        (prefilled,) = decode(torch_debug, [Prompt("", prompt.ids + tuple(teacher[:k]))], 1, CAPACITY)
         np.testing.assert_allclose(forced.logits[k], prefilled.logits[0], rtol=1e-4, atol=1e-5)
-    (free,) = decode(torch_debug, [prompt], 5, CHUNKS, CAPACITY)
+    (free,) = decode(torch_debug, [prompt], 5, CAPACITY)
     assert not np.allclose(forced.logits[1:], free.logits[1:])  # the teacher's tokens were really fed
 
 
 def test_a_candidate_identical_to_its_reference_passes_with_cosine_one(torch_debug):
-    comparison = compare_runtimes(torch_debug, torch_debug, prompts(), 6, CHUNKS, CAPACITY)
+    comparison = compare_runtimes(torch_debug, torch_debug, prompts(), 6, CAPACITY)
     aggregate = comparison.aggregate()
     assert aggregate["tf_cosine_min"] == 1.0 and aggregate["fr_cosine_min"] == 1.0
     assert aggregate["tf_top1_agreement_mean"] == 1.0 and aggregate["tf_top5_overlap_min"] == 1.0
@@ -198,8 +198,8 @@ def test_a_candidate_identical_to_its_reference_passes_with_cosine_one(torch_deb
 def test_the_static_decoder_is_refused_for_teacher_forcing():
     with load_torch_runtime(AppConfig(), CPU, graph_capture=True) as runtime:
         with pytest.raises(ConfigError, match=r"runtime\.graph_capture=True.*teacher forcing"):
-            runtime.engine(20, CHUNKS, CAPACITY, keep_logits=True)
-        runtime.engine(20, CHUNKS, CAPACITY)  # without keep_logits it still selects the static decoder
+            runtime.engine(20, CAPACITY, keep_logits=True)
+        runtime.engine(20, CAPACITY)  # without keep_logits it still selects the static decoder
 
 
 def test_the_debug_graph_keeps_the_plain_graphs_outputs(exported_debug, torch_debug):
@@ -209,13 +209,13 @@ def test_the_debug_graph_keeps_the_plain_graphs_outputs(exported_debug, torch_de
     assert contract.layer_outputs and contract.output_names()[-1] == gc.LAYER_HIDDEN_STATES
     assert exported_debug.extra["parity_cosine"] > 0.999999 and exported_debug.extra["parity_kl"] < 1e-9
     with OnnxRuntime(exported_debug.onnx_path, contract) as ort_runtime:
-        hidden = layer_hidden(ort_runtime, prompts(), CHUNKS, CAPACITY)
+        hidden = layer_hidden(ort_runtime, prompts(), CAPACITY)
         assert hidden[0].shape == (LAYERS, 64)
-        drift = layer_drift(layer_hidden(torch_debug, prompts(), CHUNKS, CAPACITY), hidden, 1e-3)
+        drift = layer_drift(layer_hidden(torch_debug, prompts(), CAPACITY), hidden, 1e-3)
         assert drift.first_over is None and float(np.max(drift.worst_rel_error)) < 1e-5
     with pytest.raises(Exception, match="export.layer_outputs=true"):
         with load_torch_runtime(tiny_cfg(), CPU) as plain:
-            layer_hidden(plain, prompts(), CHUNKS, CAPACITY)
+            layer_hidden(plain, prompts(), CAPACITY)
 
 
 def test_the_float16_debug_graph_passes_atcs_op_check(tmp_path):
@@ -252,13 +252,13 @@ def test_fault_injection_fails_the_gate_and_names_the_layer(exported_debug, torc
     faulty = scaled_copy(exported_debug, tmp_path, FAULTY_WEIGHT, 1.5)
     thresholds = default_gates()["float32"]
     with OnnxRuntime(faulty, exported_debug.contract) as candidate:
-        comparison = compare_runtimes(torch_debug, candidate, prompts(), 6, CHUNKS, CAPACITY)
+        comparison = compare_runtimes(torch_debug, candidate, prompts(), 6, CAPACITY)
         verdict = evaluate(comparison.aggregate(), thresholds, "float32")
         with pytest.raises(AccuracyGateError, match=r"accuracy gate FAILED \(float32 thresholds\): tf_cosine_min = "
                                                      r"[0-9.]+ < 0\.9999 \(accuracy\.gate\.float32\.min_cosine\)"):
             verdict.raise_if_failed()
-        drift = layer_drift(layer_hidden(torch_debug, prompts(), CHUNKS, CAPACITY),
-                            layer_hidden(candidate, prompts(), CHUNKS, CAPACITY), thresholds.layer_tolerance)
+        drift = layer_drift(layer_hidden(torch_debug, prompts(), CAPACITY),
+                            layer_hidden(candidate, prompts(), CAPACITY), thresholds.layer_tolerance)
     assert drift.first_over == FAULTY_LAYER
     assert (drift.worst_rel_error[:FAULTY_LAYER] < 1e-5).all()
     assert drift.worst_rel_error[FAULTY_LAYER] > 10 * thresholds.layer_tolerance
@@ -275,7 +275,7 @@ def test_the_report_files_and_metrics_are_defined_once(torch_debug, tmp_path):
         def log_metrics(self, values, step=None):
             self.calls.append((dict(values), step))
 
-    comparison = compare_runtimes(torch_debug, torch_debug, prompts(), 4, CHUNKS, CAPACITY)
+    comparison = compare_runtimes(torch_debug, torch_debug, prompts(), 4, CAPACITY)
     table = report.write_comparison(comparison, tmp_path, "title", "verdict")
     assert "all prompts" in table and "min cosine TF" in table
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(report.PROMPTS_FILES + report.STEPS_FILES)

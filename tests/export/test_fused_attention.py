@@ -30,7 +30,7 @@ def int4_export(tmp_path_factory):
 def _engine(path, exported):
     from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
-    engine = OnnxRuntime(path, exported.contract, intra_op_threads=1).engine(64, (16, 128), 1024)
+    engine = OnnxRuntime(path, exported.contract, intra_op_threads=1).engine(64, 1024)
     engine.keep_logits = True
     return engine
 

@@ -32,7 +32,7 @@ def engine_on(path, exported, new_tokens: int = 32):
     from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime
 
     runtime = OnnxRuntime(path, exported.contract, intra_op_threads=1)
-    engine = runtime.engine(64 + new_tokens, (16, 128), 1024)
+    engine = runtime.engine(64 + new_tokens, 1024)
     engine.keep_logits = True
     return engine
 

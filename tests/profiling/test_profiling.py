@@ -355,7 +355,7 @@ def acl_generate(runtime, new_tokens=6):
     from ascend_lab.profiling.profiled_pass import profile_generate
 
     ids = np.random.default_rng(3).integers(0, 300, size=(1, 9))
-    engine = runtime.engine(9 + new_tokens, (16, 128), 1024)
+    engine = runtime.engine(9 + new_tokens, 1024)
     engine.prepare(1, 9, new_tokens)
     return profile_generate(runtime, engine, None, ProfileConfig(enabled=True), runtime.om_path.parent / "p",
                             ids, np.ones_like(ids), new_tokens, HostTimer)

@@ -14,7 +14,7 @@ from ascend_lab.bench.generation import greedy_generate
 from ascend_lab.device import HostTimer
 from ascend_lab.runtimes.onnxruntime.runtime import OnnxRuntime, choose_providers
 
-CHUNKS, CAPACITY = (16, 128), 1024
+CAPACITY = 1024
 
 
 def test_providers_follow_the_device_and_the_build():
@@ -126,8 +126,8 @@ def hf_greedy(model, ids, mask, new_tokens):
     return out[:, ids.shape[1]:].numpy()
 
 
-def generate(runtime, ids, mask, new_tokens, chunks=CHUNKS):
-    engine = runtime.engine(ids.shape[1] + new_tokens, chunks, CAPACITY)
+def generate(runtime, ids, mask, new_tokens):
+    engine = runtime.engine(ids.shape[1] + new_tokens, CAPACITY)
     engine.prepare(ids.shape[0], ids.shape[1], new_tokens)
     return engine, greedy_generate(engine, ids, mask, new_tokens, HostTimer)
 
@@ -162,14 +162,14 @@ def test_prefill_chunking_does_not_change_the_tokens(torch_runtime):
     from ascend_lab.runtimes.engine import CacheEngine
 
     ids, mask = prompts(7, 2, 40, (0, 11))
-    engine, dynamic = generate(torch_runtime, ids, mask, 8, (16,))
+    engine, dynamic = generate(torch_runtime, ids, mask, 8)
     assert engine.prefill_executions == 1 and engine.plan(40, 8) == gc.PrefillPlan(40, 0, (40,))
     assert engine.backend.capacity == 48  # 40 + 7, rounded up: no slot spent on padding
     results = {}
     for chunks in ((48,), (16,), (1,)):
         backend = torch_runtime.cache_backend()
         backend.seq_gears = (1, *chunks)
-        engine = CacheEngine(backend, torch_runtime.contract, chunks, CAPACITY, 48)
+        engine = CacheEngine(backend, torch_runtime.contract, CAPACITY, 48)
         result = greedy_generate(engine, ids, mask, 8, HostTimer)
         results[chunks] = (result.tokens, engine.prefill_executions)
     assert [n for _, n in results.values()] == [1, 3, 40]
@@ -193,7 +193,7 @@ def test_kv_capacity_bounds_a_generation(torch_runtime):
     from ascend_lab.errors import ConfigError
 
     ids, mask = prompts(2, 1, 14)
-    engine = torch_runtime.engine(14 + 30, CHUNKS, 32)
+    engine = torch_runtime.engine(14 + 30, 32)
     with pytest.raises(ConfigError, match=r"export.kv_capacity.*14-token prompt plus 30 new tokens needs 43 cache slots"):
         engine.prepare(1, 14, 30)
 
@@ -203,7 +203,7 @@ def test_right_padding_is_refused(torch_runtime):
 
     ids, mask = prompts(2, 1, 6)
     mask[0, -2:] = 0
-    engine = torch_runtime.engine(16, CHUNKS, CAPACITY)
+    engine = torch_runtime.engine(16, CAPACITY)
     with pytest.raises(AscendLabError, match="left-padded"):
         engine.prefill(ids, mask)
 
@@ -213,7 +213,7 @@ def test_graph_capture_engine_is_wired_and_agrees(torch_runtime, monkeypatch):
     greedy tokens are the cache graph's, left padding included."""
     ids, mask = prompts(5, 3, 7, (0, 2))
     monkeypatch.setattr(torch_runtime, "graph_capture", True)
-    engine = torch_runtime.engine(7 + 10, CHUNKS, CAPACITY)
+    engine = torch_runtime.engine(7 + 10, CAPACITY)
     assert type(engine).__name__ == "StaticDecoderEngine" and any("cpu" in n for n in engine.notes)
     engine.prepare(3, 7, 10)
     static = greedy_generate(engine, ids, mask, 10, HostTimer)
@@ -238,7 +238,7 @@ def test_hidden_states_graph_cannot_generate(torch_runtime, monkeypatch):
     monkeypatch.setattr(torch_runtime, "contract", gc.GraphContract("hidden_states", torch_runtime.contract.dims,
                                                                     "float32"))
     with pytest.raises(ConfigError, match="export.graph"):
-        torch_runtime.engine(10, CHUNKS, CAPACITY)
+        torch_runtime.engine(10, CAPACITY)
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +344,7 @@ def test_the_backend_writes_exactly_the_new_slots(launch_dir):
     with open_engine(cfg, ctx) as loaded:
         ort_runtime = loaded.runtime
         ids, mask = prompts(4, 2, 5)
-        engine = ort_runtime.engine(12, (8,), CAPACITY)
+        engine = ort_runtime.engine(12, CAPACITY)
         engine.prepare(2, 5, 4)
         engine.prefill(ids, mask)
         cache = engine.backend.cache

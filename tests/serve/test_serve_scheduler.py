@@ -15,7 +15,6 @@ import pytest
 from ascend_lab.config import AppConfig
 from ascend_lab.serve.scheduler import ABORT, LENGTH, QueueFull, Request, Sampling, Scheduler
 
-CHUNKS = (16, 128)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def test_requests_joining_a_running_batch_get_their_tokens_alone(runtimes, name,
     rng = np.random.default_rng(7)
     prompts = [rng.integers(0, 256, size=n).tolist() for n in (5, 30, 12, 3, 40, 7, 21)]
     max_tokens = [20, 10, 25, 8, 15, 30, 12]
-    scheduler = Scheduler(runtimes[name], CHUNKS, capacity, max_batch=3, queue_size=16)
+    scheduler = Scheduler(runtimes[name], capacity, max_batch=3, queue_size=16)
     try:
         alone = [generate(scheduler, [p], [m])[0][0] for p, m in zip(prompts, max_tokens)]
         together, finished = generate(scheduler, prompts, max_tokens, delays=[0, 0.01, 0, 0.02, 0.005, 0, 0.01])
@@ -90,7 +89,7 @@ def test_requests_joining_a_running_batch_get_their_tokens_alone(runtimes, name,
 
 
 def test_a_cancelled_request_frees_its_row_and_the_others_are_unchanged(runtimes):
-    scheduler = Scheduler(runtimes["onnxruntime"], CHUNKS, 256, max_batch=2, queue_size=4)
+    scheduler = Scheduler(runtimes["onnxruntime"], 256, max_batch=2, queue_size=4)
     try:
         prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9]]
         alone = [generate(scheduler, [p], [12])[0][0] for p in prompts]
@@ -102,7 +101,7 @@ def test_a_cancelled_request_frees_its_row_and_the_others_are_unchanged(runtimes
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(runtimes):
-    scheduler = Scheduler(runtimes["torch"], CHUNKS, 256, max_batch=2, queue_size=4)
+    scheduler = Scheduler(runtimes["torch"], 256, max_batch=2, queue_size=4)
     try:
         prompt = [[10, 20, 30]]
         seeded = {0: Sampling(max_tokens=16, temperature=1.5, top_p=0.9, seed=3, ignore_eos=True)}
@@ -115,7 +114,7 @@ def test_seeded_sampling_repeats_and_differs_from_greedy(runtimes):
 
 
 def test_a_full_queue_refuses_and_close_ends_every_request(runtimes):
-    scheduler = Scheduler(runtimes["torch"], CHUNKS, 256, max_batch=1, queue_size=1)
+    scheduler = Scheduler(runtimes["torch"], 256, max_batch=1, queue_size=1)
     ended = []
 
     def long_request():

@@ -132,14 +132,13 @@ class TorchRuntime(Runtime):
     def cache_backend(self) -> TorchCacheBackend:
         return TorchCacheBackend(self)
 
-    def engine(self, max_tokens: int, prefill_chunks: tuple[int, ...], capacity_limit: int,
-               keep_logits: bool = False) -> Engine:
+    def engine(self, max_tokens: int, capacity_limit: int, keep_logits: bool = False) -> Engine:
         """The generic engine over :class:`TorchCacheBackend`, or with ``runtime.graph_capture`` /
         ``runtime.compile`` the static-cache engine whose decode step is compiled and captured. That one
         keeps its logits on the device and feeds only its own tokens (so nothing leaves the captured step),
         so ``keep_logits`` (task=accuracy: per-step logits, teacher forcing) is refused with it."""
         if not (self.graph_capture or self.compile):
-            return super().engine(max_tokens, prefill_chunks, capacity_limit, keep_logits)
+            return super().engine(max_tokens, capacity_limit, keep_logits)
         if keep_logits:
             key = "runtime.graph_capture" if self.graph_capture else "runtime.compile"
             raise ConfigError(key, True, "the static-cache decoder it selects returns no per-step logits and cannot "

@@ -20,7 +20,7 @@ from ascend_lab.device import HostTimer
 from conftest import load_torch_runtime, restart_simulated_process, stand_in_env
 
 from conftest import FAKES  # noqa: E402
-CHUNKS, CAPACITY = (16, 128), 1024
+CAPACITY = 1024
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def prompts(seed: int, batch: int, length: int, pads=()):
 
 
 def generate(runtime, ids, mask, new_tokens):
-    engine = runtime.engine(ids.shape[1] + new_tokens, CHUNKS, CAPACITY)
+    engine = runtime.engine(ids.shape[1] + new_tokens, CAPACITY)
     engine.prepare(ids.shape[0], ids.shape[1], new_tokens)
     return engine, greedy_generate(engine, ids, mask, new_tokens, HostTimer)
 
@@ -111,7 +111,7 @@ def test_a_context_above_256_in_a_few_executions(sim, compiled):
 def traffic_per_token(sim, runtime, prompt_len: int, new_tokens: int = 8) -> dict:
     """(the runtime's own counters, the simulator's) per decode step of one generation."""
     ids, mask = prompts(prompt_len, 1, prompt_len)
-    engine = runtime.engine(prompt_len + new_tokens, CHUNKS, CAPACITY)
+    engine = runtime.engine(prompt_len + new_tokens, CAPACITY)
     engine.prepare(1, prompt_len, new_tokens)
     engine.prefill(ids, mask)
     runtime.last_engine = engine
@@ -219,7 +219,7 @@ def test_a_failing_step_releases_everything(sim, compiled):
     ids, mask = prompts(5, 4, 9)
     runtime = AclRuntime(om.om_path, contract=exported.contract)
     with runtime:
-        engine = runtime.engine(30, CHUNKS, CAPACITY)
+        engine = runtime.engine(30, CAPACITY)
         engine.prepare(4, 9, 20)
         engine.prefill(ids, mask)
         sim._sim.fail_next("rt.memcpy", 507899)
@@ -234,7 +234,7 @@ def test_a_batch_the_om_was_not_compiled_for_is_a_clear_error(sim, compiled):
 
     exported, om = compiled[4]
     with AclRuntime(om.om_path, contract=exported.contract) as runtime:
-        engine = runtime.engine(30, CHUNKS, CAPACITY)
+        engine = runtime.engine(30, CAPACITY)
         with pytest.raises(ConfigError, match=r"compiled for batch 4.*benchmark.batch_size=2"):
             engine.prepare(2, 9, 20)
     assert sim._sim.leaks() == []

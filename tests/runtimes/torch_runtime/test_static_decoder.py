@@ -89,7 +89,7 @@ def test_greedy_tokens_equal_hf_generate_and_the_torch_engine(compose, overrides
     from ascend_lab import graph_contract as gc
 
     contract = gc.GraphContract("kv_cache", gc.ModelDims.of(loaded.config), cfg.model.dtype)
-    torch_engine = TorchRuntime(model, contract, torch.device("cpu")).engine(11 + NEW_TOKENS, (16, 128), 1024)
+    torch_engine = TorchRuntime(model, contract, torch.device("cpu")).engine(11 + NEW_TOKENS, 1024)
     for batch in (1, 3):
         ids, mask = _prompt(batch)
         ours = _engine_tokens(engine, ids, mask)
