@@ -30,10 +30,14 @@ _subprocess_module = subprocess  # run_cli_in's keyword ``subprocess`` hides the
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 FAKES = Path(__file__).resolve().parent / "fakes"
-# Overrides that keep a pipeline's stages short (few timed rounds, a tiny matmul) where what is asserted is
-# which stage runs exist and what they record, not their figures.
+# The roofline's bandwidth measured over a small array (flagged as cache-served, tag roofline.bandwidth_fits=false):
+# for generate jobs whose roofline figures are recorded but not what is tested. The default array of 1 GB is
+# read a few dozen times per launch directory.
+SMALL_BANDWIDTH = "telemetry.bandwidth_array_gb=0.02"
+# Overrides that keep a pipeline's stages short (few timed rounds, a tiny matmul, a small bandwidth array) where
+# what is asserted is which stage runs exist and what they record, not their figures.
 FAST_PIPELINE = ("benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=0",
-                 "doctor.matmul_size=64", "doctor.repeats=2", "doctor.warmup=1")
+                 "doctor.matmul_size=64", "doctor.repeats=2", "doctor.warmup=1", SMALL_BANDWIDTH)
 # The stand-in atc names the .om after the host's arch, as ATC does; tests that spell the name assume x86_64,
 # so the suite reads the same on a Kunpeng (aarch64) host. Tests of the arch itself set it themselves.
 os.environ.setdefault("FAKE_ATC_HOST_ARCH", "x86_64")

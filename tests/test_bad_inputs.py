@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import all_runs, cli_env, run_cli_in, stand_in_env
+from conftest import SMALL_BANDWIDTH, all_runs, cli_env, run_cli_in, stand_in_env
 
 from ascend_lab import graph_contract as gc
 from ascend_lab.cli import command_line_overrides, override_problem
@@ -24,7 +24,7 @@ from ascend_lab.errors import AscendLabError
 from ascend_lab.provenance import digest_mismatch
 from ascend_lab.writable import folder_problem
 
-FAST = ("benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0")
+FAST = ("benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", SMALL_BANDWIDTH)
 ACL = ("task=bench", "runtime=acl", *FAST)
 
 

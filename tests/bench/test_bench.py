@@ -16,12 +16,14 @@ from ascend_lab.bench.scenarios import make_inputs, run_forward
 from ascend_lab.config import BenchmarkConfig
 from ascend_lab.device import HostTimer
 
+from conftest import SMALL_BANDWIDTH
+
 FORWARD_METRICS = ("latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_std",
                    "throughput_samples_s", "throughput_tokens_s", "host_peak_rss_mb", "host_rss_growth_mb",
                    "load_seconds")
 GENERATE_METRICS = ("ttft_ms_mean", "ttft_ms_p50", "tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p99", "decode_tokens_s",
                     "e2e_ms_mean", "throughput_tokens_s", "host_peak_rss_mb", "host_rss_growth_mb")
-FAST = ("benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=0")
+FAST = ("benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=0", SMALL_BANDWIDTH)
 
 
 class Recorder:

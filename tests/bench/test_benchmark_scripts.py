@@ -20,7 +20,7 @@ import pytest
 
 from ascend_lab.bench import roofline
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, SMALL_BANDWIDTH  # noqa: E402
 SCRIPT = REPO / "benchmarks" / "decode_vs_hf.py"
 
 
@@ -197,6 +197,10 @@ def test_script_ort_row_is_the_issue_command(tmp_path):
     assert "export.quantize=int8" in script.bench_overrides(args, "ort_int8", 1)
     with pytest.raises(SystemExit):
         script.parse_args(["--bandwidth-gb", "0.5"])  # a roofline needs an array larger than the caches
+    # A smoke run checks that the figures come out, not what they are: any array size, but a size.
+    assert script.parse_args(["--launch-dir", str(tmp_path), "--tiny", "--bandwidth-gb", "0.02"]).bandwidth_gb == 0.02
+    with pytest.raises(SystemExit):
+        script.parse_args(["--tiny", "--bandwidth-gb", "0"])
     with pytest.raises(SystemExit):
         script.parse_args(["--rows", "ort_feeds"])  # the numpy-feeds row is gone
     quick = script.parse_args(["--launch-dir", str(tmp_path), "--quick"])
@@ -214,8 +218,9 @@ def launch(tmp_path_factory) -> Path:
 
 
 def _run_script(launch: Path, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The script's smoke run (--tiny), its jobs measuring the bandwidth over a small array (SMALL_BANDWIDTH's)."""
     return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--no-track", "--launch-dir", str(launch),
-                           "--bandwidth-gb", "1", *argv],
+                           "--bandwidth-gb", SMALL_BANDWIDTH.partition("=")[2], *argv],
                           capture_output=True, text=True, timeout=timeout, check=False, cwd=launch)
 
 
@@ -224,7 +229,7 @@ def test_decode_vs_hf_smoke(launch, export_cache):
     """--tiny: every row runs, each CLI row's figures are its task=bench job's metrics (roofline included), the
     ratios and agreement come out, and the runner-overhead part times the -m sweep, the plain loop and --help
     (one script run for both: each run pays the script's start, the export and its own bandwidth passes; one
-    timed pass per bandwidth kernel, and the exports in this worker's cache)."""
+    timed pass per bandwidth kernel over a small array, and the exports in this worker's cache)."""
     out = launch / "smoke.json"
     done = _run_script(launch, "--overrides", "model=tiny_qwen", "telemetry.bandwidth_repeats=1", export_cache,
                        "--reps", "1", "--batches", "1,8", "--agreement-tokens", "6", "--rounds", "2",

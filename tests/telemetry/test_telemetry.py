@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAKES, all_runs, cli_env, run_cli_in
+from conftest import FAKES, SMALL_BANDWIDTH, all_runs, cli_env, run_cli_in
 from browser_helpers import free_port, shots_folder, wait_for_text
 
 from ascend_lab.cann import npu_smi
@@ -32,7 +32,6 @@ from ascend_lab.telemetry.energy import (
 )
 
 FAST = ("benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_duration_s=0")
-SMALL_BANDWIDTH = "telemetry.bandwidth_array_gb=0.02"
 CPU_MONITOR_NAMES = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
                      "system/system_memory_usage_percentage")
 NPU_NAMES = ("system/npu_0_power_usage_watts", "system/npu_0_utilization_percentage",

@@ -17,8 +17,10 @@ from ascend_lab.config import TASK_GROUPS, Task
 from ascend_lab.models import NOT_IN_CONFIG_JSON, local_checkpoint
 from ascend_lab.tracking import config_hash, task_params
 
+from conftest import SMALL_BANDWIDTH
+
 FAST_BENCH = ("task=bench", "tracking.skip_finished=true", "benchmark.iterations=1", "benchmark.warmup=0",
-              "benchmark.min_duration_s=0", "runtime=onnxruntime")
+              "benchmark.min_duration_s=0", "runtime=onnxruntime", SMALL_BANDWIDTH)
 
 
 def test_hash_covers_only_the_groups_the_task_reads(compose):

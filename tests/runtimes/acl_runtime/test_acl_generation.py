@@ -17,7 +17,7 @@ from ascend_lab.config import AppConfig
 from ascend_lab.config.benchmark import BenchmarkConfig
 from ascend_lab.config.model import ModelConfig
 from ascend_lab.device import HostTimer
-from conftest import load_torch_runtime, restart_simulated_process, stand_in_env
+from conftest import SMALL_BANDWIDTH, load_torch_runtime, restart_simulated_process, stand_in_env
 
 from conftest import FAKES  # noqa: E402
 CAPACITY = 1024
@@ -275,7 +275,8 @@ def test_cli_acl_sweep_gives_the_walkthrough_table_with_traffic(run_cli, mlflow_
     env = stand_in_env(tmp_path / "leaks.json")
     env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{stub}"
     proc = run_cli("-m", "task=bench", "runtime=acl", "benchmark.scenario=generate", "benchmark.batch_size=1,4,8",
-                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", export_cache, env=env)
+                   "benchmark.warmup=1", "benchmark.iterations=2", "benchmark.min_duration_s=0", SMALL_BANDWIDTH,
+                   export_cache, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, runs = mlflow_runs(tmp_path)
     children = [r for r in runs if r.data.tags.get("sweep") != "parent"]
