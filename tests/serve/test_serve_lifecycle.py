@@ -71,10 +71,19 @@ def _metrics(url: str) -> str:
 
 
 @pytest.mark.slow
-def test_acl_serves_batches_in_turn_and_releases_everything(tmp_path):
+def test_acl_serves_batches_in_turn_and_releases_everything(tmp_path, compose, export_cache):
+    from ascend_lab.config import validate
+    from ascend_lab.context import JobContext
+    from ascend_lab.export import ensure_exported
+    from ascend_lab.tracking import Tracker
+
+    # The graph the .om is compiled from is exported here, into this worker's cache: the server finds it there
+    # (its own work is the compile, the load and the serving).
+    cfg = validate(compose("task=serve", "runtime=acl", export_cache))
+    ensure_exported(cfg, JobContext(cfg, Tracker(), tmp_path, tmp_path), dtype=cfg.atc.export_dtype)
     leaks = tmp_path / "leaks.json"
     env = {**stand_in_env(leaks_file=leaks), "ASCEND_LAB_API_KEY": API_KEY}
-    server = ServerProcess(tmp_path, "runtime=acl", "serve.max_batch=2", "telemetry=off", env=env)
+    server = ServerProcess(tmp_path, "runtime=acl", "serve.max_batch=2", "telemetry=off", export_cache, env=env)
     try:
         assert "batches in turn" in server.output
         outs: list = [None] * 3
