@@ -41,6 +41,11 @@ FAST_PIPELINE = ("benchmark.warmup=1", "benchmark.iterations=3", "benchmark.min_
 # The stand-in atc names the .om after the host's arch, as ATC does; tests that spell the name assume x86_64,
 # so the suite reads the same on a Kunpeng (aarch64) host. Tests of the arch itself set it themselves.
 os.environ.setdefault("FAKE_ATC_HOST_ARCH", "x86_64")
+# OpenMP threads (torch's intra-op pool, here and in every process a test starts) sleep as soon as they wait
+# instead of spinning first (OMP_WAIT_POLICY, https://gcc.gnu.org/onlinedocs/libgomp/OMP_005fWAIT_005fPOLICY.html):
+# the suite runs one worker per core and each torch uses every core, so a spinning thread holds a core that
+# another process's thread is waiting for. What a run computes is the same; set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _sqlite_without_fsync(dbapi_connection, _record) -> None:
