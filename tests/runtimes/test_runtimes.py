@@ -322,7 +322,11 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     layers = plan.exported.dims.num_layers
     ops = Counter(n.op_type for n in graph.node)
     assert ops["GroupQueryAttention"] == layers and ops["MatMul"] == 5 * layers + 1  # qkv, o, gate, up, down; head
-    assert ops["Softmax"] == ops["Transpose"] == 0 and ops["Where"] == 1  # the pads' bias
+    assert ops["Softmax"] == ops["Transpose"] == ops["Where"] == 0
+    # The ops' lengths and the pads' bias are inputs the runtime makes, and the LM head's matmul writes the logits.
+    assert {"seqlens_k", "total_sequence_length", "query_seqlens", "attention_bias"} <= {i.name for i in graph.input}
+    assert not {"past_length", "pad_lengths"} & {i.name for i in graph.input}
+    assert next(n for n in graph.node if "logits" in n.output).op_type == "MatMul"
     layer_inputs = [i.name for i in graph.input if i.name.startswith("past_key_values.")]
     assert len(layer_inputs) == 2 * layers and "past_key_values" not in {i.name for i in graph.input}
     assert [o.name for o in graph.output if o.name.startswith("present_key_values")] == [
