@@ -97,7 +97,7 @@ def torch_runtime():
         yield runtime
 
 
-def test_session_options_use_physical_cores():
+def test_session_options_use_physical_cores_and_spin_by_default():
     from ascend_lab.runtimes.onnxruntime.runtime import physical_cores, session_options
 
     assert physical_cores() >= 1
@@ -105,6 +105,9 @@ def test_session_options_use_physical_cores():
     assert options.intra_op_num_threads == physical_cores() and options.inter_op_num_threads == 1
     assert session_options(3, 2, "basic").intra_op_num_threads == 3
     assert session_options(3, 2, "basic").inter_op_num_threads == 2
+    spinning = "session.intra_op.allow_spinning"
+    assert options.get_session_config_entry(spinning) == "1"
+    assert session_options(allow_spinning=False).get_session_config_entry(spinning) == "0"
 
 
 def prompts(seed: int, batch: int, length: int, pads=()):
@@ -309,7 +312,8 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
 
     from ascend_lab.prepare import open_engine, plan_runtime
 
-    cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=true")
+    cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=true",
+                        "runtime.allow_spinning=false")
     plan = plan_runtime(cfg, ctx)
     assert plan.onnx_path != plan.exported.onnx_path and plan.onnx_path.parent.name.endswith("~ortopt")
     assert plan.tags()["onnx_optimized_path"] == str(plan.onnx_path)
@@ -335,6 +339,8 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     with open_engine(cfg, ctx, plan) as loaded:
         ort_runtime = loaded.runtime
         assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path
+        options = ort_runtime.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         ids, mask = prompts(14, 4, 9, (0, 3, 6, 1))
         _, optimized = generate(ort_runtime, ids, mask, 20)
         _, from_torch = generate(torch_runtime, ids, mask, 20)
