@@ -70,6 +70,12 @@ LAYER_HIDDEN_STATES = "layer_hidden_states"
 PAST_LAYER_INPUT = PAST_KEY_VALUES + ".{}"
 PRESENT_LAYER_OUTPUT = PRESENT_KEY_VALUES + ".{}"
 MAX_CACHE_SLOTS_KEY = "ascend_lab.max_cache_slots"
+# That graph's other inputs in place of past_length and pad_lengths: what its GroupQueryAttention ops read, made by
+# the runtime (fused_attention_feeds) rather than by a chain of small ops every step.
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
+QUERY_SEQLENS = "query_seqlens"
+ATTENTION_BIAS = "attention_bias"
 
 # Replaces masked attention scores: finite in float16 (whose largest magnitude is 65504) and far below
 # any real score, so exp() of it underflows to exactly 0 in float16 and float32 alike. ATC's default
@@ -273,3 +279,16 @@ def positions(start_slot: int, length: int, pad_lengths: np.ndarray) -> np.ndarr
     0 for pad slots (their outputs are never read)."""
     slots = np.arange(start_slot, start_slot + length, dtype=np.int64)[None, :]
     return np.maximum(slots - pad_lengths[:, None], 0)
+
+
+def fused_attention_feeds(past_length: int, seq: int, pad_lengths: np.ndarray, dtype) -> dict[str, np.ndarray]:
+    """The fused graph's attention inputs for ``seq`` tokens written from slot ``past_length``, in the contract's
+    terms: every row's new tokens count (``query_seqlens``), the keys span slots [0, past_length + seq), and a row's
+    pad slots get :data:`MASK_VALUE` (``attention_bias`` [batch, 1, seq, total]; the op masks causally itself)."""
+    total = past_length + seq
+    batch = pad_lengths.shape[0]
+    pad_bias = np.where(np.arange(total) < pad_lengths[:, None], MASK_VALUE, 0).astype(dtype)
+    return {SEQLENS_K: np.full(batch, total - 1, dtype=np.int32),
+            TOTAL_SEQUENCE_LENGTH: np.array(total, dtype=np.int32),
+            QUERY_SEQLENS: np.full(batch, seq, dtype=np.int32),
+            ATTENTION_BIAS: np.ascontiguousarray(np.broadcast_to(pad_bias[:, None, None, :], (batch, 1, seq, total)))}

@@ -346,8 +346,13 @@ def main(argv=None) -> int:
     rows = rows_of(args)
     work = cache_root(args, cfg)
     work.mkdir(parents=True, exist_ok=True)
+    from ascend_lab.telemetry.environment import thp_mode
+
+    # Where the weights land in 4 KiB pages (THP madvise: onnxruntime asks for no huge pages) a decode step's speed
+    # moves with how the process's memory happens to lie, on both sides; benchmarks/README.md advises `always`.
     print(f"vs onnxruntime-genai: {' '.join(args.model)}, seed {args.seed}, {args.threads} threads both sides, "
-          f"{args.rounds} round(s), {args.warmup} warm-up + {args.reps} timed generation(s) per row", flush=True)
+          f"{args.rounds} round(s), {args.warmup} warm-up + {args.reps} timed generation(s) per row, "
+          f"transparent huge pages: {thp_mode() or 'none'}", flush=True)
     models = {p: peer_model(args, cfg, p) for p in {r.precision for r in rows}}
     vocab = json.loads((hf_folder(args, cfg) / "config.json").read_text())["vocab_size"]
     ids_files = {}
@@ -409,7 +414,8 @@ def main(argv=None) -> int:
         Path(args.json_out).write_text(json.dumps({
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "rows": [asdict(r) for r in rows], "results": results, "ratios": ratios,
-            "agreement": {str(b): a for b, a in agree.items()}, "load_average": loads}, indent=1))
+            "agreement": {str(b): a for b, a in agree.items()}, "load_average": loads,
+            "transparent_huge_pages": thp_mode()}, indent=1))
     return 0
 
 

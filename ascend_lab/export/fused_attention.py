@@ -14,9 +14,11 @@ weights (float ``MatMul`` or 4-/8-bit ``MatMulNBits`` alike), whose output goes 
 the rotary embedding inside (``do_rotary``) and past and present sharing one buffer; its output feeds the output
 projection, and whatever only the old attention read is removed.
 
-The rewritten graph takes ``input_ids``, ``position_ids``, ``past_length``, ``pad_lengths`` and per layer j
-(2·layer: keys, 2·layer + 1: values) :data:`~ascend_lab.graph_contract.PAST_LAYER_INPUT` ``.format(j)`` [batch,
-kv_heads, capacity, head_dim], and outputs ``logits``, ``next_token`` and
+The rewritten graph takes ``input_ids``, ``position_ids``, the ops' lengths and pad bias in place of
+``past_length`` and ``pad_lengths`` (:func:`~ascend_lab.graph_contract.fused_attention_feeds` makes them from those
+two on the host: a dozen small ops per step fewer), and per layer j (2·layer: keys, 2·layer + 1: values)
+:data:`~ascend_lab.graph_contract.PAST_LAYER_INPUT` ``.format(j)`` [batch, kv_heads, capacity, head_dim], and outputs
+``logits`` (written by the LM head's matmul itself), ``next_token`` and
 :data:`~ascend_lab.graph_contract.PRESENT_LAYER_OUTPUT` ``.format(j)`` of the same shape. The runtime binds each
 pair to one buffer: the op writes the new tokens' slots ``[past_length, past_length + seq)`` and nothing else
 touches the cache.
@@ -226,34 +228,11 @@ def fuse_attention(model, num_heads: int, max_position_embeddings: int | None = 
     def name(suffix: str) -> str:
         return f"{PREFIX}/{suffix}"
 
-    def const(suffix: str, values, np_dtype=np.int64) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np_dtype), name(suffix)))
-        return name(suffix)
-
-    # Shared by every layer: the op's lengths and the pads' bias.
-    shared = [
-        helper.make_node("Shape", [gc.INPUT_IDS], [name("ids_shape")]),
-        helper.make_node("Gather", [name("ids_shape"), const("axis1", [1])], [name("seq")], axis=0),
-        helper.make_node("Add", [gc.PAST_LENGTH, name("seq")], [name("total")]),
-        helper.make_node("Cast", [name("total")], [name("total_i32")], to=TensorProto.INT32),
-        helper.make_node("Squeeze", [name("total_i32")], [name("total_sequence_length")]),
-        helper.make_node("Sub", [name("total_i32"), const("one_i32", [1], np.int32)], [name("last_i32")]),
-        helper.make_node("Shape", [gc.PAD_LENGTHS], [name("batch")]),
-        helper.make_node("Expand", [name("last_i32"), name("batch")], [name("seqlens_k")]),
-        helper.make_node("Cast", [name("seq")], [name("seq_i32")], to=TensorProto.INT32),
-        helper.make_node("Expand", [name("seq_i32"), name("batch")], [name("query_seqlens")]),
-        # attention_bias [batch, 1, seq, total]: MASK_VALUE on each row's pad slots
-        helper.make_node("Squeeze", [name("total")], [name("total_scalar")]),
-        helper.make_node("Range", [const("zero", 0), name("total_scalar"), const("one", 1)], [name("key_slots")]),
-        helper.make_node("Unsqueeze", [gc.PAD_LENGTHS, name("axis1")], [name("pads")]),
-        helper.make_node("Less", [name("key_slots"), name("pads")], [name("is_pad")]),
-        helper.make_node("Where", [name("is_pad"), const("mask_value", gc.MASK_VALUE, dtype),
-                                   const("no_mask", 0, dtype)], [name("pad_bias")]),
-        helper.make_node("Unsqueeze", [name("pad_bias"), const("axes12", [1, 2])], [name("pad_bias4")]),
-        helper.make_node("Concat", [const("ones2", [1, 1]), name("seq"), const("one1", [1])], [name("bias_shape")],
-                         axis=0),
-        helper.make_node("Expand", [name("pad_bias4"), name("bias_shape")], [name("attention_bias")]),
-    ]
+    # What every layer's op reads besides its own tensors: inputs the runtime makes (gc.fused_attention_feeds).
+    lengths = [helper.make_tensor_value_info(gc.SEQLENS_K, TensorProto.INT32, ["batch"]),
+               helper.make_tensor_value_info(gc.TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []),
+               helper.make_tensor_value_info(gc.QUERY_SEQLENS, TensorProto.INT32, ["batch"]),
+               helper.make_tensor_value_info(gc.ATTENTION_BIAS, elem, ["batch", 1, "seq", "total"])]
     graph.initializer.extend([numpy_helper.from_array(cos.astype(dtype), name("cos_cache")),
                               numpy_helper.from_array(sin.astype(dtype), name("sin_cache"))])
     cache_shape = [batch, kv_heads, capacity, head_dim]
@@ -269,23 +248,22 @@ def fuse_attention(model, num_heads: int, max_position_embeddings: int | None = 
         out = name(f"layer{i}/attention")
         nodes.append(helper.make_node(
             "GroupQueryAttention",
-            [qkv, "", "", keys, values, name("seqlens_k"), name("total_sequence_length"), name("cos_cache"),
-             name("sin_cache"), gc.POSITION_IDS, name("attention_bias"), "", "", "", "", "", name("query_seqlens")],
+            [qkv, "", "", keys, values, gc.SEQLENS_K, gc.TOTAL_SEQUENCE_LENGTH, name("cos_cache"),
+             name("sin_cache"), gc.POSITION_IDS, gc.ATTENTION_BIAS, "", "", "", "", "", gc.QUERY_SEQLENS],
             [out, *present], name=name(f"layer{i}/GroupQueryAttention"), domain=MS_DOMAIN,
             num_heads=num_heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0))
         o_proj.input[0] = out
         placed.append((o_proj, nodes))
         inputs += [helper.make_tensor_value_info(n, elem, cache_shape) for n in (keys, values)]
         outputs += [helper.make_tensor_value_info(n, elem, cache_shape) for n in present]
-    # Topological order: the shared nodes read only graph inputs; a layer's nodes go before its output projection.
-    for node in reversed(shared):
-        graph.node.insert(0, node)
+    # Topological order: a layer's nodes go before its output projection.
     for o_proj, nodes in placed:
         at = list(graph.node).index(o_proj)
         for offset, node in enumerate(nodes):
             graph.node.insert(at + offset, node)
     graph.input.remove(cache)
-    graph.input.extend(inputs)
+    graph.input.extend(lengths + inputs)
+    logits_from_the_matmul(graph)
     graph.output.remove(next(o for o in graph.output if o.name == gc.PRESENT_KEY_VALUES))
     graph.output.extend(outputs)
     prune(graph)
@@ -296,6 +274,29 @@ def fuse_attention(model, num_heads: int, max_position_embeddings: int | None = 
     props = {p.key: p.value for p in model.metadata_props}
     helper.set_model_props(model, {**props, gc.MAX_CACHE_SLOTS_KEY: str(slots)})
     return layers2 // 2
+
+
+def logits_from_the_matmul(graph) -> None:
+    """Let the LM head's matmul write ``logits`` [batch, vocab] itself: the export reshapes the matmul's [batch, 1,
+    vocab] into it, a copy of the whole vocabulary's row every step; reshaping the matmul's [batch, 1, hidden] input
+    instead copies a hidden state. A graph whose logits come otherwise is left as it is."""
+    from onnx import helper, numpy_helper
+
+    g = _Graph(graph)
+    reshape = g.producer.get(gc.LOGITS)
+    head = g.producer.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+    if head is None or head.op_type not in ("MatMul", "MatMulNBits") or len(g.consumers[head.output[0]]) != 1:
+        return
+    # [batch, 1, hidden] → [batch, hidden] (Reshape's 0 keeps the batch).
+    shape = numpy_helper.from_array(np.array([0, -1], dtype=np.int64), f"{PREFIX}/lm_head_input_shape")
+    graph.initializer.append(shape)
+    nodes = [helper.make_node("Reshape", [head.input[0], shape.name], [f"{PREFIX}/lm_head_input"])]
+    at = list(graph.node).index(head)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    head.input[0] = nodes[0].output[0]
+    head.output[0] = gc.LOGITS
+    graph.node.remove(reshape)
 
 
 def prune(graph) -> None:

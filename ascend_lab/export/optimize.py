@@ -34,8 +34,9 @@ DATA_FILE = "model.onnx.data"
 # Bump when a derivation's code changes what it produces: entries of another format are rebuilt.
 # 2: int8 dynamic quantisation per tensor (export/quantize.py); 3: ortopt splits the kv_cache graph's cache per layer;
 # 4: ortopt fuses the kv_cache graph's attention (GroupQueryAttention, cache written in place); 5: the packed q|k|v
-# bias inside MatMulNBits, none where it is all zeros
-DERIVED_FORMAT = 5
+# bias inside MatMulNBits, none where it is all zeros; 6: the attention's lengths and pad bias as inputs, logits
+# straight from the LM head's matmul
+DERIVED_FORMAT = 6
 
 
 def derived_graph(source_onnx: Path, variant: str, build: Callable[[Path, Path], None],

@@ -316,6 +316,9 @@ def test_vs_genai_smoke(tmp_path):
     assert {"decode.fp32.b1", "ttft.fp32.b1", "rss.int4.b1"} <= set(results["ratios"])
     assert set(results["agreement"]) == {"1", "2"} and all(total > 0 for _, total in results["agreement"].values())
     assert len(results["load_average"]) == 1
+    from ascend_lab.telemetry.environment import thp_mode
+
+    assert results["transparent_huge_pages"] == thp_mode()
     for text in ("round 1 fp32.b1", "(2 threads)", "load average before", "ratios of medians",
-                 "greedy agreement at fp32, batch 1"):
+                 "greedy agreement at fp32, batch 1", f"transparent huge pages: {thp_mode() or 'none'}"):
         assert text in done.stdout, text

@@ -97,7 +97,7 @@ def torch_runtime():
         yield runtime
 
 
-def test_session_options_use_physical_cores():
+def test_session_options_use_physical_cores_and_spin_by_default():
     from ascend_lab.runtimes.onnxruntime.runtime import physical_cores, session_options
 
     assert physical_cores() >= 1
@@ -105,6 +105,9 @@ def test_session_options_use_physical_cores():
     assert options.intra_op_num_threads == physical_cores() and options.inter_op_num_threads == 1
     assert session_options(3, 2, "basic").intra_op_num_threads == 3
     assert session_options(3, 2, "basic").inter_op_num_threads == 2
+    spinning = "session.intra_op.allow_spinning"
+    assert options.get_session_config_entry(spinning) == "1"
+    assert session_options(allow_spinning=False).get_session_config_entry(spinning) == "0"
 
 
 def prompts(seed: int, batch: int, length: int, pads=()):
@@ -309,7 +312,8 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
 
     from ascend_lab.prepare import open_engine, plan_runtime
 
-    cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=true")
+    cfg, ctx = _context(launch_dir, "runtime=onnxruntime", "runtime.transformer_optimize=true",
+                        "runtime.allow_spinning=false")
     plan = plan_runtime(cfg, ctx)
     assert plan.onnx_path != plan.exported.onnx_path and plan.onnx_path.parent.name.endswith("~ortopt")
     assert plan.tags()["onnx_optimized_path"] == str(plan.onnx_path)
@@ -322,7 +326,11 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     layers = plan.exported.dims.num_layers
     ops = Counter(n.op_type for n in graph.node)
     assert ops["GroupQueryAttention"] == layers and ops["MatMul"] == 5 * layers + 1  # qkv, o, gate, up, down; head
-    assert ops["Softmax"] == ops["Transpose"] == 0 and ops["Where"] == 1  # the pads' bias
+    assert ops["Softmax"] == ops["Transpose"] == ops["Where"] == 0
+    # The ops' lengths and the pads' bias are inputs the runtime makes, and the LM head's matmul writes the logits.
+    assert {"seqlens_k", "total_sequence_length", "query_seqlens", "attention_bias"} <= {i.name for i in graph.input}
+    assert not {"past_length", "pad_lengths"} & {i.name for i in graph.input}
+    assert next(n for n in graph.node if "logits" in n.output).op_type == "MatMul"
     layer_inputs = [i.name for i in graph.input if i.name.startswith("past_key_values.")]
     assert len(layer_inputs) == 2 * layers and "past_key_values" not in {i.name for i in graph.input}
     assert [o.name for o in graph.output if o.name.startswith("present_key_values")] == [
@@ -331,6 +339,8 @@ def test_transformer_optimized_graph_is_planned_loaded_and_keeps_the_tokens(laun
     with open_engine(cfg, ctx, plan) as loaded:
         ort_runtime = loaded.runtime
         assert ort_runtime._opened_with["onnx_path"] == plan.onnx_path
+        options = ort_runtime.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         ids, mask = prompts(14, 4, 9, (0, 3, 6, 1))
         _, optimized = generate(ort_runtime, ids, mask, 20)
         _, from_torch = generate(torch_runtime, ids, mask, 20)

@@ -17,8 +17,14 @@ class OnnxRuntimeConfig(RuntimeConfig):
     intra_op_threads: int = field(
         default=0,
         metadata={"help": "intra-op threads; 0: one per physical core (a second thread per SMT sibling only "
-                          "competes for the same core's load ports, and decode is memory-bound). Sessions also run "
-                          "sequentially with spinning workers (ascend_lab/runtimes/onnxruntime/runtime.py)."})
+                          "competes for the same core's load ports, and decode is memory-bound). Sessions run "
+                          "sequentially (ascend_lab/runtimes/onnxruntime/runtime.py)."})
+    allow_spinning: bool = field(
+        default=True,
+        metadata={"help": "true: the intra-op workers busy-wait between kernels (onnxruntime's "
+                          "session.intra_op.allow_spinning), waking at once for the next; false: they sleep. "
+                          "Where other processes want the same cores, a spinning worker takes their time and is "
+                          "preempted in turn, and steps slow down manyfold: set false on a shared host."})
     inter_op_threads: int = field(
         default=0, metadata={"help": "inter-op threads; 0: 1 (the decoder graph is a chain)."})
     graph_optimization: str = field(

@@ -4,8 +4,8 @@
 parity check and the benchmark scripts all call it — with the settings that suit decoding as the
 documented defaults (:class:`~ascend_lab.runtimes.onnxruntime.config.OnnxRuntimeConfig`): intra-op threads = physical cores (an extra thread per SMT sibling
 only competes for the same core's load ports, and decode is memory-bound), one inter-op thread (the
-graph is a chain), sequential execution, and worker threads that spin between kernels (steps come back
-to back: a spinning worker wakes faster than a sleeping one).
+graph is a chain), sequential execution, and worker threads that spin between kernels or sleep
+(``runtime.allow_spinning``).
 
 Execution providers follow the resolved device (CANN on an Ascend NPU, CUDA on a GPU, always the CPU
 last as fallback), keeping only those this onnxruntime build has, with a logged note for each one it
@@ -54,7 +54,8 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization: str = "all"):
+def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization: str = "all",
+                    allow_spinning: bool = True):
     """``SessionOptions`` for decoding; 0 threads means: physical cores (intra), 1 (inter)."""
     import onnxruntime as ort
 
@@ -64,7 +65,7 @@ def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0, graph_
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                                GRAPH_OPTIMIZATION_LEVELS[graph_optimization])
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     options.log_severity_level = 3  # errors only: the CPU provider's notes about unused initializers are noise
     return options
 
@@ -87,7 +88,7 @@ def choose_providers(device_kind: str, device_index: int, available: list[str]) 
 
 def open_session(onnx_path: str | Path, device_kind: str = "cpu", device_index: int = 0, intra_op_threads: int = 0,
                  inter_op_threads: int = 0, graph_optimization: str = "all", notes: list[str] | None = None,
-                 profile_prefix: str | Path | None = None):
+                 profile_prefix: str | Path | None = None, allow_spinning: bool = True):
     """An ``InferenceSession`` with :func:`session_options` and the device's provider (CPU last).
 
     ``profile_prefix``: switch on onnxruntime's built-in profiler (``SessionOptions.enable_profiling``); its JSON
@@ -101,7 +102,7 @@ def open_session(onnx_path: str | Path, device_kind: str = "cpu", device_index: 
         log.warning("onnxruntime: %s", note)
     if notes is not None:
         notes.extend(lacking)
-    options = session_options(intra_op_threads, inter_op_threads, graph_optimization)
+    options = session_options(intra_op_threads, inter_op_threads, graph_optimization, allow_spinning)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
@@ -121,15 +122,17 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, onnx_path: str | Path, contract: gc.GraphContract, device_kind: str = "cpu",
                  device_index: int = 0, intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 graph_optimization: str = "all", profile_prefix: str | Path | None = None) -> None:
+                 graph_optimization: str = "all", profile_prefix: str | Path | None = None,
+                 allow_spinning: bool = True) -> None:
         self.contract = contract
         self.notes: list[str] = []
         # What a profiling session of the same graph is opened with (profiled()).
         self._opened_with = dict(onnx_path=onnx_path, device_kind=device_kind, device_index=device_index,
                                  intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-                                 graph_optimization=graph_optimization)
+                                 graph_optimization=graph_optimization, allow_spinning=allow_spinning)
         self._session = open_session(onnx_path, device_kind, device_index, intra_op_threads, inter_op_threads,
-                                     graph_optimization, self.notes, profile_prefix=profile_prefix)
+                                     graph_optimization, self.notes, profile_prefix=profile_prefix,
+                                     allow_spinning=allow_spinning)
         self.providers: list[str] = self._session.get_providers()
         self.threads = self._session.get_session_options().intra_op_num_threads
         self._inputs = [_spec(i) for i in self._session.get_inputs()]
@@ -141,7 +144,7 @@ class OnnxRuntime(Runtime):
         """An ``InferenceSession`` of ``graph`` (an ``ascend_lab.graph_contract.GraphFile``: the export, or its
         transformer-optimised form) with ``config``'s threads and optimisation level, on ``device``'s provider."""
         return cls(graph.path, graph.contract, device.kind, device.index, config.intra_op_threads,
-                   config.inter_op_threads, config.graph_optimization)
+                   config.inter_op_threads, config.graph_optimization, allow_spinning=config.allow_spinning)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -221,6 +224,7 @@ class OrtCacheBackend:
         self._outputs = [n for n in contract.output_names() if not (self.in_place and n == gc.PRESENT_KEY_VALUES)]
         self._binding = session.io_binding()
         self._pads: np.ndarray | None = None
+        self._fixed: dict[str, np.ndarray] | None = None
         self._logits: np.ndarray | None = None
         self._layer_hidden: np.ndarray | None = None
         on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
@@ -251,9 +255,21 @@ class OrtCacheBackend:
             self._cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=dtype)
             self._cache_value = ort.OrtValue.ortvalue_from_numpy(self._cache)  # shares the numpy memory
             binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
-        # The outputs execute() reads, bound after the cache's, so they are the last of get_outputs().
-        for name in self._outputs:
-            binding.bind_output(name, "cpu")
+        # The outputs execute() reads. The fused graph's have fixed shapes: bound once to arrays of ours, so a step
+        # wraps no outputs (get_outputs() would wrap all 2·layers caches too). The exported graph's present slots
+        # vary with the tokens fed: bound per execution, after the cache, so they are the last of get_outputs().
+        self._fixed = None
+        if self.in_place:
+            d = self.contract.dims
+            shapes = {gc.LOGITS: (batch, d.vocab_size), gc.NEXT_TOKEN: (batch,),
+                      gc.LAYER_HIDDEN_STATES: (d.num_layers, batch, d.hidden_size)}
+            types = {o.name: ORT_TYPES[o.type] for o in self.session.get_outputs()}
+            self._fixed = {name: np.empty(shapes[name], dtype=types[name]) for name in self._outputs}
+            for name, array in self._fixed.items():
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+        else:
+            for name in self._outputs:
+                binding.bind_output(name, "cpu")
         self.batch, self.capacity = batch, capacity
 
     @property
@@ -272,18 +288,28 @@ class OrtCacheBackend:
         # The cache stays bound from allocate(); binding a name again replaces its earlier binding.
         binding.bind_cpu_input(gc.INPUT_IDS, ids)
         binding.bind_cpu_input(gc.POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
-        binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
-        binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
-        for name in self._outputs:  # fresh buffers: the last execution's stay with whoever read them
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        outputs = {name: value.numpy() for name, value in zip(self._outputs, values[len(values) - len(self._outputs):])}
-        if not self.in_place:
+        if self.in_place:
+            for name, value in gc.fused_attention_feeds(past_length, ids.shape[1], self._pads,
+                                                        self.contract.numpy_dtype).items():
+                binding.bind_cpu_input(name, value)
+        else:
+            binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
+            binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
+        if self._fixed is not None:
+            self.session.run_with_iobinding(binding)
+            outputs = self._fixed
+        else:
+            for name in self._outputs:  # fresh buffers: the last execution's stay with whoever read them
+                binding.bind_output(name, "cpu")
+            self.session.run_with_iobinding(binding)
+            values = binding.get_outputs()
+            outputs = {name: value.numpy()
+                       for name, value in zip(self._outputs, values[len(values) - len(self._outputs):])}
             self.write_slots(past_length, outputs[gc.PRESENT_KEY_VALUES])  # [seq, batch, 2·layers, kv_heads, dim]
         self._logits = outputs[gc.LOGITS]
         self._layer_hidden = outputs.get(gc.LAYER_HIDDEN_STATES)
-        return outputs[gc.NEXT_TOKEN].astype(np.int64, copy=False)
+        # A copy: the caller keeps each step's tokens, and the fused graph's next execution writes the same array.
+        return outputs[gc.NEXT_TOKEN].astype(np.int64)
 
     def to_host(self, tokens) -> np.ndarray:
         return np.asarray(tokens, dtype=np.int64)
