@@ -252,7 +252,7 @@ def _process_state_restored(launch_dir: Path, env: dict[str, str]) -> Iterator[N
 
     from ascend_lab.tracking import SweepCallback
 
-    saved_cwd, saved_env, saved_argv, saved_path = os.getcwd(), dict(os.environ), sys.argv, list(sys.path)
+    saved_cwd, saved_env, saved_argv = os.getcwd(), dict(os.environ), sys.argv
     saved_stdin, saved_logging, saved_acl = sys.stdin, _logging_state(), _forget_acl()
     torch = sys.modules.get("torch")
     saved_torch = (torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state()) if torch else None
@@ -260,7 +260,10 @@ def _process_state_restored(launch_dir: Path, env: dict[str, str]) -> Iterator[N
     os.chdir(launch_dir)
     os.environ.clear()
     os.environ.update(env)
-    sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    # Only these are taken out afterwards: a library may add to sys.path on its first import (onnxruntime.transformers
+    # appends its own folder and imports its modules by bare name), and a later run must still find them.
+    prepended = [p for p in dict.fromkeys(env.get("PYTHONPATH", "").split(os.pathsep)) if p and p not in sys.path]
+    sys.path[:0] = prepended
     importlib.invalidate_caches()
     sys.stdin = open(os.devnull)  # noqa: SIM115 - closed below
     try:
@@ -280,7 +283,10 @@ def _process_state_restored(launch_dir: Path, env: dict[str, str]) -> Iterator[N
         _forget_acl()
         sys.modules.update(saved_acl)
         sys.stdin.close()
-        sys.stdin, sys.argv, sys.path[:] = saved_stdin, saved_argv, saved_path
+        sys.stdin, sys.argv = saved_stdin, saved_argv
+        for path in prepended:
+            if path in sys.path:
+                sys.path.remove(path)
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)

@@ -290,11 +290,9 @@ def logits_from_the_matmul(graph) -> None:
     # [batch, 1, hidden] → [batch, hidden] (Reshape's 0 keeps the batch).
     shape = numpy_helper.from_array(np.array([0, -1], dtype=np.int64), f"{PREFIX}/lm_head_input_shape")
     graph.initializer.append(shape)
-    nodes = [helper.make_node("Reshape", [head.input[0], shape.name], [f"{PREFIX}/lm_head_input"])]
-    at = list(graph.node).index(head)
-    for offset, node in enumerate(nodes):
-        graph.node.insert(at + offset, node)
-    head.input[0] = nodes[0].output[0]
+    flatten = helper.make_node("Reshape", [head.input[0], shape.name], [f"{PREFIX}/lm_head_input"])
+    graph.node.insert(list(graph.node).index(head), flatten)
+    head.input[0] = flatten.output[0]
     head.output[0] = gc.LOGITS
     graph.node.remove(reshape)
 

@@ -24,7 +24,7 @@ class OnnxRuntimeConfig(RuntimeConfig):
         metadata={"help": "true: the intra-op workers busy-wait between kernels (onnxruntime's "
                           "session.intra_op.allow_spinning), waking at once for the next; false: they sleep. "
                           "Where other processes want the same cores, a spinning worker takes their time and is "
-                          "preempted in turn, and steps slow down manyfold: set false on a shared host."})
+                          "preempted in turn, and every step slows down: set false on a host whose cores are shared."})
     inter_op_threads: int = field(
         default=0, metadata={"help": "inter-op threads; 0: 1 (the decoder graph is a chain)."})
     graph_optimization: str = field(
