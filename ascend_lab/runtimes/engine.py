@@ -145,6 +145,7 @@ def prefill_chunks_of(backend: CacheBackend) -> tuple[int, ...] | None:
                              " compile it with atc.dynamic_mode=auto")
     return tuple(sorted(g for g in gears if g > 1)) or (1,)
 
+
 def bounded_prefill_plan(prompt_len: int, new_tokens: int, chunks: tuple[int, ...] | None,
                          capacity: int) -> gc.PrefillPlan:
     """The prefill plan of a prompt (:func:`~ascend_lab.graph_contract.plan_prefill`), its padding bounded by the

@@ -224,7 +224,7 @@ class OrtCacheBackend:
         self._outputs = [n for n in contract.output_names() if not (self.in_place and n == gc.PRESENT_KEY_VALUES)]
         self._binding = session.io_binding()
         self._pads: np.ndarray | None = None
-        self._fixed: dict[str, np.ndarray] | None = None
+        self._fixed: dict[str, np.ndarray] = {}  # the fused graph's outputs, bound by allocate()
         self._logits: np.ndarray | None = None
         self._layer_hidden: np.ndarray | None = None
         on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
@@ -251,16 +251,8 @@ class OrtCacheBackend:
             for j, value in enumerate(self._layer_values):
                 binding.bind_ortvalue_input(gc.PAST_LAYER_INPUT.format(j), value)
                 binding.bind_ortvalue_output(gc.PRESENT_LAYER_OUTPUT.format(j), value)
-        else:
-            self._cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=dtype)
-            self._cache_value = ort.OrtValue.ortvalue_from_numpy(self._cache)  # shares the numpy memory
-            binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
-        # The outputs execute() reads. The fused graph's have fixed shapes: bound once to arrays of ours, so a step
-        # wraps no outputs (get_outputs() would wrap all 2·layers caches too). The exported graph's present slots
-        # vary with the tokens fed: bound per execution, after the cache, so they are the last of get_outputs().
-        self._fixed = None
-        if self.in_place:
-            d = self.contract.dims
+            # The outputs execute() reads have fixed shapes: bound once to arrays of ours, so a step wraps no
+            # outputs (get_outputs() would wrap all 2·layers caches too).
             shapes = {gc.LOGITS: (batch, d.vocab_size), gc.NEXT_TOKEN: (batch,),
                       gc.LAYER_HIDDEN_STATES: (d.num_layers, batch, d.hidden_size)}
             types = {o.name: ORT_TYPES[o.type] for o in self.session.get_outputs()}
@@ -268,6 +260,11 @@ class OrtCacheBackend:
             for name, array in self._fixed.items():
                 binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
         else:
+            self._cache = np.zeros(self.contract.cache_shape(capacity, batch), dtype=dtype)
+            self._cache_value = ort.OrtValue.ortvalue_from_numpy(self._cache)  # shares the numpy memory
+            binding.bind_ortvalue_input(gc.PAST_KEY_VALUES, self._cache_value)
+            # The present slots vary with the tokens fed: bound per execution, after the cache, so they are the
+            # last of get_outputs().
             for name in self._outputs:
                 binding.bind_output(name, "cpu")
         self.batch, self.capacity = batch, capacity
@@ -292,13 +289,11 @@ class OrtCacheBackend:
             for name, value in gc.fused_attention_feeds(past_length, ids.shape[1], self._pads,
                                                         self.contract.numpy_dtype).items():
                 binding.bind_cpu_input(name, value)
-        else:
-            binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
-            binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
-        if self._fixed is not None:
             self.session.run_with_iobinding(binding)
             outputs = self._fixed
         else:
+            binding.bind_cpu_input(gc.PAST_LENGTH, np.array([past_length], dtype=np.int64))
+            binding.bind_cpu_input(gc.PAD_LENGTHS, self._pads)
             for name in self._outputs:  # fresh buffers: the last execution's stay with whoever read them
                 binding.bind_output(name, "cpu")
             self.session.run_with_iobinding(binding)
