@@ -45,6 +45,14 @@ def check(cfg: AppConfig, resolve_path: Callable[[str], Path]) -> None:
         if not folder.exists():
             raise ConfigError("model.path", cfg.model.path, f"{folder} does not exist.\n"
                               "  give the folder of a checkpoint (config.json, weights and tokenizer files)")
+    if cfg.task is Task.doctor and cfg.doctor.compare_to is not None:
+        from ascend_lab.telemetry import environment
+
+        # A file is read here, before the store exists; a run id is looked up in the store by the task.
+        value = str(cfg.doctor.compare_to)
+        file = environment.reference_file(value, resolve_path(value))
+        if file is not None:
+            environment.load_snapshot_file(file, value)
     if cfg.task is Task.accuracy:
         from ascend_lab.accuracy.prompts import prompt_texts
 

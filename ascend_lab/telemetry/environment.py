@@ -243,15 +243,23 @@ def load_snapshot_file(path: Path, value: str) -> dict:
     return validate_snapshot(data, str(path), value)
 
 
+def reference_file(value: str, path: Path) -> Path | None:
+    """The environment.json ``doctor.compare_to`` names (``path``: the value made absolute), or None where the
+    value is a run id; a value that reads as a path but names no file fails."""
+    if path.is_file():
+        return path
+    if path.suffix == ".json" or os.sep in value:
+        raise ConfigError(KEY, value, f"no such file: {path}. Give the path of an environment.json or a run id")
+    return None
+
+
 def load_reference(value: str, launch_dir: Path, tracking_uri: str) -> tuple[dict, str]:
     """(snapshot, description) for ``doctor.compare_to``: a path to an environment.json (relative: to the
     launch directory), else a run id in the store at ``tracking_uri``."""
     path = Path(value).expanduser()
-    path = path if path.is_absolute() else launch_dir / path
-    if path.is_file():
+    path = reference_file(value, path if path.is_absolute() else launch_dir / path)
+    if path is not None:
         return load_snapshot_file(path, value), str(path)
-    if path.suffix == ".json" or os.sep in value:
-        raise ConfigError(KEY, value, f"no such file: {path}. Give the path of an environment.json or a run id")
     return _from_run(value, tracking_uri), f"run {value}"
 
 
@@ -283,4 +291,5 @@ def _from_run(run_id: str, tracking_uri: str) -> dict:
 
 
 __all__ = ["ARTIFACT", "DIFF_ARTIFACTS", "Difference", "GROUPS", "RESULT_CHANGING", "diff_record", "diff_snapshots",
-           "diff_text", "environment_snapshot", "load_reference", "load_snapshot_file", "log_environment"]
+           "diff_text", "environment_snapshot", "load_reference", "load_snapshot_file", "log_environment",
+           "reference_file"]

@@ -97,23 +97,24 @@ def test_auto_index_config_resolves_to_the_claimed_ordinal(eight_npus, tmp_path)
 
 
 @pytest.mark.slow
-def test_an_eight_job_joblib_sweep_gets_eight_distinct_npus(run_cli, tmp_path, export_cache):
-    """The stand-in npu-smi lists 8 chips; its barrier keeps the 8 jobs in lockstep, so all hold a device
-    at once: each gets its own, logged as param and tags. The jobs are short task=bench runs on runtime=acl (the
-    pyACL simulator with 8 devices) over an .om compiled before the sweep: each opens the device it claimed."""
-    env = stand_in_env(FAKE_NPU_SMI_CHIPS="8", ASCEND_LAB_SIM_DEVICES="8")
+def test_a_joblib_sweep_with_a_job_per_npu_gets_distinct_npus(run_cli, tmp_path, export_cache):
+    """The stand-in npu-smi lists 4 chips and 4 jobs run at once; its barrier keeps them in lockstep, so all hold a
+    device at once: each gets its own, logged as param and tags (4 rather than a server's 8: the same claims race,
+    at half the processes to start). The jobs are short task=bench runs on runtime=acl (the
+    pyACL simulator with 4 devices) over an .om compiled before the sweep: each opens the device it claimed."""
+    env = stand_in_env(FAKE_NPU_SMI_CHIPS="4", ASCEND_LAB_SIM_DEVICES="4")
     env.pop("ASCEND_RT_VISIBLE_DEVICES", None)
     compiled = run_cli("task=compile", export_cache, "telemetry=off", env=env)
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
-    env["FAKE_NPU_SMI_BARRIER"] = f"{tmp_path / 'barrier'}:8"
-    result = run_cli("-m", "task=bench", "runtime=acl", "benchmark.iterations=1,2,3,4,5,6,7,8", "benchmark.warmup=0",
+    env["FAKE_NPU_SMI_BARRIER"] = f"{tmp_path / 'barrier'}:4"
+    result = run_cli("-m", "task=bench", "runtime=acl", "benchmark.iterations=1,2,3,4", "benchmark.warmup=0",
                      "benchmark.min_duration_s=0", "benchmark.new_tokens=2", export_cache, "device.index=auto",
                      f"device.lock_dir={tmp_path / 'locks'}", "telemetry=off", "hydra/launcher=joblib",
-                     "hydra.launcher.n_jobs=8", env=env, timeout=600)
+                     "hydra.launcher.n_jobs=4", env=env, timeout=600)
     _, children = split_runs(store_client(tmp_path))
-    assert len(children) == 8, result.stdout + result.stderr
+    assert len(children) == 4, result.stdout + result.stderr
     claimed = sorted(int(c.data.params["device.claimed_index"]) for c in children)
-    assert claimed == list(range(8)), claimed
-    assert sorted(c.data.tags["device.physical_id"] for c in children) == [f"npu:{i}" for i in range(8)]
+    assert claimed == list(range(4)), claimed
+    assert sorted(c.data.tags["device.physical_id"] for c in children) == [f"npu:{i}" for i in range(4)]
     assert all(c.data.params["device.index"] == "auto" for c in children)
-    assert sorted(c.data.tags["device"] for c in children) == [f"npu:{i}" for i in range(8)]  # the runtime's device
+    assert sorted(c.data.tags["device"] for c in children) == [f"npu:{i}" for i in range(4)]  # the runtime's device
