@@ -73,6 +73,41 @@ def _register_sqlite_without_fsync() -> None:
 
 _register_sqlite_without_fsync()
 
+# A copy of the tables MLflow makes in a new SQLite store (its schema migrations run once per worker, here).
+_store_template: Path | None = None
+
+
+def _use_a_store_template() -> None:
+    """MLflow makes a new SQLite store's tables by running its schema migrations, about a second of CPU per store;
+    in this process a new store whose file holds no table yet gets a copy of the tables those migrations made for
+    the first store instead (SQLite's online backup, https://www.sqlite.org/backup.html). What the store holds
+    afterwards is the same: tables at MLflow's head revision and no rows, MLflow then adding its default experiment
+    as usual. A file that already holds tables (a half-created store) meets MLflow's own migrations, as it would
+    elsewhere, and so does every store a child process creates."""
+    from mlflow.store.db import utils
+    from sqlalchemy import inspect
+
+    migrate = utils._initialize_tables
+
+    def initialize_tables(engine) -> None:
+        global _store_template
+        if engine.url.get_backend_name() != "sqlite" or inspect(engine).get_table_names():
+            return migrate(engine)
+        if _store_template is None:
+            template = Path(tempfile.mkdtemp(prefix="mlflow-store-template-")) / "mlflow.db"
+            migrate(utils.create_sqlalchemy_engine_with_retry(f"sqlite:///{template}"))
+            _store_template = template
+        import sqlite3
+
+        raw = engine.raw_connection()
+        try:
+            with contextlib.closing(sqlite3.connect(_store_template)) as source:
+                source.backup(raw.driver_connection)
+        finally:
+            raw.close()
+
+    utils._initialize_tables = initialize_tables
+
 
 def load_torch_runtime(cfg=None, device=None, **runtime_keys):
     """runtime=torch for ``cfg`` (an AppConfig; default: the defaults) on ``device`` (default: the CPU), with
@@ -193,6 +228,8 @@ def _warm_up() -> None:
         return
     import ascend_lab
     import mlflow  # noqa: F401 - configures its loggers at import, before any run notes the logging state
+
+    _use_a_store_template()
 
     for module in pkgutil.walk_packages(ascend_lab.__path__, "ascend_lab."):
         if not module.name.endswith("__main__"):
