@@ -375,7 +375,8 @@ def _restore_logging(saved: tuple) -> None:
     logging.root.setLevel(root_level)
     for name, (level, handlers, propagate, disabled) in loggers.items():
         logger = logging.getLogger(name)
-        logger.setLevel(level)
+        if logger.level != level:  # setLevel clears every logger's cache: only where a run changed it
+            logger.setLevel(level)
         logger.handlers[:] = handlers
         logger.propagate, logger.disabled = propagate, disabled
 

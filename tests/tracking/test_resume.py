@@ -43,8 +43,11 @@ def test_failed_and_killed_jobs_are_recorded_and_resume_runs_only_them(tmp_path)
     killed = runs["10000000"]
     assert killed.info.status == "FAILED"
     assert f"pid {killed_pid}" in killed.data.tags["error"] and "killed" in killed.data.tags["error"]
-    assert first.info.status == "FAILED"
+    assert first.info.status == "FAILED" and first.data.tags["launcher"] == "submitit_local"
     assert first.data.tags["jobs_failed"] == "2" and first.data.tags["jobs_finished"] == "1"
+    # Each submitit job is its own process, started by submitit (not the CLI process), and leaves its result.
+    assert len({finished.data.tags["pid"], killed.data.tags["pid"], first.data.tags["pid"]}) == 3
+    assert list(tmp_path.glob("outputs/multiruns/*/*/.submitit/*/*_result.pkl"))
     assert first.data.tags["error"] == "2 of 3 jobs failed"
 
     # Resume: same sweep with the skip switch; the finished config is skipped, the other two run again.

@@ -1,5 +1,5 @@
-"""Sweeps across launchers: parallel jobs on one SQLite store, the submitit code path, Ctrl-C, and
-the example SLURM launcher config."""
+"""Sweeps across launchers: parallel jobs on one SQLite store, Ctrl-C, and the example SLURM launcher config
+(the submitit code path runs in test_resume.py, whose sweep is a submitit_local one)."""
 
 from __future__ import annotations
 
@@ -39,21 +39,6 @@ def test_eight_parallel_jobs_on_sqlite_lose_nothing(run_cli, tmp_path):
     assert len({c.data.tags["pid"] for c in children}) >= 2
     assert len({c.data.tags["config_hash"] for c in children}) == 8
     assert "8 finished, 0 failed" in result.stdout
-
-
-@pytest.mark.slow
-def test_submitit_local_sweep_is_recorded(run_cli, tmp_path):
-    result = run_cli("-m", *FAST_DOCTOR, "doctor.repeats=2,3", "hydra/launcher=submitit_local",
-                     "hydra.launcher.timeout_min=5", timeout=300)
-    assert result.returncode == 0, result.stderr
-    parents, children = split_runs(store_client(tmp_path))
-    assert len(parents) == 1 and len(children) == 2
-    assert parents[0].info.status == "FINISHED" and parents[0].data.tags["launcher"] == "submitit_local"
-    assert all(c.info.status == "FINISHED" for c in children)
-    assert all("matmul_ms_device" in c.data.metrics for c in children)
-    # Each submitit job is its own process, started by submitit (not the CLI process).
-    assert len({c.data.tags["pid"] for c in children} | {parents[0].data.tags["pid"]}) == 3
-    assert list(tmp_path.glob("outputs/multiruns/*/*/.submitit/*/*_result.pkl"))
 
 
 @pytest.mark.slow
