@@ -95,7 +95,9 @@ def _use_a_store_template() -> None:
             return migrate(engine)
         if _store_template is None:
             template = Path(tempfile.mkdtemp(prefix="mlflow-store-template-")) / "mlflow.db"
-            migrate(utils.create_sqlalchemy_engine_with_retry(f"sqlite:///{template}"))
+            template_engine = utils.create_sqlalchemy_engine_with_retry(f"sqlite:///{template}")
+            migrate(template_engine)
+            template_engine.dispose()  # only read from here on, by the backups below
             _store_template = template
         import sqlite3
 
