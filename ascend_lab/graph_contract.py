@@ -49,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 
-GRAPHS = ("hidden_states", "logits", "kv_cache")
 GENERATIVE_GRAPHS = ("logits", "kv_cache")
 
 INPUT_IDS = "input_ids"

@@ -96,6 +96,3 @@ def quiet_profiler_probe() -> None:
         for name, value in KINETO_QUIET.items():
             os.environ.setdefault(name, value)
 
-
-def is_verbose() -> bool:
-    return _verbose

@@ -18,8 +18,9 @@ PARENT_TAG = "mlflow.parentRunId"
 def start_cli(launch_dir: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
     """The real CLI in the background; stdout+stderr go to a file read by :func:`wait_for_output`."""
     log = launch_dir / f"cli-{time.monotonic_ns()}.log"
+    # faulthandler: a CLI that does not end in time is stopped with SIGABRT by finish(), printing every thread's stack.
     proc = subprocess.Popen([sys.executable, "-m", "ascend_lab.run", *overrides], cwd=launch_dir,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=cli_env())
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**cli_env(), "PYTHONFAULTHANDLER": "1"})
     return proc, log
 
 
@@ -39,8 +40,12 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> tuple[int
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise AssertionError(f"the CLI did not end within {timeout}s; its output and stacks:\n{log.read_text()[-8000:]}")
     return rc, log.read_text()
 
 

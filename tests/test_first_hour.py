@@ -310,12 +310,16 @@ def test_a_gbk_prompt_file_is_named_as_gbk_with_the_iconv_command(tmp_path):
 
 
 CREATE_STORE = '''
-import sys, time
+import os, sys, time
 from pathlib import Path
+import mlflow.store.tracking.sqlalchemy_store  # the imports done before the start line, so the creations overlap
 from ascend_lab.config.tracking import TrackingConfig
 from ascend_lab.tracking.store import prepare_store
-start_at = float(sys.argv[2])
-while time.time() < start_at:
+# A barrier: each process says it is ready, then both start once both are.
+ready = Path(sys.argv[2])
+(ready / str(os.getpid())).touch()
+deadline = time.monotonic() + 120
+while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:
     time.sleep(0.001)
 store = prepare_store(TrackingConfig(uri=sys.argv[1]), Path.cwd())
 print(store.experiment_id)
@@ -325,12 +329,14 @@ print(store.experiment_id)
 @pytest.mark.slow
 def test_two_processes_creating_the_store_at_once_both_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
-    start_at = str(time.time() + 8)  # both past their imports, then at the same moment
-    procs = [subprocess.Popen([sys.executable, "-c", CREATE_STORE, uri, start_at], cwd=tmp_path, env=cli_env(),
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE_STORE, uri, str(ready)], cwd=tmp_path, env=cli_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     for status, out, err in results:
         assert status == 0, err
+    assert len(list(ready.iterdir())) == 2
     assert len({out.strip() for _, out, _ in results}) == 1
 
 

@@ -31,7 +31,6 @@ from ascend_lab.accuracy import metrics
 
 MODES = ("tf", "fr")  # teacher-forced, free-running: the prefixes of the metric names
 MODE_NAMES = {"tf": "teacher-forced", "fr": "free-running"}
-AGGREGATES = ("mean", "min", "max")
 
 
 @dataclass(frozen=True)

@@ -96,8 +96,6 @@ def board_chip_name(npu_smi: str, device: int, timeout_s: float = 10.0) -> str |
 # "NPU ID" and "Chip Count", then one block per chip opened by "Chip ID", then an MCU block that ends with
 # "Chip Name : MCU"; blocks are separated by blank lines. A value npu-smi cannot read is printed as NA.
 
-NPU_SMI_NA = "NA"
-
 
 @dataclass
 class NpuChip:

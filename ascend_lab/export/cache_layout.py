@@ -11,7 +11,6 @@ whole batch stays one contiguous block), so only the graph's input and output sh
 
 from __future__ import annotations
 
-LAYOUTS = ("rank5", "rank4")
 RANK_LIMITED = ("7.", "8.0.RC1", "8.0.RC2")  # version prefixes whose --dynamic_dims page says N<=4
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 COMPUTE, COPY = "compute", "copy"
-KINDS = (COMPUTE, COPY)
 # The phases a profiled pass marks: a generation's prompt and its decode steps, or forward passes.
 PREFILL, DECODE, FORWARD = "prefill", "decode", "forward"
 # Events the trace could not place in any marked phase (e.g. a stray run outside the marks).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -30,7 +31,10 @@ def mlflow_server(tmp_path_factory):
            "--artifacts-destination", str(root / "art"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
     log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # The server's job executor (MLflow's background jobs for GenAI features) is off: tracking does not use it,
+    # and its worker processes take seconds to start and to stop.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
