@@ -19,8 +19,11 @@ def start_cli(launch_dir: Path, *overrides: str) -> tuple[subprocess.Popen, Path
     """The real CLI in the background; stdout+stderr go to a file read by :func:`wait_for_output`."""
     log = launch_dir / f"cli-{time.monotonic_ns()}.log"
     # faulthandler: a CLI that does not end in time is stopped with SIGABRT by finish(), printing every thread's stack.
+    # The CLI starts as from a terminal, with Ctrl-C's default disposition: a suite started in the background of a
+    # non-interactive shell has SIGINT ignored (POSIX, for asynchronous lists), and its children would inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "ascend_lab.run", *overrides], cwd=launch_dir,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**cli_env(), "PYTHONFAULTHANDLER": "1"})
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**cli_env(), "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, log
 
 
