@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Sequence
 
 from ascend_lab import explain, quiet
 from ascend_lab.cli import command_line_overrides, override_problem, quote_for_hydra, user_errors_reported_plainly
-from ascend_lab.config import TASK_GROUPS, AppConfig, Task, validate
+from ascend_lab.config import (
+    ATC_KEYS_READ_WITHOUT_COMPILING, COMPILING_TASKS, TASK_GROUPS, AppConfig, Task, validate,
+)
+from ascend_lab.config.runtime import RuntimeConfig
 from ascend_lab.runtimes.registry import register_configs
 
 if TYPE_CHECKING:  # Hydra loads when a job is composed, after `--help` has had its chance to answer alone
@@ -42,21 +45,33 @@ _SCHEMA_GROUPS = {f.name for f in dataclasses.fields(AppConfig)}
 _program_started: float | None = None
 
 
-def unread_group_overrides(task: Task, overrides: Sequence[str]) -> list[str]:
-    """One warning per command-line override of a group ``task`` does not read (``TASK_GROUPS``).
+def unread_group_overrides(task: Task, overrides: Sequence[str], runtime: RuntimeConfig | None = None) -> list[str]:
+    """One warning per command-line override of a group ``task`` does not read (``TASK_GROUPS``), or of an atc key
+    in a job that compiles nothing.
 
-    Such an override changes nothing in the job (``task=doctor mnist.lr=0.5`` trains nothing), so a user
-    who believes it took effect should hear otherwise. ``overrides`` are Hydra's strings as given
-    (``HydraConfig.get().overrides.task``); a group selection (``model=...``) counts like its keys.
+    Such an override changes nothing in the job (``task=doctor mnist.lr=0.5`` trains nothing, ``task=bench
+    runtime=onnxruntime atc.soc_version=Ascend910B`` runs no .om), so a user who believes it took effect should
+    hear otherwise. ``overrides`` are Hydra's strings as given (``HydraConfig.get().overrides.task``); a group
+    selection (``model=...``) counts like its keys. ``runtime``: the job's runtime config (None: runtime=auto).
     """
     read = TASK_GROUPS[task]
+    artifact = type(runtime).artifact if runtime is not None else None  # None: runtime=auto, which may pick acl
+    compiles = task in COMPILING_TASKS or ("runtime" in read and artifact in (None, "om"))
     warnings = []
     for override in overrides:
         key = override.lstrip("+~").partition("=")[0].split("@")[0].strip()
         group = re.split(r"[./]", key, maxsplit=1)[0]
         # A group outside the schema is a preset (+hparams_search=..., +experiment=...): it sets keys of other
         # groups, and composing it checked them.
-        if group in _READ_BY_EVERY_TASK or group in read or group not in _SCHEMA_GROUPS:
+        if group in _READ_BY_EVERY_TASK or group not in _SCHEMA_GROUPS:
+            continue
+        if group in read:
+            if group == "atc" and not compiles and key.partition(".")[2] not in ATC_KEYS_READ_WITHOUT_COMPILING:
+                mode = f"task={task.value}" + (f" with runtime={runtime.name}" if "runtime" in read and runtime else "")
+                still_read = _listed([f"atc.{k}" for k in ATC_KEYS_READ_WITHOUT_COMPILING])
+                compilers = _listed([t.value for t in COMPILING_TASKS], "or")
+                warnings.append(f"{override} has no effect: {mode} compiles no .om, and of the atc group reads only "
+                                f"{still_read} (atc is read by task {compilers}, and with runtime=acl or auto)")
             continue
         readers = [t.value for t, groups in TASK_GROUPS.items() if group in groups]
         warnings.append(f"{override} has no effect: task={task.value} reads only the {_listed(read)} groups"
@@ -84,7 +99,7 @@ def run_job(cfg: DictConfig) -> object:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():  # tests may call run_job on a config composed by hand
-        for message in unread_group_overrides(app_cfg.task, HydraConfig.get().overrides.task):
+        for message in unread_group_overrides(app_cfg.task, HydraConfig.get().overrides.task, app_cfg.runtime):
             _warn_once(message)
     from ascend_lab.context import job_context
     from ascend_lab.device_lock import claimed

@@ -80,22 +80,49 @@ def test_override_of_a_group_the_task_does_not_read_is_warned_once(run_cli):
     assert "WARNING" in warnings[0] and "mnist.lr=0.5" in warnings[0] and "task=doctor" in warnings[0]
 
 
+def test_an_atc_override_in_a_job_that_compiles_nothing_is_warned(run_cli, export_cache):
+    result = run_cli("task=bench", "runtime=onnxruntime", "model=tiny_qwen", export_cache, "atc.soc_version=Ascend910B4",
+                     "tracking=off", "telemetry=off", "benchmark.warmup=0", "benchmark.iterations=1",
+                     "benchmark.min_duration_s=0", timeout=300)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "has no effect" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], warnings
+    assert "atc.soc_version=Ascend910B4 has no effect: task=bench with runtime=onnxruntime compiles no .om" in warnings[0]
+
+
 @pytest.mark.parametrize("overrides,warned", [
     (["task=doctor", "mnist.lr=0.5"], ["mnist.lr=0.5"]),
     (["task=doctor", "+mnist.lr=0.5", "~mnist.epochs", "model=qwen2_5_0_5b_instruct"],
      ["+mnist.lr=0.5", "~mnist.epochs", "model=qwen2_5_0_5b_instruct"]),
     # Read by the task, or never out of place: tracking, hydra, task, seed.
-    (["task=doctor", "device=cpu", "doctor.repeats=1", "atc.soc_version=Ascend910B4", "seed=3", "tracking=off",
+    (["task=doctor", "device=cpu", "doctor.repeats=1", "atc.toolkit_home=/opt/cann", "seed=3", "tracking=off",
       "tracking.experiment=x", "hydra.job.chdir=false", "hydra/launcher=basic"], []),
     (["task=mnist", "mnist.lr=0.5", "benchmark.batch_size=4"], ["benchmark.batch_size=4"]),
     (["task=pipeline", "runtime=torch", "model=qwen2_5_0_5b_instruct", "mnist.epochs=3"], ["mnist.epochs=3"]),
+    # atc beyond the toolkit's location is read only where a job compiles: task=compile and task=pipeline, and a
+    # runtime that loads an .om (acl, or auto, which may pick it).
+    (["task=doctor", "atc.soc_version=Ascend910B4"], ["atc.soc_version=Ascend910B4"]),
+    (["task=bench", "runtime=onnxruntime", "atc.soc_version=Ascend910B4", "atc.toolkit_home=/opt/cann",
+      "atc.precision_mode=force_fp16"], ["atc.soc_version=Ascend910B4", "atc.precision_mode=force_fp16"]),
+    (["task=serve", "runtime=torch", "atc.export_dtype=float16"], ["atc.export_dtype=float16"]),
+    (["task=bench", "runtime=acl", "atc.soc_version=Ascend910B4"], []),
+    (["task=infer", "atc.soc_version=Ascend910B4"], []),  # runtime=auto
+    (["task=pipeline", "runtime=onnxruntime", "atc.soc_version=Ascend910B4"], []),
+    (["task=compile", "atc.soc_version=Ascend910B4"], []),
 ])
 def test_unread_group_overrides(overrides, warned):
+    from ascend_lab.runtimes.registry import RUNTIME_CONFIGS
+
     task = Task(overrides[0].split("=")[1])
-    warnings = unread_group_overrides(task, overrides)
+    runtime = next((RUNTIME_CONFIGS[o.split("=")[1]]() for o in overrides if o.startswith("runtime=")), None)
+    warnings = unread_group_overrides(task, overrides, runtime)
     assert [w.split(" has no effect")[0] for w in warnings] == warned
-    for warning in warnings:
-        assert f"task={task.value} reads only the" in warning
+    for warning, override in zip(warnings, warned):
+        if override.startswith("atc."):
+            mode = f"task={task.value}" + (f" with runtime={runtime.name}" if runtime else "")
+            assert f"{mode} compiles no .om, and of the atc group reads only atc.toolkit_home" in warning
+        else:
+            assert f"task={task.value} reads only the" in warning
 
 
 def test_doctor_is_recorded(run_cli, tmp_path, mlflow_runs):

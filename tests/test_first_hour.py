@@ -418,7 +418,7 @@ def test_every_search_and_experiment_preset_composes_without_a_no_effect_warning
         first = re.sub(r"^\w+\(|\)$", "", str(values)).split(",")[0].strip()
         trial.append(f"{key}={first}")
     app_cfg = validate(compose(*trial))
-    assert unread_group_overrides(app_cfg.task, trial) == []
+    assert unread_group_overrides(app_cfg.task, trial, app_cfg.runtime) == []
 
 
 # ------------------------------------------------------------------------------------------------

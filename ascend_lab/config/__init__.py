@@ -103,6 +103,12 @@ TASK_GROUPS: dict[Task, tuple[str, ...]] = {
     Task.loadtest: ("device", "model", "export", "atc", "runtime", "serve", "loadtest"),
 }
 
+# Tasks that compile an .om whatever the runtime; the others that read `runtime` compile only with runtime=acl or
+# auto (ascend_lab.prepare). A job that compiles nothing reads, of the atc group, only where the CANN toolkit is
+# (its version picks the kv-cache layout; its set_env.sh is named in error messages).
+COMPILING_TASKS = (Task.compile, Task.pipeline)
+ATC_KEYS_READ_WITHOUT_COMPILING = ("toolkit_home",)
+
 SCHEMA_NAME = "ascend_lab_schema"
 
 
@@ -182,7 +188,8 @@ def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
 
 
 __all__ = [
-    "AccuracyConfig", "AppConfig", "AtcConfig", "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
+    "ATC_KEYS_READ_WITHOUT_COMPILING", "COMPILING_TASKS", "AccuracyConfig", "AppConfig", "AtcConfig",
+    "BenchmarkConfig", "DeviceConfig", "DoctorConfig", "ExportConfig",
     "LoadtestConfig", "MnistConfig", "ModelConfig", "ProfileConfig", "RuntimeConfig", "SearchConfig", "ServeConfig",
     "TASK_GROUPS", "Task", "TelemetryConfig", "TrackingConfig", "check_sequence_fits", "register_schema",
     "validate",
