@@ -319,7 +319,9 @@ from ascend_lab.tracking.store import prepare_store
 ready = Path(sys.argv[2])
 (ready / str(os.getpid())).touch()
 deadline = time.monotonic() + 120
-while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:
+while len(list(ready.iterdir())) < 2:
+    if time.monotonic() > deadline:
+        sys.exit("the other process never reached the barrier: the creations would not overlap")
     time.sleep(0.001)
 store = prepare_store(TrackingConfig(uri=sys.argv[1]), Path.cwd())
 print(store.experiment_id)

@@ -69,7 +69,8 @@ def _reference(cfg: AppConfig, ctx: JobContext) -> tuple[dict, str] | None:
     from ascend_lab.tracking import resolve_uri
 
     uri = ctx.store.uri if ctx.store is not None else resolve_uri(cfg.tracking.uri, ctx.launch_dir)
-    return environment.load_reference(str(cfg.doctor.compare_to), ctx.launch_dir, uri)
+    value = str(cfg.doctor.compare_to)
+    return environment.load_reference(value, ctx.path(value), uri)
 
 
 def compare_environment(cfg: AppConfig, ctx: JobContext, reference: tuple[dict, str]) -> list:

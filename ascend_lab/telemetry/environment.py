@@ -253,13 +253,12 @@ def reference_file(value: str, path: Path) -> Path | None:
     return None
 
 
-def load_reference(value: str, launch_dir: Path, tracking_uri: str) -> tuple[dict, str]:
-    """(snapshot, description) for ``doctor.compare_to``: a path to an environment.json (relative: to the
-    launch directory), else a run id in the store at ``tracking_uri``."""
-    path = Path(value).expanduser()
-    path = reference_file(value, path if path.is_absolute() else launch_dir / path)
-    if path is not None:
-        return load_snapshot_file(path, value), str(path)
+def load_reference(value: str, path: Path, tracking_uri: str) -> tuple[dict, str]:
+    """(snapshot, description) for ``doctor.compare_to``: the environment.json at ``path`` (the value made
+    absolute), else the run ``value`` in the store at ``tracking_uri``."""
+    file = reference_file(value, path)
+    if file is not None:
+        return load_snapshot_file(file, value), str(file)
     return _from_run(value, tracking_uri), f"run {value}"
 
 

@@ -75,14 +75,15 @@ def test_the_diff_reports_exactly_the_edited_fields_by_group_and_marks_those_tha
 def test_a_malformed_reference_file_is_a_clear_error_naming_the_key(tmp_path, content, problem):
     (tmp_path / "env.json").write_text(content)
     with pytest.raises(ConfigError, match=f"doctor.compare_to='env.json'.*{problem}"):
-        environment.load_reference("env.json", tmp_path, "sqlite:///unused.db")
+        environment.load_reference("env.json", tmp_path / "env.json", "sqlite:///unused.db")
 
 
 def test_a_missing_file_or_unknown_run_id_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="doctor.compare_to='gone/environment.json': no such file"):
-        environment.load_reference("gone/environment.json", tmp_path, "sqlite:///unused.db")
+        environment.load_reference("gone/environment.json", tmp_path / "gone/environment.json",
+                                   "sqlite:///unused.db")
     with pytest.raises(ConfigError, match="no MLflow store at"):
-        environment.load_reference("0123abcd", tmp_path, f"sqlite:///{tmp_path / 'none.db'}")
+        environment.load_reference("0123abcd", tmp_path / "0123abcd", f"sqlite:///{tmp_path / 'none.db'}")
 
 
 # ------------------------------------------------------------------------------------------------ pairing
